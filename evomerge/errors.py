@@ -1,0 +1,17 @@
+"""The two kinds of failure evomerge distinguishes (DESIGN.md, decision 6).
+
+`UsageError` is a user's mistake (a wrong path, a bad value, incompatible models): the CLI prints its message
+as one line and exits with code 2, having written nothing. `MergeFailure` is a candidate that could not be
+built (NaN, Inf, out of memory): the search records it as a failed trial and goes on; outside a search the CLI
+treats it like a usage error.
+"""
+
+from __future__ import annotations
+
+
+class UsageError(Exception):
+    """A mistake in the user's input; the message says what is wrong and how to fix it."""
+
+
+class MergeFailure(Exception):
+    """A merge that ran but produced an unusable model (for example NaN or Inf in a tensor)."""
