@@ -1,0 +1,68 @@
+"""Writing a merged model as a Hugging Face directory, all or nothing.
+
+The directory holds the safetensors weights, config, generation config, the tokenizer of the reference model
+(the base, else the first source) and `recipe.yaml`, from which `evomerge merge` rebuilds the same tensors bit
+for bit. It is written into a hidden sibling directory and renamed into place at the end, so a failed or
+killed write leaves nothing at the output path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedModel
+
+from evomerge.engine import MergeEngine, recipe_dtype
+from evomerge.errors import UsageError
+from evomerge.recipe import Recipe
+from evomerge.sources import LoadedModel
+
+
+def check_output_dir(out: Path) -> None:
+    """Raise UsageError unless `out` does not exist yet and could be created."""
+    if out.exists():
+        raise UsageError(f"output directory '{out}' already exists; choose another --out or delete it")
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
+        raise UsageError(f"cannot write '{out}': '{ancestor}' is not a writable directory")
+
+
+def write_merge(recipe: Recipe, out: Path, engine: MergeEngine | None = None, progress: bool = True) -> Path:
+    """Merge `recipe` and write the result to `out` (which must not exist); returns `out`."""
+    out = Path(out)
+    check_output_dir(out)
+    engine = engine or MergeEngine.from_recipe(recipe)
+    model = engine.new_target(recipe_dtype(recipe))
+    engine.materialize(recipe, model, progress=progress)
+    write_model_dir(model, engine.reference, recipe, out)
+    return out
+
+
+def write_model_dir(model: PreTrainedModel, reference: LoadedModel, recipe: Recipe, out: Path) -> None:
+    """Save model, tokenizer and recipe into a temporary sibling of `out`, then rename it to `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer = _reference_tokenizer(reference)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reference_tokenizer(reference: LoadedModel):
+    try:
+        return AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file)
+    except (OSError, ValueError, TypeError) as error:
+        print(f"evomerge: warning: no tokenizer written: cannot load one from '{reference.ref}' ({error})",
+              file=sys.stderr)
+        return None

@@ -1,0 +1,134 @@
+"""The one registry of merge methods, and what each method declares about its parameters.
+
+A method is a pure function of tensors and parameters. It declares its parameters here (name, whether each
+source has its own value or the value is global to the merge, default, bounds), and everything else reads that
+declaration: recipe validation, and later the search space. There is no second table of method -> parameters.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from evomerge.errors import UsageError
+
+Scope = Literal["source", "global"]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter a method takes.
+
+    `scope="source"` means every source has its own value (a weight per model); `"global"` means one value for
+    the merge (TIES' scale, SLERP's t). Either can still vary by layer and by module kind in a recipe.
+    Bounds are closed unless `low_open` / `high_open` say otherwise; `None` means unbounded.
+    """
+
+    name: str
+    scope: Scope
+    default: float | bool | None
+    description: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    kind: Literal["float", "bool"] = "float"
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+    def check(self, value: float | bool, where: str) -> None:
+        """Raise UsageError if `value` is out of this parameter's bounds; `where` names the place in a recipe."""
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise UsageError(f"{where}: '{self.name}' must be true or false, got {value!r}")
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{where}: '{self.name}' must be a number, got {value!r}")
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if too_low or too_high or value != value:
+            raise UsageError(f"{where}: '{self.name}' = {value} is outside {self.range_text()}")
+
+    def range_text(self) -> str:
+        left = "(" if self.low_open or self.low is None else "["
+        right = ")" if self.high_open or self.high is None else "]"
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"{left}{low}, {high}{right}"
+
+
+MergeFunction = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A registered method: its function, what it declares, and what it needs.
+
+    The function is called as `function(base, sources, generator=..., **params)` where `base` is the base
+    tensor (or None), `sources` the source tensors, each per-source parameter a list with one value per source,
+    and each global parameter a scalar. It returns the merged tensor in float32.
+    """
+
+    name: str
+    function: MergeFunction
+    params: tuple[ParamSpec, ...]
+    needs_base: bool
+    min_sources: int = 1
+    max_sources: int | None = None
+    reference: str = ""
+    fixed: dict[str, object] = field(default_factory=dict)
+
+    def param(self, name: str) -> ParamSpec:
+        for spec in self.params:
+            if spec.name == name:
+                return spec
+        raise UsageError(f"method '{self.name}' has no parameter '{name}'{_suggestion(name, self.param_names())}")
+
+    def param_names(self) -> list[str]:
+        return [spec.name for spec in self.params]
+
+    def merge(
+        self,
+        base: torch.Tensor | None,
+        sources: Sequence[torch.Tensor],
+        params: dict[str, object],
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        return self.function(base, list(sources), generator=generator, **self.fixed, **params)
+
+
+_METHODS: dict[str, MergeMethod] = {}
+
+
+def register(method: MergeMethod) -> MergeMethod:
+    """Add a method to the registry; a name can be registered once."""
+    if method.name in _METHODS:
+        raise ValueError(f"merge method '{method.name}' is already registered")
+    _METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> MergeMethod:
+    """The registered method called `name`, or a UsageError that lists the names (and the closest one)."""
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown merge method '{name}'{_suggestion(name, list(_METHODS))}; "
+            f"available: {', '.join(sorted(_METHODS))}"
+        ) from None
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+def _suggestion(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,222 @@
+"""The Recipe: the contract between search and merge (DESIGN.md).
+
+A recipe names the method, the base, the sources and the parameters. It is plain data that round-trips
+through YAML, so anything the search finds can be rebuilt bit for bit by `evomerge merge recipe.yaml`:
+
+```yaml
+method: ties
+base: zoo:base
+sources:
+  - model: zoo:expert_add
+    weight: [0.6, 0.9]              # one value per layer
+    density: {gradient: [0.3, 0.7]} # interpolated over depth
+  - model: zoo:expert_reverse
+    weight: 1.0                     # a scalar
+    density: {attention: 0.4, mlp: [0.5, 0.7], default: 0.5}   # per module kind
+parameters:                          # global parameters of the method
+  scale: 1.0
+seed: 0                              # seeds DARE's random masks
+```
+
+How a value resolves for one tensor (`resolve_value`): a per-kind map first picks the entry for the tensor's
+module kind (embedding, attention, mlp, norm, head), else its `default`; a list gives the value of the
+tensor's layer; a gradient places its points evenly from the first layer to the last and interpolates
+linearly. Tensors outside the layer stack take the first layer's value (embeddings) or the last's (final norm,
+head).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from evomerge.errors import UsageError
+from evomerge.methods import MergeMethod, ParamSpec, get_method
+
+MODULE_KINDS = ("embedding", "attention", "mlp", "norm", "head")
+Dtype = Literal["float32", "float16", "bfloat16"]
+
+
+class SourceSpec(BaseModel):
+    """One source model and its per-source parameters (every key other than `model`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    model: str = Field(min_length=1)
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Recipe(BaseModel):
+    """A merge, fully specified. `dtype` overrides the stored dtype (default: the base model's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    method: str
+    base: str | None = None
+    sources: list[SourceSpec] = Field(min_length=1)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    dtype: Dtype | None = None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(exclude_none=True), sort_keys=False)
+
+    @property
+    def method_def(self) -> MergeMethod:
+        return get_method(self.method)
+
+
+def recipe_from_dict(data: Any, origin: str = "recipe") -> Recipe:
+    """Validate plain data as a Recipe for its method; `origin` names it in error messages."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{origin}: expected a mapping with 'method' and 'sources', got {type(data).__name__}")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "recipe"
+        raise UsageError(f"{origin}: {where}: {first['msg']}") from None
+    check_recipe(recipe, origin)
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"recipe file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark else ""
+        raise UsageError(f"recipe '{path}' is not valid YAML{line}: {getattr(error, 'problem', error)}") from None
+    return recipe_from_dict(data, origin=f"recipe '{path}'")
+
+
+def check_recipe(recipe: Recipe, origin: str = "recipe") -> None:
+    """Check a recipe against what its method declares: names, scopes, shapes of values and bounds.
+
+    What needs the models (the layer count a list must match) is checked when the recipe is bound to them.
+    """
+    method = recipe.method_def
+    if method.needs_base and recipe.base is None:
+        raise UsageError(f"{origin}: method '{method.name}' needs a 'base' model")
+    count = len(recipe.sources)
+    if count < method.min_sources or (method.max_sources is not None and count > method.max_sources):
+        wanted = (
+            f"exactly {method.min_sources}"
+            if method.min_sources == method.max_sources
+            else f"at least {method.min_sources}"
+        )
+        raise UsageError(f"{origin}: method '{method.name}' takes {wanted} sources, the recipe lists {count}")
+    for name, value in recipe.parameters.items():
+        spec = method.param(name)
+        if spec.scope == "source":
+            raise UsageError(
+                f"{origin}: '{name}' is a per-source parameter of '{method.name}'; set it under each source"
+            )
+        _check_value(spec, value, f"{origin}: parameters.{name}")
+    for i, source in enumerate(recipe.sources):
+        for name, value in source.parameters.items():
+            spec = method.param(name)
+            if spec.scope == "global":
+                raise UsageError(
+                    f"{origin}: '{name}' is a global parameter of '{method.name}'; set it under 'parameters'"
+                )
+            _check_value(spec, value, f"{origin}: sources.{i}.{name}")
+    for spec in method.params:
+        if spec.required and spec.scope == "global" and spec.name not in recipe.parameters:
+            raise UsageError(f"{origin}: method '{method.name}' needs parameters.{spec.name}")
+        if spec.required and spec.scope == "source":
+            for i, source in enumerate(recipe.sources):
+                if spec.name not in source.parameters:
+                    raise UsageError(f"{origin}: method '{method.name}' needs sources.{i}.{spec.name}")
+
+
+def _check_value(spec: ParamSpec, value: Any, where: str) -> None:
+    if spec.kind == "bool":
+        spec.check(value, where)
+        return
+    if isinstance(value, dict) and "gradient" not in value:
+        unknown = set(value) - set(MODULE_KINDS) - {"default"}
+        if unknown:
+            raise UsageError(
+                f"{where}: unknown module kind '{sorted(unknown)[0]}'; use {', '.join(MODULE_KINDS)} or default"
+            )
+        for kind, inner in value.items():
+            _check_layer_value(spec, inner, f"{where}.{kind}")
+        return
+    _check_layer_value(spec, value, where)
+
+
+def _check_layer_value(spec: ParamSpec, value: Any, where: str) -> None:
+    if isinstance(value, dict):
+        points = value.get("gradient")
+        if set(value) != {"gradient"} or not isinstance(points, list) or not points:
+            raise UsageError(f"{where}: a gradient is written {{gradient: [first, ..., last]}}")
+        for point in points:
+            spec.check(point, where)
+    elif isinstance(value, list):
+        if not value:
+            raise UsageError(f"{where}: an empty list gives no value; write one value per layer")
+        for item in value:
+            spec.check(item, where)
+    else:
+        spec.check(value, where)
+
+
+def resolve_value(value: Any, layer: int | None, kind: str, num_layers: int, where: str = "") -> Any:
+    """The value a parameter takes for one tensor (see the module docstring for the rules)."""
+    if isinstance(value, dict) and "gradient" not in value:
+        if kind in value:
+            value = value[kind]
+        elif "default" in value:
+            value = value["default"]
+        else:
+            raise UsageError(f"{where}: no value for {kind} tensors; add '{kind}:' or 'default:'")
+    position = _depth_index(layer, kind, num_layers)
+    if isinstance(value, list):
+        if len(value) != num_layers:
+            raise UsageError(f"{where}: has {len(value)} values but the models have {num_layers} layers")
+        return value[position]
+    if isinstance(value, dict):
+        return _interpolate(value["gradient"], position / max(num_layers - 1, 1))
+    return value
+
+
+def _depth_index(layer: int | None, kind: str, num_layers: int) -> int:
+    if layer is not None:
+        return layer
+    return 0 if kind == "embedding" else num_layers - 1
+
+
+def _interpolate(points: list[float], t: float) -> float:
+    if len(points) == 1:
+        return points[0]
+    x = t * (len(points) - 1)
+    i = min(int(x), len(points) - 2)
+    return points[i] + (x - i) * (points[i + 1] - points[i])
+
+
+def resolve_parameters(recipe: Recipe, layer: int | None, kind: str, num_layers: int) -> dict[str, Any]:
+    """Every parameter of the recipe's method for one tensor: per-source ones as lists, global ones as scalars."""
+    method = recipe.method_def
+    resolved: dict[str, Any] = {}
+    for spec in method.params:
+        if spec.scope == "global":
+            value = recipe.parameters.get(spec.name, spec.default)
+            resolved[spec.name] = resolve_value(value, layer, kind, num_layers, f"parameters.{spec.name}")
+        else:
+            resolved[spec.name] = [
+                resolve_value(
+                    source.parameters.get(spec.name, spec.default), layer, kind, num_layers,
+                    f"sources.{i}.{spec.name}",
+                )
+                for i, source in enumerate(recipe.sources)
+            ]
+    return resolved

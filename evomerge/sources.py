@@ -1,0 +1,209 @@
+"""Loading the models of a merge, checking they can be merged, and naming what each tensor is.
+
+A model reference is one of:
+- `zoo:NAME`: a model of the tiny zoo (built and cached on first use; see evomerge/zoo.py);
+- a local Hugging Face directory (config.json plus *.safetensors, or pytorch_model*.bin read with
+  `weights_only=True`);
+- a local `.gguf` file (dequantized by transformers; needs the `gguf` package);
+- a hub name such as `org/model`, downloaded when the hub is reachable (not with HF_HUB_OFFLINE=1).
+
+Tied embeddings: when a model's config ties the output head to the input embedding, `lm_head.weight` is
+dropped at load, so the shared matrix is merged once (as the embedding) and the target model keeps the tie.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from transformers import AutoConfig, PretrainedConfig
+
+from evomerge.errors import UsageError
+
+ZOO_PREFIX = "zoo:"
+_LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
+_KIND_MARKERS = (
+    ("embedding", ("embed_tokens", "wte.", "wpe.", "word_embeddings", "embed_in", "tok_embeddings")),
+    ("head", ("lm_head", "embed_out")),
+    ("norm", ("norm", "ln_")),
+    ("attention", ("attn", "attention")),
+    ("mlp", ("mlp", "feed_forward", "ffn")),
+)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where a tensor sits: its decoder layer (None outside the layer stack) and its module kind."""
+
+    layer: int | None
+    kind: str
+
+
+def tensor_info(name: str) -> TensorInfo:
+    """The layer index and module kind (embedding, attention, mlp, norm, head, other) of a tensor name."""
+    match = _LAYER.search(name)
+    lowered = name.lower()
+    kind = next(
+        (kind for kind, markers in _KIND_MARKERS if any(marker in lowered for marker in markers)), "other"
+    )
+    return TensorInfo(layer=int(match.group(1)) if match else None, kind=kind)
+
+
+@dataclass
+class LoadedModel:
+    """A model held in memory as its config and its tensors (in their stored dtype)."""
+
+    ref: str
+    path: Path
+    config: PretrainedConfig
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def num_layers(self) -> int:
+        layers = {info.layer for info in map(tensor_info, self.tensors) if info.layer is not None}
+        return max(layers) + 1 if layers else 1
+
+    @property
+    def gguf_file(self) -> str | None:
+        return self.path.name if self.path.suffix == ".gguf" else None
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent if self.gguf_file else self.path
+
+
+def resolve_ref(ref: str) -> Path:
+    """The local path of a model reference, downloading a hub model when the hub is reachable."""
+    if ref.startswith(ZOO_PREFIX):
+        from evomerge.zoo import ensure_zoo
+
+        name = ref[len(ZOO_PREFIX) :]
+        zoo = ensure_zoo()
+        path = zoo / name
+        if not (path / "config.json").is_file():
+            available = sorted(p.name for p in zoo.iterdir() if (p / "config.json").is_file())
+            raise UsageError(f"the zoo has no model '{name}'; it has: {', '.join(available)}")
+        return path
+    path = Path(ref).expanduser()
+    if path.exists():
+        return path
+    if _looks_like_hub_name(ref) and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false"):
+        return _download(ref)
+    raise UsageError(
+        f"model '{ref}' not found: no such file or directory"
+        + (" (and the hub is offline: HF_HUB_OFFLINE is set)" if _looks_like_hub_name(ref) else "")
+    )
+
+
+def _looks_like_hub_name(ref: str) -> bool:
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", ref) is not None
+
+
+def _download(ref: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"])
+        )
+    except Exception as error:  # the hub client raises many types; all mean the same to the user
+        raise UsageError(f"model '{ref}' could not be downloaded from the hub: {error}") from None
+
+
+def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model's config and tensors onto `device`."""
+    path = resolve_ref(ref)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise UsageError(f"'{path}' is a file but not a .gguf model; give a model directory or a .gguf file")
+        config, tensors = _load_gguf(path)
+    else:
+        config = _load_config(path)
+        tensors = _load_directory_tensors(path)
+    if getattr(config, "tie_word_embeddings", False):
+        tensors.pop("lm_head.weight", None)
+    tensors = {name: tensor.to(device) for name, tensor in tensors.items()}
+    return LoadedModel(ref=ref, path=path, config=config, tensors=tensors)
+
+
+def _load_config(path: Path) -> PretrainedConfig:
+    if not (path / "config.json").is_file():
+        raise UsageError(f"'{path}' is not a model directory: it has no config.json")
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (ValueError, OSError) as error:
+        raise UsageError(f"cannot read the config of '{path}': {error}") from None
+
+
+def _load_directory_tensors(path: Path) -> dict[str, torch.Tensor]:
+    safetensors_files = sorted(path.glob("*.safetensors"))
+    if safetensors_files:
+        tensors: dict[str, torch.Tensor] = {}
+        for file in safetensors_files:
+            try:
+                tensors.update(load_file(file))
+            except (SafetensorError, OSError) as error:
+                raise UsageError(f"cannot read '{file}': corrupt or truncated safetensors file ({error})") from None
+        return tensors
+    bin_files = sorted(path.glob("pytorch_model*.bin"))
+    if bin_files:
+        tensors = {}
+        for file in bin_files:
+            try:
+                tensors.update(torch.load(file, map_location="cpu", weights_only=True))
+            except Exception as error:  # torch.load raises many types for a bad file
+                raise UsageError(f"cannot read '{file}': {error}") from None
+        return tensors
+    gguf_files = sorted(path.glob("*.gguf"))
+    if len(gguf_files) == 1:
+        return _load_gguf(gguf_files[0])[1]
+    raise UsageError(f"'{path}' holds no weights: no *.safetensors, pytorch_model*.bin or single *.gguf file")
+
+
+def _load_gguf(path: Path) -> tuple[PretrainedConfig, dict[str, torch.Tensor]]:
+    """Read a GGUF file through transformers, which maps its tensor names to HF names and dequantizes."""
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read GGUF)
+    except ImportError:
+        raise UsageError("reading GGUF files needs the gguf package: pip install 'evomerge[gguf]'") from None
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except Exception as error:  # a GGUF can fail in the reader, the name mapping or the dequantizer
+        raise UsageError(f"cannot read GGUF file '{path}': {error}") from None
+    return model.config, {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def check_compatible(models: list[LoadedModel]) -> None:
+    """Raise UsageError unless all models share architecture, tensor names and shapes (the first is the reference)."""
+    reference = models[0]
+    for other in models[1:]:
+        if reference.config.model_type != other.config.model_type:
+            raise UsageError(
+                f"incompatible models: '{reference.ref}' is {reference.config.model_type}, "
+                f"'{other.ref}' is {other.config.model_type}"
+            )
+        for a, b in ((reference, other), (other, reference)):
+            missing = [name for name in a.tensors if name not in b.tensors]
+            if missing:
+                raise UsageError(f"incompatible models: '{b.ref}' has no tensor '{missing[0]}' that '{a.ref}' has")
+        for name, tensor in reference.tensors.items():
+            theirs = other.tensors[name]
+            if tensor.shape == theirs.shape:
+                continue
+            if tensor_info(name).kind in ("embedding", "head") and tensor.shape[1:] == theirs.shape[1:]:
+                raise UsageError(
+                    f"incompatible vocabularies: '{reference.ref}' has {tensor.shape[0]} tokens, "
+                    f"'{other.ref}' has {theirs.shape[0]} (tensor '{name}')"
+                )
+            raise UsageError(
+                f"incompatible models: tensor '{name}' has shape {list(tensor.shape)} in '{reference.ref}' "
+                f"but {list(theirs.shape)} in '{other.ref}'"
+            )
+
