@@ -105,7 +105,7 @@ class MergeEngine:
         if progress:
             from tqdm import tqdm
 
-            merged = tqdm(merged, total=len(steps), desc="merging", unit="tensor")
+            merged = tqdm(merged, total=len(steps), desc="merging", unit="tensor", leave=False, disable=None)
         with torch.no_grad():
             for name, tensor in merged:
                 targets[name].copy_(tensor)

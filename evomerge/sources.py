@@ -70,7 +70,9 @@ class LoadedModel:
 
     @property
     def gguf_file(self) -> str | None:
-        return self.path.name if self.path.suffix == ".gguf" else None
+        """The GGUF file as an absolute path: transformers looks a bare file name up in the working directory
+        before the model directory, and would read a same-named file there."""
+        return str(self.path.resolve()) if self.path.suffix == ".gguf" else None
 
     @property
     def directory(self) -> Path:
@@ -168,13 +170,17 @@ def _load_directory_tensors(path: Path) -> dict[str, torch.Tensor]:
 def _load_gguf(path: Path) -> tuple[PretrainedConfig, dict[str, torch.Tensor]]:
     """Read a GGUF file through transformers, which maps its tensor names to HF names and dequantizes."""
     try:
-        import gguf  # noqa: F401  (transformers needs it to read GGUF)
+        import accelerate  # noqa: F401  (transformers needs both to read GGUF)
+        import gguf  # noqa: F401
     except ImportError:
-        raise UsageError("reading GGUF files needs the gguf package: pip install 'evomerge[gguf]'") from None
+        raise UsageError("reading GGUF files needs the gguf and accelerate packages: pip install 'evomerge[gguf]'") from None
     from transformers import AutoModelForCausalLM
 
+    # An absolute gguf_file: transformers looks a bare file name up in the working directory first, so a
+    # same-named file there would be read for the weights (while the config comes from `path`).
+    path = path.resolve()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=str(path), dtype=torch.float32)
     except Exception as error:  # a GGUF can fail in the reader, the name mapping or the dequantizer
         raise UsageError(f"cannot read GGUF file '{path}': {error}") from None
     return model.config, {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}

@@ -1,0 +1,150 @@
+"""The `evomerge` command.
+
+Every user mistake ends the same way: one line `evomerge: error: ...` on stderr, exit code 2, no traceback and
+nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from evomerge import __version__
+from evomerge.errors import MergeFailure, UsageError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEMO_MARKER = "demo.json"
+
+DESCRIPTION = """\
+evomerge searches for the best way to merge fine-tuned language models into one.
+
+Start with `evomerge demo`: it builds the tiny model zoo (a base and three experts, cached after the first
+build), merges the experts, and prints how each model scores on each skill."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evomerge", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"evomerge {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser(
+        "demo",
+        help="build the tiny zoo, merge its experts, print the scores",
+        description="Build the tiny model zoo (cached), merge its experts with the uniform average and with "
+        "configs/merge_ties.yaml, and print every model's held-out accuracy on every skill.",
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("evomerge-demo"),
+        help="directory for the merged models and demo.json (default: ./evomerge-demo; a previous demo's "
+        "output there is replaced)",
+    )
+    demo.set_defaults(run=_run_demo)
+
+    zoo = commands.add_parser("zoo", help="the tiny model zoo used by the demo and the tests")
+    zoo_commands = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
+    zoo_build = zoo_commands.add_parser(
+        "build",
+        help="build the zoo into a directory",
+        description="Train the tiny zoo (a Llama base and one expert per skill, with train / search / "
+        "held_out data) into DIR and print its expert x skill accuracy matrix. A zoo with the same "
+        "settings already in DIR is reused. Takes about two minutes on 2 CPU cores.",
+    )
+    zoo_build.add_argument("dir", type=Path, metavar="DIR", help="where to build it (absent, empty, or this zoo)")
+    zoo_build.set_defaults(run=_run_zoo_build)
+
+    merge = commands.add_parser(
+        "merge",
+        help="merge models as a recipe says and write the result",
+        description="Merge the models of a recipe YAML (method, base, sources, per-layer parameters; see "
+        "configs/merge_ties.yaml) and write a Hugging Face model directory that "
+        "AutoModelForCausalLM.from_pretrained loads, with the recipe copied beside it.",
+        epilog="example: evomerge merge configs/merge_ties.yaml --out merged-ties",
+    )
+    merge.add_argument("recipe", type=Path, metavar="RECIPE", help="the recipe YAML file")
+    merge.add_argument("--out", type=Path, required=True, help="output directory (must not exist yet)")
+    merge.add_argument("--device", default="cpu", help="device to merge on: cpu (default), cuda, cuda:1, ...")
+    merge.set_defaults(run=_run_merge)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        args.run(args)
+    except (UsageError, MergeFailure) as error:
+        print(f"evomerge: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("evomerge: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _run_zoo_build(args: argparse.Namespace) -> None:
+    from evomerge.zoo import build_zoo, format_matrix
+
+    manifest = build_zoo(args.dir)
+    print(f"zoo in {args.dir} (built in {manifest['build_seconds']} s)")
+    print("held-out exact-match accuracy, model x skill:")
+    print(format_matrix(manifest["accuracy"]["held_out"]))
+
+
+def _run_merge(args: argparse.Namespace) -> None:
+    from evomerge.engine import MergeEngine
+    from evomerge.export import check_output_dir, write_merge
+    from evomerge.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    check_output_dir(args.out)
+    started = time.perf_counter()
+    engine = MergeEngine.from_recipe(recipe, device=args.device)
+    write_merge(recipe, args.out, engine)
+    print(f"merged model written to {args.out} in {time.perf_counter() - started:.1f} s")
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from evomerge.export import write_merge
+    from evomerge.recipe import Recipe, SourceSpec, load_recipe
+    from evomerge.zoo import SKILLS, ensure_zoo, expert_name, format_matrix, model_accuracy, read_manifest
+
+    out: Path = args.out
+    if out.exists():
+        if not (out / DEMO_MARKER).is_file():
+            raise UsageError(f"'{out}' exists and is not a previous demo's output; choose another --out")
+        shutil.rmtree(out)
+    zoo = ensure_zoo()
+    manifest = read_manifest(zoo)
+    merges = {
+        "uniform average": Recipe(
+            method="linear", sources=[SourceSpec(model=f"zoo:{expert_name(s)}") for s in SKILLS]
+        ),
+        "ties (configs/merge_ties.yaml)": load_recipe(CONFIGS / "merge_ties.yaml"),
+    }
+    matrix = dict(manifest["accuracy"]["held_out"])
+    for label, recipe in merges.items():
+        model_dir = write_merge(recipe, out / label.split()[0], progress=False)
+        matrix[label] = model_accuracy(model_dir, zoo, split="held_out")
+    (out / DEMO_MARKER).write_text(json.dumps({"zoo": str(zoo), "held_out": matrix}, indent=2) + "\n")
+    print("held-out exact-match accuracy, model x skill:")
+    print(format_matrix(matrix))
+    print(f"merged models written to {out}/")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
