@@ -114,28 +114,18 @@ def check_recipe(recipe: Recipe, origin: str = "recipe") -> None:
             else f"at least {method.min_sources}"
         )
         raise UsageError(f"{origin}: method '{method.name}' takes {wanted} sources, the recipe lists {count}")
-    for name, value in recipe.parameters.items():
-        spec = method.param(name)
-        if spec.scope == "source":
-            raise UsageError(
-                f"{origin}: '{name}' is a per-source parameter of '{method.name}'; set it under each source"
-            )
-        _check_value(spec, value, f"{origin}: parameters.{name}")
-    for i, source in enumerate(recipe.sources):
-        for name, value in source.parameters.items():
+    scope_place = {"global": "under 'parameters'", "source": "under each source"}
+    places = [("parameters", recipe.parameters, "global")]
+    places += [(f"sources.{i}", source.parameters, "source") for i, source in enumerate(recipe.sources)]
+    for place, params, scope in places:
+        for name, value in params.items():
             spec = method.param(name)
-            if spec.scope == "global":
+            if spec.scope != scope:
+                kind = "per-source" if spec.scope == "source" else "global"
                 raise UsageError(
-                    f"{origin}: '{name}' is a global parameter of '{method.name}'; set it under 'parameters'"
+                    f"{origin}: '{name}' is a {kind} parameter of '{method.name}'; set it {scope_place[spec.scope]}"
                 )
-            _check_value(spec, value, f"{origin}: sources.{i}.{name}")
-    for spec in method.params:
-        if spec.required and spec.scope == "global" and spec.name not in recipe.parameters:
-            raise UsageError(f"{origin}: method '{method.name}' needs parameters.{spec.name}")
-        if spec.required and spec.scope == "source":
-            for i, source in enumerate(recipe.sources):
-                if spec.name not in source.parameters:
-                    raise UsageError(f"{origin}: method '{method.name}' needs sources.{i}.{spec.name}")
+            _check_value(spec, value, f"{origin}: {place}.{name}")
 
 
 def _check_value(spec: ParamSpec, value: Any, where: str) -> None:

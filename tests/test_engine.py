@@ -122,3 +122,20 @@ def test_each_model_named_twice_is_loaded_once(tiny_models):
     engine = MergeEngine.from_recipe(r)
     assert engine.sources[0] is engine.sources[1]
     assert isinstance(engine.sources[0], LoadedModel)
+
+
+def test_tied_embeddings_are_merged_once_and_stay_tied(tmp_path):
+    from conftest import save_tiny_llama
+
+    base, a, b = (
+        load_model(str(save_tiny_llama(tmp_path / n, seed=s, tie_word_embeddings=True)))
+        for s, n in enumerate(("base", "a", "b"))
+    )
+    r = recipe_from_dict({"method": "task_arithmetic", "base": base.ref, "sources": [{"model": a.ref}, {"model": b.ref}]})
+    engine = MergeEngine(base, [a, b])
+    model = engine.new_target()
+    engine.materialize(r, model)
+    merged = dict(engine.merged_tensors(r))
+    assert "lm_head.weight" not in merged
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert torch.equal(model.lm_head.weight, merged["model.embed_tokens.weight"])

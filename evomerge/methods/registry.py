@@ -30,17 +30,13 @@ class ParamSpec:
 
     name: str
     scope: Scope
-    default: float | bool | None
+    default: float | bool
     description: str
     low: float | None = None
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
     kind: Literal["float", "bool"] = "float"
-
-    @property
-    def required(self) -> bool:
-        return self.default is None
 
     def check(self, value: float | bool, where: str) -> None:
         """Raise UsageError if `value` is out of this parameter's bounds; `where` names the place in a recipe."""
