@@ -69,6 +69,10 @@ class LoadedModel:
         return max(layers) + 1 if layers else 1
 
     @property
+    def module_kinds(self) -> set[str]:
+        return {tensor_info(name).kind for name in self.tensors}
+
+    @property
     def gguf_file(self) -> str | None:
         """The GGUF file as an absolute path: transformers looks a bare file name up in the working directory
         before the model directory, and would read a same-named file there."""

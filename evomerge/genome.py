@@ -1,0 +1,183 @@
+"""The genome: which recipe parameters a search varies, at what granularity, within what bounds.
+
+A genome turns a point of the search space into a Recipe (`decode`) and a Recipe into a point (`encode`, to
+seed a search with known merges). The search space is built from what the merge method declares: a searched
+parameter that the method takes per source gets one gene per source, a global one a single gene, and each
+is then split by granularity:
+
+- `global`: one value for every tensor;
+- `layer`: one value per decoder layer (a list in the recipe);
+- `group`: one value per group of `group_size` consecutive layers (written out as a per-layer list);
+- `kind`: one value per module kind present in the models (embedding, attention, mlp, norm, head, and a
+  `default` gene when the models have tensors of no known kind).
+
+Genes are named after where they land in the recipe, e.g. `sources.0.density@layer1`,
+`parameters.scale@global`, `sources.2.weight@attention`, `sources.1.weight@layers2-3`.
+
+Optimizers see the unit cube: `decode_unit` maps u in [0, 1] to low + u (high - low), or geometrically
+between low and high for a `log` parameter, after clipping u to [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from evomerge.errors import UsageError
+from evomerge.recipe import MODULE_KINDS, Recipe, recipe_from_dict, resolve_value
+
+Granularity = Literal["global", "layer", "group", "kind"]
+
+
+class SearchedParam(BaseModel):
+    """One method parameter the search varies."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    param: str
+    granularity: Granularity = "layer"
+    group_size: int = Field(1, ge=1)
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> SearchedParam:
+        if self.low > self.high:
+            raise ValueError(f"bounds of '{self.param}': low {self.low} > high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"bounds of '{self.param}': a log scale needs low > 0, got {self.low}")
+        return self
+
+
+@dataclass(frozen=True)
+class Gene:
+    """One coordinate of the search space and where its value lands in the recipe."""
+
+    name: str
+    param: SearchedParam
+    source: int | None
+    layers: tuple[int, ...] | None
+    kind: str | None
+
+    def value(self, unit: float) -> float:
+        u = min(1.0, max(0.0, unit))
+        low, high = self.param.low, self.param.high
+        if self.param.log:
+            return math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+        return low + u * (high - low)
+
+    def unit(self, value: float) -> float:
+        low, high = self.param.low, self.param.high
+        if high == low:
+            return 0.5
+        if self.param.log:
+            u = (math.log(max(value, low)) - math.log(low)) / (math.log(high) - math.log(low))
+        else:
+            u = (value - low) / (high - low)
+        return min(1.0, max(0.0, u))
+
+
+class Genome:
+    """The genes of a search over one template recipe and one set of models."""
+
+    def __init__(self, template: Recipe, searched: Sequence[SearchedParam], num_layers: int, kinds: set[str]):
+        self.template = template
+        self.num_layers = num_layers
+        method = template.method_def
+        gene_kinds = [k for k in MODULE_KINDS if k in kinds] + (["default"] if kinds - set(MODULE_KINDS) else [])
+        genes: list[Gene] = []
+        seen: set[str] = set()
+        for searched_param in searched:
+            spec = method.param(searched_param.param)
+            if spec.kind == "bool":
+                raise UsageError(f"genome: '{spec.name}' is true/false and cannot be searched; fix it in the recipe")
+            if searched_param.param in seen:
+                raise UsageError(f"genome: '{searched_param.param}' is listed twice")
+            seen.add(searched_param.param)
+            for bound in (searched_param.low, searched_param.high):
+                spec.check(bound, f"genome: bounds of '{spec.name}'")
+            sources = range(len(template.sources)) if spec.scope == "source" else [None]
+            for source in sources:
+                genes.extend(_genes_of(searched_param, source, num_layers, gene_kinds))
+        if not genes:
+            raise UsageError("genome: no parameter is searched; list at least one under 'genome'")
+        self.genes = genes
+
+    @property
+    def dimension(self) -> int:
+        return len(self.genes)
+
+    @property
+    def names(self) -> list[str]:
+        return [gene.name for gene in self.genes]
+
+    def decode(self, values: Mapping[str, float]) -> Recipe:
+        """The recipe whose searched parameters take `values` (gene name -> parameter value)."""
+        data = self.template.model_dump(exclude_none=True)
+        per_place: dict[tuple[int | None, str], Any] = {}
+        for gene in self.genes:
+            key = (gene.source, gene.param.param)
+            value = float(values[gene.name])
+            if gene.kind is not None:
+                per_place.setdefault(key, {})[gene.kind] = value
+            elif gene.layers is not None:
+                layer_values = per_place.setdefault(key, [0.0] * self.num_layers)
+                for layer in gene.layers:
+                    layer_values[layer] = value
+            else:
+                per_place[key] = value
+        for (source, name), value in per_place.items():
+            target = data["sources"][source] if source is not None else data.setdefault("parameters", {})
+            target[name] = value
+        return recipe_from_dict(data, origin="genome")
+
+    def decode_unit(self, unit: Sequence[float]) -> Recipe:
+        """The recipe of a point of the unit cube, one coordinate per gene in `names` order."""
+        if len(unit) != self.dimension:
+            raise ValueError(f"expected {self.dimension} coordinates, got {len(unit)}")
+        return self.decode({gene.name: gene.value(u) for gene, u in zip(self.genes, unit)})
+
+    def encode(self, recipe: Recipe) -> dict[str, float]:
+        """Gene values that reproduce `recipe` as closely as this genome can, clipped to the bounds.
+
+        A recipe finer than the genome is projected: each gene takes the recipe's value at its first layer
+        (or, for a kind gene, at the middle layer for that kind).
+        """
+        if [s.model for s in recipe.sources] != [s.model for s in self.template.sources]:
+            raise UsageError("genome: a seed recipe must list the same sources, in the same order, as the search")
+        values = {}
+        for gene in self.genes:
+            name = gene.param.param
+            spec = self.template.method_def.param(name)
+            if gene.source is None:
+                raw = recipe.parameters.get(name, spec.default)
+            else:
+                raw = recipe.sources[gene.source].parameters.get(name, spec.default)
+            layer = gene.layers[0] if gene.layers is not None else self.num_layers // 2
+            kind = gene.kind if gene.kind not in (None, "default") else "mlp"
+            value = float(resolve_value(raw, layer, kind, self.num_layers, f"seed recipe {gene.name}"))
+            values[gene.name] = gene.value(gene.unit(value))
+        return values
+
+    def encode_unit(self, recipe: Recipe) -> list[float]:
+        values = self.encode(recipe)
+        return [gene.unit(values[gene.name]) for gene in self.genes]
+
+
+def _genes_of(searched: SearchedParam, source: int | None, num_layers: int, kinds: list[str]) -> list[Gene]:
+    place = f"sources.{source}.{searched.param}" if source is not None else f"parameters.{searched.param}"
+    if searched.granularity == "global":
+        return [Gene(f"{place}@global", searched, source, None, None)]
+    if searched.granularity == "kind":
+        return [Gene(f"{place}@{kind}", searched, source, None, kind) for kind in kinds]
+    size = 1 if searched.granularity == "layer" else searched.group_size
+    genes = []
+    for start in range(0, num_layers, size):
+        layers = tuple(range(start, min(start + size, num_layers)))
+        label = f"layer{start}" if len(layers) == 1 else f"layers{layers[0]}-{layers[-1]}"
+        genes.append(Gene(f"{place}@{label}", searched, source, layers, None))
+    return genes
