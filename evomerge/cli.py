@@ -19,6 +19,7 @@ from evomerge.errors import MergeFailure, UsageError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEMO_MARKER = "demo.json"
+RUN_CONFIG = "config.yaml"
 
 DESCRIPTION = """\
 evomerge searches for the best way to merge fine-tuned language models into one.
@@ -71,6 +72,39 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", type=Path, required=True, help="output directory (must not exist yet)")
     merge.add_argument("--device", default="cpu", help="device to merge on: cpu (default), cuda, cuda:1, ...")
     merge.set_defaults(run=_run_merge)
+
+    run = commands.add_parser(
+        "run",
+        help="start (or resume) a merge search from a run config",
+        description="Search the merge parameters that a run config lists (see configs/demo.yaml): each "
+        "candidate is merged in place, scored on the search split of the tasks, and recorded in the run "
+        "directory's ledger (an Optuna study in ledger.db). If the run directory already holds this run, "
+        "it resumes; a run directory of another config is refused.",
+        epilog="example: evomerge run configs/demo.yaml --run-dir runs/demo --budget 64",
+    )
+    run.add_argument("config", type=Path, metavar="CONFIG", help="the run config YAML")
+    run.add_argument("--run-dir", type=Path, help="run directory (overrides run_dir in the config)")
+    run.add_argument("--budget", type=int, help="number of candidates to evaluate in all (overrides budget.evaluations)")
+    run.add_argument("--seed", type=int, help="random seed (overrides seed)")
+    run.set_defaults(run=_run_search)
+
+    resume = commands.add_parser(
+        "resume",
+        help="resume a run after a crash, a kill or Ctrl-C",
+        description="Resume the run in RUN_DIR with the config it was started with: no finished candidate is "
+        "evaluated again, and the candidate that was in flight is evaluated first.",
+    )
+    resume.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    resume.add_argument("--budget", type=int, help="raise the number of candidates to evaluate in all")
+    resume.set_defaults(run=_run_resume)
+
+    status = commands.add_parser(
+        "status",
+        help="progress, best candidate, Pareto front, speed and ETA of a run",
+        description="Print the state of the run in RUN_DIR, while it is going or after it ended.",
+    )
+    status.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    status.set_defaults(run=_run_status)
     return parser
 
 
@@ -116,6 +150,57 @@ def _run_merge(args: argparse.Namespace) -> None:
     engine = MergeEngine.from_recipe(recipe, device=args.device)
     write_merge(recipe, args.out, engine)
     print(f"merged model written to {args.out} in {time.perf_counter() - started:.1f} s")
+
+
+def _search_overrides(args: argparse.Namespace) -> dict[str, object]:
+    overrides: dict[str, object] = {}
+    if getattr(args, "run_dir", None) is not None:
+        overrides["run_dir"] = str(args.run_dir)
+    if args.budget is not None:
+        overrides["budget.evaluations"] = args.budget
+    if getattr(args, "seed", None) is not None:
+        overrides["seed"] = args.seed
+    return overrides
+
+
+def _run_search(args: argparse.Namespace) -> None:
+    from evomerge.config import load_config
+
+    _search(load_config(args.config, _search_overrides(args)))
+
+
+def _run_resume(args: argparse.Namespace) -> None:
+    from evomerge.config import load_config
+
+    if not (args.run_dir / RUN_CONFIG).is_file():
+        raise UsageError(f"'{args.run_dir}' holds no run (no {RUN_CONFIG}); start one with: evomerge run CONFIG")
+    _search(load_config(args.run_dir / RUN_CONFIG, _search_overrides(args)))
+
+
+def _search(config) -> None:
+    import yaml
+
+    from evomerge.search.loop import Search
+    from evomerge.search.status import status_text
+
+    search = Search(config)
+    if not (config.run_dir / RUN_CONFIG).is_file():
+        (config.run_dir / RUN_CONFIG).write_text(yaml.safe_dump(config.to_json_dict(), sort_keys=False))
+    try:
+        search.run()
+    except KeyboardInterrupt:
+        print(f"evomerge: stopped; nothing is lost: evomerge resume {config.run_dir}", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(status_text(config))
+
+
+def _run_status(args: argparse.Namespace) -> None:
+    from evomerge.config import load_config
+    from evomerge.search.status import status_text
+
+    if not (args.run_dir / RUN_CONFIG).is_file():
+        raise UsageError(f"'{args.run_dir}' holds no run (no {RUN_CONFIG})")
+    print(status_text(load_config(args.run_dir / RUN_CONFIG, {"run_dir": str(args.run_dir)})))
 
 
 def _run_demo(args: argparse.Namespace) -> None:

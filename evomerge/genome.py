@@ -67,8 +67,10 @@ class Gene:
         u = min(1.0, max(0.0, unit))
         low, high = self.param.low, self.param.high
         if self.param.log:
-            return math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
-        return low + u * (high - low)
+            value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+        else:
+            value = low + u * (high - low)
+        return min(high, max(low, value))
 
     def unit(self, value: float) -> float:
         low, high = self.param.low, self.param.high

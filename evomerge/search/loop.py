@@ -1,0 +1,292 @@
+"""The search loop: ask for a candidate, materialize it in place, score it on the search split, record it.
+
+Guarantees (DESIGN.md decision 2):
+- **Exact resume.** The ledger is the only state. A `kill -9` loses at most the candidate in flight; a resumed
+  serial run evaluates the same candidates in the same order as an uninterrupted one and ends with the same
+  ledger values. With Optuna samplers the candidate in flight stays a RUNNING trial whose parameters are
+  already stored; resume evaluates it first. With pycma the generation in flight is in the saved state;
+  resume evaluates the members that are not in the ledger yet.
+- **Failures are data.** A candidate whose merge or evaluation raises becomes a FAILED trial with its reason;
+  the optimizer is told a penalty (pycma) or the failure (Optuna) and the search goes on. `max_consecutive_failures`
+  failures in a row stop the run with the last reason.
+- **Seeds first.** The first candidates are the template recipe with every searched parameter at the method's
+  default (equal weights: the uniform merge) and then each of `seed_recipes`; CMA-ES starts from the best.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cma
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+from transformers import AutoTokenizer
+
+from evomerge.config import RunConfig
+from evomerge.engine import MergeEngine, recipe_dtype
+from evomerge.errors import MergeFailure, UsageError
+from evomerge.evaluate.tasks import Evaluator, load_task
+from evomerge.genome import Genome
+from evomerge.recipe import load_recipe
+from evomerge.search.ledger import open_study
+from evomerge.search.optimizers import load_pycma, losses, optuna_sampler, save_pycma, scalarize, trial_seed
+
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
+ELAPSED_ATTR = "elapsed_seconds"
+SEEDED_ATTR = "seeded"
+
+
+@dataclass
+class Outcome:
+    values: list[float] | None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+class Search:
+    """One run: its config, ledger, resident models, genome and evaluator."""
+
+    def __init__(self, config: RunConfig, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+        self.engine = MergeEngine.from_recipe(config.recipe, device=config.device)
+        reference = self.engine.reference
+        self.genome = Genome(config.recipe, config.genome, self.engine.num_layers, reference.module_kinds)
+        self.seed_recipes = [config.recipe, *(load_recipe(path) for path in config.seed_recipes)]
+        self.seed_points = [self.genome.encode(recipe) for recipe in self.seed_recipes]
+        tasks = [load_task(name, spec) for name, spec in config.tasks.items()]
+        self.engine.plan(self.genome.decode(self.seed_points[0]))
+        self.study, self.resumed = _open_run(config)
+        self.model = self.engine.new_target(recipe_dtype(config.recipe))
+        tokenizer = AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file)
+        self.evaluator = Evaluator(tasks, tokenizer)
+        self.log = _file_logger(config)
+        self.started = time.monotonic()
+        self.elapsed_before = float(self.study.user_attrs.get(ELAPSED_ATTR, 0.0))
+        self.bar = None
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> optuna.Study:
+        self.log.info("%s run in %s", "resuming" if self.resumed else "starting", self.config.run_dir)
+        with self._progress_bar():
+            if self.config.optimizer.name == "cmaes":
+                self._run_pycma()
+            else:
+                self._run_optuna()
+        self.log.info("finished: %d candidates evaluated", self.finished())
+        return self.study
+
+    def _run_optuna(self) -> None:
+        if not self.study.user_attrs.get(SEEDED_ATTR):
+            for point in self.seed_points:
+                self.study.enqueue_trial(point)
+            self.study.set_user_attr(SEEDED_ATTR, True)
+        for stale in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            self.study.sampler = optuna_sampler(self.config.optimizer, trial_seed(self.config.seed, stale.number))
+            self._finish_optuna(optuna.trial.Trial(self.study, stale._trial_id))
+        while self.budget_left():
+            number = len(self.study.get_trials(deepcopy=False))
+            self.study.sampler = optuna_sampler(self.config.optimizer, trial_seed(self.config.seed, number))
+            self._finish_optuna(self.study.ask())
+
+    def _finish_optuna(self, trial: optuna.Trial) -> None:
+        values = {
+            gene.name: trial.suggest_float(gene.name, gene.param.low, gene.param.high, log=gene.param.log)
+            for gene in self.genome.genes
+        }
+        outcome = self.evaluate(values)
+        for key, value in outcome.attrs.items():
+            trial.set_user_attr(key, value)
+        if outcome.values is None:
+            self.study.tell(trial, state=TrialState.FAIL)
+        else:
+            self.study.tell(trial, outcome.values)
+        self._after(trial.number, outcome)
+
+    def _run_pycma(self) -> None:
+        done_seeds = {t.user_attrs.get("seed_index") for t in self._finished_trials()}
+        for index, point in enumerate(self.seed_points):
+            if index not in done_seeds:
+                if not self.budget_left():
+                    return
+                self._add_trial(point, self.evaluate(point), {"seed_index": index})
+        state = load_pycma(self.study)
+        if state is None:
+            es = cma.CMAEvolutionStrategy(self._best_seed_unit(), self.config.optimizer.sigma, self._cma_options())
+            population = es.ask()
+            save_pycma(self.study, (es, population))
+        else:
+            es, population = state
+        while True:
+            generation = es.countiter
+            done = {
+                t.user_attrs["index"]: t for t in self._finished_trials() if t.user_attrs.get("generation") == generation
+            }
+            for index, unit in enumerate(population):
+                if index in done:
+                    continue
+                if not self.budget_left():
+                    return
+                point = {gene.name: gene.value(u) for gene, u in zip(self.genome.genes, unit)}
+                outcome = self.evaluate(point)
+                done[index] = self._add_trial(point, outcome, {"generation": generation, "index": index})
+            es.tell(population, self._fitnesses([done[i] for i in range(len(population))]))
+            population = es.ask()
+            save_pycma(self.study, (es, population))
+
+    def _cma_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"bounds": [0, 1], "seed": self.config.seed + 1, "verbose": -9}
+        if self.config.optimizer.population_size:
+            options["popsize"] = self.config.optimizer.population_size
+        return options
+
+    def _best_seed_unit(self) -> list[float]:
+        seeds = [t for t in self._finished_trials() if "seed_index" in t.user_attrs and t.state == TrialState.COMPLETE]
+        if not seeds:
+            return self.genome.encode_unit(self.seed_recipes[0])
+        best = min(seeds, key=lambda t: self._fitnesses([t])[0])
+        return self.genome.encode_unit(self.seed_recipes[best.user_attrs["seed_index"]])
+
+    def _fitnesses(self, trials: list[optuna.trial.FrozenTrial]) -> list[float]:
+        """What pycma minimizes: the scalarized objectives; a failed candidate gets the worst value seen + 1."""
+        objectives = self.config.objectives
+        completed = [t for t in self._finished_trials() if t.state == TrialState.COMPLETE]
+        ideal = [min(column) for column in zip(*(losses(t.values, objectives) for t in completed))] if completed else []
+        method = self.config.optimizer.scalarization
+
+        def fitness(t: optuna.trial.FrozenTrial) -> float:
+            return scalarize(t.values, objectives, method, ideal)
+
+        worst = max((fitness(t) for t in completed), default=0.0)
+        return [fitness(t) if t.state == TrialState.COMPLETE else worst + 1.0 for t in trials]
+
+    def _add_trial(self, point: dict[str, float], outcome: Outcome, attrs: dict[str, Any]) -> optuna.trial.FrozenTrial:
+        distributions = {
+            gene.name: FloatDistribution(gene.param.low, gene.param.high, log=gene.param.log)
+            for gene in self.genome.genes
+        }
+        trial = optuna.trial.create_trial(
+            state=TrialState.COMPLETE if outcome.values is not None else TrialState.FAIL,
+            values=outcome.values,
+            params=point,
+            distributions=distributions,
+            user_attrs={**outcome.attrs, **attrs},
+        )
+        self.study.add_trial(trial)
+        added = self.study.get_trials(deepcopy=False)[-1]
+        self._after(added.number, outcome)
+        return added
+
+    # ------------------------------------------------------------------ one candidate
+
+    def evaluate(self, point: dict[str, float]) -> Outcome:
+        """Materialize and score one candidate; any exception becomes a failed outcome with its reason."""
+        recipe = self.genome.decode(point)
+        attrs: dict[str, Any] = {"recipe": recipe.to_yaml()}
+        try:
+            started = time.perf_counter()
+            self.engine.materialize(recipe, self.model)
+            merged = time.perf_counter()
+            scores = self.evaluator.score(self.model, "search")
+            values = [scores[o.task][o.metric] for o in self.config.objectives]
+            if not all(math.isfinite(v) for v in values):
+                raise MergeFailure(f"an objective is not finite: {values}")
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # any failure of one candidate is data, not a crash (DESIGN.md decision 6)
+            return Outcome(None, {**attrs, "failure_reason": f"{type(error).__name__}: {error}"})
+        attrs.update(scores=scores, merge_seconds=merged - started, eval_seconds=time.perf_counter() - merged)
+        return Outcome(values, attrs)
+
+    def _after(self, number: int, outcome: Outcome) -> None:
+        self.study.set_user_attr(ELAPSED_ATTR, self.elapsed())
+        if outcome.values is None:
+            self.log.warning("trial %d failed: %s", number, outcome.attrs["failure_reason"])
+        else:
+            self.log.info(
+                "trial %d: %s (merge %.2f s, eval %.2f s)", number,
+                ", ".join(f"{o.task}={v:.4f}" for o, v in zip(self.config.objectives, outcome.values)),
+                outcome.attrs["merge_seconds"], outcome.attrs["eval_seconds"],
+            )
+        if self.bar is not None:
+            self.bar.update(1)
+            best = self.best_value()
+            if best is not None:
+                self.bar.set_postfix(best=f"{best:.4f}")
+        self._stop_after_failures()
+
+    def _stop_after_failures(self) -> None:
+        limit = self.config.budget.max_consecutive_failures
+        trials = self._finished_trials()
+        tail = trials[-limit:]
+        if len(tail) == limit and all(t.state == TrialState.FAIL for t in tail):
+            raise UsageError(
+                f"stopped after {limit} failed candidates in a row; the last: {tail[-1].user_attrs.get('failure_reason')} "
+                f"(see {self.config.run_dir / 'run.log'})"
+            )
+
+    # ------------------------------------------------------------------ budget and progress
+
+    def _finished_trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=FINISHED)
+
+    def finished(self) -> int:
+        return len(self._finished_trials())
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def budget_left(self) -> bool:
+        budget = self.config.budget
+        if budget.evaluations is not None and self.finished() >= budget.evaluations:
+            return False
+        return budget.wall_clock_seconds is None or self.elapsed() < budget.wall_clock_seconds
+
+    def best_value(self) -> float | None:
+        """The best scalarized objective so far, as a value to maximize (for the progress bar)."""
+        completed = [t for t in self._finished_trials() if t.state == TrialState.COMPLETE]
+        if not completed:
+            return None
+        return -min(self._fitnesses(completed))
+
+    def _progress_bar(self):
+        from contextlib import nullcontext
+
+        if not self.progress:
+            return nullcontext()
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=self.config.budget.evaluations, initial=self.finished(), desc="search", unit="candidate",
+            disable=None,
+        )
+        return self.bar
+
+
+def _open_run(config: RunConfig) -> tuple[optuna.Study, bool]:
+    """Open the run's study, creating the run directory; a directory made here goes again if that fails."""
+    created = not config.run_dir.exists()
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return open_study(config)
+    except UsageError:
+        if created:
+            shutil.rmtree(config.run_dir, ignore_errors=True)
+        raise
+
+
+def _file_logger(config: RunConfig) -> logging.Logger:
+    log = logging.getLogger(f"evomerge.run.{config.run_dir.resolve()}")
+    if not log.handlers:
+        handler = logging.FileHandler(config.run_dir / "run.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log

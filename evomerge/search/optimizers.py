@@ -1,0 +1,88 @@
+"""Optimizers behind one ask/tell shape, their state in the ledger.
+
+- `cmaes` is pycma's CMA-ES over the genome's unit cube (bounds [0, 1]). Its state (the strategy and the
+  population it last asked for) is pickled into the study's user attributes right after every ask, so a
+  resumed run evaluates exactly the population an uninterrupted run would have, and tells it the same values.
+  Several objectives are scalarized (`weighted_sum`, or `chebyshev` around the best value seen per objective).
+- The other names are Optuna samplers. Each trial is asked with a sampler seeded by the run seed and the trial
+  number: Optuna samplers keep their state in the storage except their random generator, so seeding per trial
+  makes a killed-and-resumed serial run ask the same candidates as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import base64
+import pickle
+import warnings
+from collections.abc import Sequence
+
+import optuna
+
+from evomerge.config import Objective, OptimizerConfig
+
+PYCMA_ATTR = "pycma_state"
+
+
+def optuna_sampler(config: OptimizerConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler a config names, seeded.
+
+    A sampler is made for every trial (see the module docstring), so Optuna's "experimental" notice for some
+    samplers would repeat on every candidate; it is silenced here, where the choice is the user's config.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _sampler(config, seed)
+
+
+def _sampler(config: OptimizerConfig, seed: int) -> optuna.samplers.BaseSampler:
+    samplers = optuna.samplers
+    population = {"population_size": config.population_size} if config.population_size else {}
+    if config.name == "tpe":
+        return samplers.TPESampler(seed=seed, multivariate=True)
+    if config.name == "optuna-cmaes":
+        return samplers.CmaEsSampler(seed=seed, popsize=config.population_size, warn_independent_sampling=False)
+    if config.name == "nsga2":
+        return samplers.NSGAIISampler(seed=seed, **population)
+    if config.name == "nsga3":
+        return samplers.NSGAIIISampler(seed=seed, **population)
+    if config.name == "gp":
+        return samplers.GPSampler(seed=seed)
+    if config.name == "random":
+        return samplers.RandomSampler(seed=seed)
+    raise ValueError(f"'{config.name}' is not an Optuna sampler")
+
+
+def trial_seed(run_seed: int, trial_number: int) -> int:
+    return (run_seed * 1_000_003 + trial_number) % 2**32
+
+
+def scalarize(
+    values: Sequence[float], objectives: Sequence[Objective], method: str, ideal: Sequence[float]
+) -> float:
+    """One number to minimize from several objective values.
+
+    Each value becomes a loss (negated when maximized). `weighted_sum`: sum_i w_i loss_i. `chebyshev`:
+    max_i w_i (loss_i - ideal_i), with `ideal` the lowest loss seen so far per objective.
+    """
+    loss = losses(values, objectives)
+    if method == "weighted_sum":
+        return sum(o.weight * value for o, value in zip(objectives, loss))
+    return max(o.weight * (value - best) for o, value, best in zip(objectives, loss, ideal))
+
+
+def losses(values: Sequence[float], objectives: Sequence[Objective]) -> list[float]:
+    return [-v if o.direction == "maximize" else v for v, o in zip(values, objectives, strict=True)]
+
+
+def save_pycma(study: optuna.Study, state: object) -> None:
+    study.set_user_attr(PYCMA_ATTR, base64.b64encode(pickle.dumps(state)).decode("ascii"))
+
+
+def load_pycma(study: optuna.Study) -> object | None:
+    """The pickled pycma state of this study, or None before the first generation.
+
+    Only evomerge writes this attribute, into a storage the user chose to open; unpickling it is as safe as
+    that storage.
+    """
+    blob = study.user_attrs.get(PYCMA_ATTR)
+    return pickle.loads(base64.b64decode(blob)) if blob else None

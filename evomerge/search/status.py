@@ -1,0 +1,66 @@
+"""What `evomerge status RUN_DIR` prints: progress, the best candidate, the Pareto front, rate and ETA."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from evomerge.config import RunConfig
+from evomerge.errors import UsageError
+from evomerge.search.ledger import STUDY_NAME, open_storage
+from evomerge.search.loop import ELAPSED_ATTR
+from evomerge.search.optimizers import losses, scalarize
+
+
+def load_run_study(config: RunConfig) -> optuna.Study:
+    storage = open_storage(config.storage_url)
+    if STUDY_NAME not in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
+        raise UsageError(f"no run has started in {config.run_dir} yet; start one with: evomerge run CONFIG")
+    return optuna.load_study(study_name=STUDY_NAME, storage=storage)
+
+
+def best_trial(config: RunConfig, completed: list[FrozenTrial]) -> FrozenTrial:
+    """The best completed trial by the config's scalarization (the objective itself when there is one)."""
+    objectives = config.objectives
+    ideal = [min(column) for column in zip(*(losses(t.values, objectives) for t in completed))]
+    return min(completed, key=lambda t: scalarize(t.values, objectives, config.optimizer.scalarization, ideal))
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    return sorted(study.best_trials, key=lambda t: t.number)
+
+
+def status_text(config: RunConfig) -> str:
+    study = load_run_study(config)
+    trials = study.get_trials(deepcopy=False)
+    count = {state: sum(t.state == state for t in trials) for state in TrialState}
+    finished = count[TrialState.COMPLETE] + count[TrialState.FAIL]
+    budget = config.budget.evaluations
+    elapsed = float(study.user_attrs.get(ELAPSED_ATTR, 0.0))
+    lines = [
+        f"run: {config.run_dir}  optimizer: {config.optimizer.name}  objectives: "
+        + ", ".join(f"{o.task}.{o.metric} ({o.direction})" for o in config.objectives),
+        f"progress: {finished}" + (f"/{budget}" if budget else "") + f" evaluated ({count[TrialState.COMPLETE]} complete, "
+        f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running)",
+    ]
+    if elapsed > 0 and finished:
+        rate = finished / elapsed * 3600
+        line = f"speed: {rate:.0f} evaluations/hour over {elapsed / 60:.1f} min of search"
+        if budget and finished < budget:
+            line += f"; ETA {(budget - finished) / rate * 60:.1f} min"
+        lines.append(line)
+    completed = [t for t in trials if t.state == TrialState.COMPLETE]
+    if completed:
+        best = best_trial(config, completed)
+        lines.append(f"best: trial {best.number}: " + _values_text(config, best))
+        seed = next((t for t in completed if t.user_attrs.get("seed_index") == 0 or t.number == 0), None)
+        if seed is not None and seed.number != best.number:
+            lines.append(f"first candidate (uniform merge): trial {seed.number}: " + _values_text(config, seed))
+    if config.multi_objective and completed:
+        lines.append(f"Pareto front ({len(pareto_front(study))} candidates):")
+        lines.extend(f"  trial {t.number}: " + _values_text(config, t) for t in pareto_front(study))
+    return "\n".join(lines)
+
+
+def _values_text(config: RunConfig, trial: FrozenTrial) -> str:
+    return ", ".join(f"{o.task}={v:.4f}" for o, v in zip(config.objectives, trial.values))

@@ -1,0 +1,183 @@
+"""The search loop on tiny random models: the ledger, exact resume, failures as data, bad configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from evomerge.cli import main
+from evomerge.config import config_from_dict
+from evomerge.errors import UsageError
+from evomerge.search.loop import Search
+from evomerge.search.status import status_text
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("task")
+    for split, numbers in (("search", range(0, 12)), ("held_out", range(12, 20))):
+        rows = "".join(json.dumps({"prompt": f"n{i}=", "answer": str(i)}) + "\n" for i in numbers)
+        (data / f"{split}.jsonl").write_text(rows)
+    return data
+
+
+def config_data(tiny_models, task_dir, run_dir, optimizer="cmaes", evaluations=9, **changes):
+    data = {
+        "recipe": {
+            "method": "ties", "base": str(tiny_models["base"]),
+            "sources": [{"model": str(tiny_models["a"])}, {"model": str(tiny_models["b"])}],
+        },
+        "genome": [
+            {"param": "weight", "granularity": "layer", "low": 0.0, "high": 1.5},
+            {"param": "density", "granularity": "global", "low": 0.2, "high": 1.0},
+        ],
+        "tasks": {"t": {"data": str(task_dir), "limit": 4}},
+        "objectives": [{"task": "t"}],
+        "optimizer": {"name": optimizer, "population_size": 4},
+        "budget": {"evaluations": evaluations},
+        "run_dir": str(run_dir),
+    }
+    data.update(changes)
+    return data
+
+
+def run(data) -> optuna.Study:
+    return Search(config_from_dict(data), progress=False).run()
+
+
+def ledger(study: optuna.Study) -> list[tuple]:
+    return [(t.number, t.state, t.values, t.params) for t in study.get_trials()]
+
+
+def test_cmaes_run_records_every_candidate_with_its_recipe_and_times(tiny_models, task_dir, tmp_path):
+    study = run(config_data(tiny_models, task_dir, tmp_path / "run"))
+    trials = study.get_trials()
+    assert len(trials) == 9 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert trials[0].user_attrs["seed_index"] == 0
+    assert [t.user_attrs.get("index") for t in trials[1:5]] == [0, 1, 2, 3]
+    first = yaml.safe_load(trials[0].user_attrs["recipe"])
+    assert first["sources"][0]["weight"] == [1.0, 1.0] and first["sources"][0]["density"] == 1.0
+    assert all(t.user_attrs["merge_seconds"] > 0 and t.user_attrs["eval_seconds"] > 0 for t in trials)
+    assert (tmp_path / "run" / "ledger.db").is_file() and "trial 8" in (tmp_path / "run" / "run.log").read_text()
+
+
+@pytest.mark.parametrize("optimizer", ["cmaes", "tpe", "nsga2", "nsga3", "optuna-cmaes", "gp", "random"])
+def test_a_stopped_and_resumed_run_proposes_exactly_what_an_uninterrupted_run_does(optimizer, tiny_models, task_dir, tmp_path):
+    whole = run(config_data(tiny_models, task_dir, tmp_path / "whole", optimizer))
+    run(config_data(tiny_models, task_dir, tmp_path / "parts", optimizer, evaluations=3))
+    resumed = run(config_data(tiny_models, task_dir, tmp_path / "parts", optimizer, evaluations=6))
+    assert len(resumed.get_trials()) == 6
+    resumed = run(config_data(tiny_models, task_dir, tmp_path / "parts", optimizer))
+    assert ledger(resumed) == ledger(whole)
+    assert len({json.dumps(t.params, sort_keys=True) for t in whole.get_trials()}) > 1
+
+
+def test_the_candidate_in_flight_is_evaluated_first_on_resume(tiny_models, task_dir, tmp_path):
+    data = config_data(tiny_models, task_dir, tmp_path / "run", "tpe", evaluations=4)
+    study = run(data)
+    in_flight = study.ask()
+    in_flight.suggest_float("sources.0.weight@layer0", 0.0, 1.5)  # killed after asking, before finishing
+    study = run(config_data(tiny_models, task_dir, tmp_path / "run", "tpe", evaluations=6))
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert trials[4].params["sources.0.weight@layer0"] == in_flight.params["sources.0.weight@layer0"]
+
+
+def test_a_failing_candidate_is_a_failed_trial_and_the_search_goes_on(tiny_models, task_dir, tmp_path, monkeypatch):
+    from evomerge.evaluate.tasks import Evaluator
+
+    calls = {"n": 0}
+    original = Evaluator.score
+
+    def sometimes_out_of_memory(self, model, split="search"):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(self, model, split)
+
+    monkeypatch.setattr(Evaluator, "score", sometimes_out_of_memory)
+    study = run(config_data(tiny_models, task_dir, tmp_path / "run"))
+    states = [t.state for t in study.get_trials()]
+    assert states.count(TrialState.FAIL) == 1 and len(states) == 9
+    failed = next(t for t in study.get_trials() if t.state == TrialState.FAIL)
+    assert failed.user_attrs["failure_reason"] == "RuntimeError: CUDA out of memory (simulated)"
+
+
+def test_many_failures_in_a_row_stop_the_run_with_the_reason(tiny_models, task_dir, tmp_path, monkeypatch):
+    from evomerge.engine import MergeEngine
+    from evomerge.errors import MergeFailure
+
+    def always_nan(self, recipe, model, progress=False):
+        raise MergeFailure("the merge produced NaN or Inf in tensor 'x'")
+
+    monkeypatch.setattr(MergeEngine, "materialize", always_nan)
+    data = config_data(tiny_models, task_dir, tmp_path / "run", budget={"evaluations": 20, "max_consecutive_failures": 3})
+    with pytest.raises(UsageError, match="stopped after 3 failed candidates in a row; the last: MergeFailure: the merge produced NaN"):
+        run(data)
+
+
+def test_status_shows_progress_best_and_speed(tiny_models, task_dir, tmp_path):
+    data = config_data(tiny_models, task_dir, tmp_path / "run")
+    run(data)
+    text = status_text(config_from_dict(data))
+    assert "progress: 9/9 evaluated (9 complete, 0 failed, 0 running)" in text
+    assert "evaluations/hour" in text and "best: trial" in text
+
+
+def test_two_objectives_with_nsga2_give_a_pareto_front(tiny_models, task_dir, tmp_path):
+    data = config_data(
+        tiny_models, task_dir, tmp_path / "run", "nsga2",
+        tasks={"t": {"data": str(task_dir), "limit": 4}, "u": {"data": str(task_dir), "limit": 2}},
+        objectives=[{"task": "t"}, {"task": "u", "direction": "minimize"}],
+    )
+    run(data)
+    assert "Pareto front (" in status_text(config_from_dict(data))
+
+
+def write_config(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"optimizer": "annealing"}, "optimizer.name: Input should be 'cmaes', 'tpe'"),
+        ({"genome": [{"param": "weight", "low": 1.0, "high": 0.5}]}, "genome.0: bounds of 'weight': low 1.0 > high 0.5"),
+        ({"objectives": [{"task": "missing"}]}, "objective names task 'missing', which is not under 'tasks'"),
+        ({"objectives": [{"task": "t"}, {"task": "t"}], "optimizer": "optuna-cmaes"}, "optimizes one objective but 2 are listed"),
+        ({"budget": {"evaluations": 0}}, "budget.evaluations: Input should be greater than or equal to 1"),
+        ({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "cannot open the storage 'postgresql://nobody@127.0.0.1:1/none'"),
+        ({"tasks": {"t": {"data": "/nowhere"}}}, "task 't': no data file '/nowhere/search.jsonl'"),
+    ],
+)
+def test_bad_configs_get_one_line_and_exit_2_before_anything_is_written(change, message, tiny_models, task_dir, tmp_path, capsys):
+    data = config_data(tiny_models, task_dir, tmp_path / "run", **change)
+    assert main(["run", str(write_config(tmp_path / "c.yaml", data))]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error, error
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_directory_of_another_config_is_refused_and_left_intact(tiny_models, task_dir, tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", config_data(tiny_models, task_dir, tmp_path / "run", evaluations=3))
+    assert main(["run", str(config)]) == 0
+    other = config_data(tiny_models, task_dir, tmp_path / "run", evaluations=3, seed=5, optimizer="tpe")
+    capsys.readouterr()
+    assert main(["run", str(write_config(tmp_path / "other.yaml", other))]) == 2
+    assert "changed: optimizer.name, seed" in capsys.readouterr().err
+    assert main(["status", str(tmp_path / "run")]) == 0
+    assert "progress: 3/3" in capsys.readouterr().out
+
+
+def test_resume_extends_the_budget_from_the_run_directory_alone(tiny_models, task_dir, tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", config_data(tiny_models, task_dir, tmp_path / "run", evaluations=3))
+    assert main(["run", str(config), "--budget", "2"]) == 0
+    assert main(["resume", str(tmp_path / "run"), "--budget", "5"]) == 0
+    assert "progress: 5/5" in capsys.readouterr().out
+    assert main(["resume", str(tmp_path / "nowhere")]) == 2
