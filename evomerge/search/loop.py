@@ -35,7 +35,7 @@ from evomerge.evaluate.tasks import Evaluator, load_task
 from evomerge.genome import Genome
 from evomerge.recipe import load_recipe
 from evomerge.search.ledger import open_study
-from evomerge.search.optimizers import load_pycma, losses, optuna_sampler, save_pycma, scalarize, trial_seed
+from evomerge.search.optimizers import load_pycma, optuna_sampler, save_pycma, scalarized, trial_seed
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 ELAPSED_ATTR = "elapsed_seconds"
@@ -155,16 +155,13 @@ class Search:
 
     def _fitnesses(self, trials: list[optuna.trial.FrozenTrial]) -> list[float]:
         """What pycma minimizes: the scalarized objectives; a failed candidate gets the worst value seen + 1."""
-        objectives = self.config.objectives
+        objectives, method = self.config.objectives, self.config.optimizer.scalarization
         completed = [t for t in self._finished_trials() if t.state == TrialState.COMPLETE]
-        ideal = [min(column) for column in zip(*(losses(t.values, objectives) for t in completed))] if completed else []
-        method = self.config.optimizer.scalarization
-
-        def fitness(t: optuna.trial.FrozenTrial) -> float:
-            return scalarize(t.values, objectives, method, ideal)
-
-        worst = max((fitness(t) for t in completed), default=0.0)
-        return [fitness(t) if t.state == TrialState.COMPLETE else worst + 1.0 for t in trials]
+        worst = max(scalarized(completed, completed, objectives, method), default=0.0)
+        return [
+            scalarized([t], completed, objectives, method)[0] if t.state == TrialState.COMPLETE else worst + 1.0
+            for t in trials
+        ]
 
     def _add_trial(self, point: dict[str, float], outcome: Outcome, attrs: dict[str, Any]) -> optuna.trial.FrozenTrial:
         distributions = {

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Sequence
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from evomerge.config import Objective, OptimizerConfig
 
@@ -72,6 +73,15 @@ def scalarize(
 
 def losses(values: Sequence[float], objectives: Sequence[Objective]) -> list[float]:
     return [-v if o.direction == "maximize" else v for v, o in zip(values, objectives, strict=True)]
+
+
+def scalarized(
+    trials: Sequence[FrozenTrial], completed: Sequence[FrozenTrial], objectives: Sequence[Objective], method: str
+) -> list[float]:
+    """The scalarized value (to minimize) of each completed trial in `trials`; the ideal point of
+    `chebyshev` is the best loss per objective over `completed`."""
+    ideal = [min(column) for column in zip(*(losses(t.values, objectives) for t in completed))]
+    return [scalarize(t.values, objectives, method, ideal) for t in trials]
 
 
 def save_pycma(study: optuna.Study, state: object) -> None:

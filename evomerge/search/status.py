@@ -9,7 +9,7 @@ from evomerge.config import RunConfig
 from evomerge.errors import UsageError
 from evomerge.search.ledger import STUDY_NAME, open_storage
 from evomerge.search.loop import ELAPSED_ATTR
-from evomerge.search.optimizers import losses, scalarize
+from evomerge.search.optimizers import scalarized
 
 
 def load_run_study(config: RunConfig) -> optuna.Study:
@@ -21,9 +21,8 @@ def load_run_study(config: RunConfig) -> optuna.Study:
 
 def best_trial(config: RunConfig, completed: list[FrozenTrial]) -> FrozenTrial:
     """The best completed trial by the config's scalarization (the objective itself when there is one)."""
-    objectives = config.objectives
-    ideal = [min(column) for column in zip(*(losses(t.values, objectives) for t in completed))]
-    return min(completed, key=lambda t: scalarize(t.values, objectives, config.optimizer.scalarization, ideal))
+    values = scalarized(completed, completed, config.objectives, config.optimizer.scalarization)
+    return completed[values.index(min(values))]
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:

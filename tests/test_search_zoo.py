@@ -1,0 +1,107 @@
+"""The search on the real zoo: kill -9 and resume, the demo search paying off, a Pareto front."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from evomerge.cli import main
+from evomerge.config import load_config
+from evomerge.search.status import best_trial
+
+pytestmark = pytest.mark.slow
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def small_demo_config(path: Path, run_dir: Path, evaluations: int) -> Path:
+    data = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
+    data["tasks"] = {name: {**task, "limit": 24} for name, task in data["tasks"].items()}
+    data["optimizer"]["population_size"] = 4
+    data["budget"] = {"evaluations": evaluations}
+    data["run_dir"] = str(run_dir)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def ledger(run_dir: Path) -> list[tuple]:
+    study = optuna.load_study(study_name="evomerge", storage=f"sqlite:///{run_dir / 'ledger.db'}")
+    return [(t.state, t.values, t.params) for t in study.get_trials()]
+
+
+def logged_trials(run_dir: Path) -> int:
+    log = run_dir / "run.log"
+    return log.read_text().count(" trial ") if log.exists() else 0
+
+
+def evomerge_run(config: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "evomerge.cli", "run", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_kill_9_at_random_points_then_resume_ends_exactly_like_an_uninterrupted_run(zoo_dir, tmp_path):
+    evaluations = 14
+    whole_config = small_demo_config(tmp_path / "whole.yaml", tmp_path / "whole", evaluations)
+    assert subprocess.run([sys.executable, "-m", "evomerge.cli", "run", str(whole_config)], capture_output=True).returncode == 0
+
+    killed_dir = tmp_path / "killed"
+    config = small_demo_config(tmp_path / "killed.yaml", killed_dir, evaluations)
+    rng = random.Random(1234)
+    kills = 0
+    for _ in range(3):
+        before = logged_trials(killed_dir)
+        process = evomerge_run(config)
+        deadline = time.monotonic() + 120
+        while logged_trials(killed_dir) == before and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))  # somewhere inside a later candidate: merging, scoring or recording
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            kills += 1
+        process.wait()
+    assert kills >= 2, "the run finished before it could be killed; raise the budget"
+    finish = subprocess.run([sys.executable, "-m", "evomerge.cli", "run", str(config)], capture_output=True, text=True)
+    assert finish.returncode == 0, finish.stderr
+
+    assert ledger(killed_dir) == ledger(tmp_path / "whole")
+    states = [state for state, _, _ in ledger(killed_dir)]
+    assert states == [TrialState.COMPLETE] * evaluations
+    best = [
+        best_trial(load_config(c), [t for t in optuna.load_study(
+            study_name="evomerge", storage=f"sqlite:///{d / 'ledger.db'}").get_trials() if t.state == TrialState.COMPLETE])
+        for c, d in ((whole_config, tmp_path / "whole"), (config, killed_dir))
+    ]
+    assert best[0].user_attrs["recipe"] == best[1].user_attrs["recipe"]
+
+
+def test_the_demo_search_beats_the_uniform_merge_on_the_search_split(zoo_dir, tmp_path, capsys):
+    run_dir = tmp_path / "demo"
+    assert main(["run", str(CONFIGS / "demo.yaml"), "--run-dir", str(run_dir)]) == 0
+    printed = capsys.readouterr().out
+    config = load_config(CONFIGS / "demo.yaml", {"run_dir": str(run_dir)})
+    study = optuna.load_study(study_name="evomerge", storage=config.storage_url)
+    completed = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    uniform = completed[0]
+    assert uniform.user_attrs["seed_index"] == 0
+    best = best_trial(config, completed)
+    assert sum(best.values) > sum(uniform.values) + 0.05, (best.values, uniform.values)
+    assert f"best: trial {best.number}" in printed
+
+
+def test_nsga2_on_two_skills_prints_a_pareto_front(zoo_dir, tmp_path, capsys):
+    assert main(["run", str(CONFIGS / "pareto.yaml"), "--run-dir", str(tmp_path / "pareto"), "--budget", "24"]) == 0
+    printed = capsys.readouterr().out
+    assert "Pareto front (" in printed
+    front = printed.split("Pareto front (")[1]
+    assert front.count("trial ") >= 1
