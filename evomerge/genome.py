@@ -15,7 +15,8 @@ Genes are named after where they land in the recipe, e.g. `sources.0.density@lay
 `parameters.scale@global`, `sources.2.weight@attention`, `sources.1.weight@layers2-3`.
 
 Optimizers see the unit cube: `decode_unit` maps u in [0, 1] to low + u (high - low), or geometrically
-between low and high for a `log` parameter, after clipping u to [0, 1].
+between low and high for a `log` parameter. A coordinate outside [0, 1] is first reflected back into it
+(1.2 -> 0.8, -0.3 -> 0.3): an unbounded optimizer such as CMA-ES then sees no flat plateau past the bounds.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Gene:
     kind: str | None
 
     def value(self, unit: float) -> float:
-        u = min(1.0, max(0.0, unit))
+        u = reflect_into_unit(unit)
         low, high = self.param.low, self.param.high
         if self.param.log:
             value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
@@ -168,6 +169,12 @@ class Genome:
     def encode_unit(self, recipe: Recipe) -> list[float]:
         values = self.encode(recipe)
         return [gene.unit(values[gene.name]) for gene in self.genes]
+
+
+def reflect_into_unit(u: float) -> float:
+    """u folded into [0, 1] by reflection at 0 and 1 (a triangle wave of period 2)."""
+    folded = math.fmod(abs(u), 2.0)
+    return folded if folded <= 1.0 else 2.0 - folded
 
 
 def _genes_of(searched: SearchedParam, source: int | None, num_layers: int, kinds: list[str]) -> list[Gene]:

@@ -62,7 +62,7 @@ def test_kind_granularity_gives_a_gene_per_kind_present_and_a_default_for_unknow
     )
 
 
-def test_unit_cube_maps_linearly_or_geometrically_and_clips():
+def test_unit_cube_maps_linearly_or_geometrically_and_reflects_outside_points():
     searched = [
         SearchedParam(param="density", granularity="global", low=0.01, high=1.0, log=True),
         SearchedParam(param="scale", granularity="global", low=0.0, high=2.0),
@@ -71,8 +71,10 @@ def test_unit_cube_maps_linearly_or_geometrically_and_clips():
     recipe = genome.decode_unit([0.5, 0.25])
     assert math.isclose(recipe.sources[0].parameters["density"], 0.1)
     assert recipe.parameters["scale"] == 0.5
-    clipped = genome.decode_unit([1.7, -3.0])
-    assert clipped.sources[0].parameters["density"] == pytest.approx(1.0) and clipped.parameters["scale"] == 0.0
+    reflected = genome.decode_unit([1.7, -0.25])  # reflected to 0.3 and 0.25
+    assert reflected.sources[0].parameters["density"] == pytest.approx(0.01 ** 0.7)
+    assert reflected.parameters["scale"] == 0.5
+    assert genome.decode_unit([3.0, 2.5]).parameters["scale"] == 1.0  # 2.5 -> 0.5
 
 
 def test_encode_inverts_decode_and_projects_finer_recipes():

@@ -4,8 +4,8 @@ Guarantees (DESIGN.md decision 2):
 - **Exact resume.** The ledger is the only state. A `kill -9` loses at most the candidate in flight; a resumed
   serial run evaluates the same candidates in the same order as an uninterrupted one and ends with the same
   ledger values. With Optuna samplers the candidate in flight stays a RUNNING trial whose parameters are
-  already stored; resume evaluates it first. With pycma the generation in flight is in the saved state;
-  resume evaluates the members that are not in the ledger yet.
+  already stored; resume evaluates it first. With pycma the strategy is rebuilt and the recorded generations
+  replayed from the ledger; resume then evaluates the members of the current generation not recorded yet.
 - **Failures are data.** A candidate whose merge or evaluation raises becomes a FAILED trial with its reason;
   the optimizer is told a penalty (pycma) or the failure (Optuna) and the search goes on. `max_consecutive_failures`
   failures in a row stop the run with the last reason.
@@ -35,7 +35,12 @@ from evomerge.evaluate.tasks import Evaluator, load_task
 from evomerge.genome import Genome
 from evomerge.recipe import load_recipe
 from evomerge.search.ledger import open_study
-from evomerge.search.optimizers import load_pycma, optuna_sampler, save_pycma, scalarized, trial_seed
+from evomerge.search.optimizers import (
+    pycma_options,
+    optuna_sampler,
+    scalarized,
+    trial_seed,
+)
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 ELAPSED_ATTR = "elapsed_seconds"
@@ -110,53 +115,58 @@ class Search:
         self._after(trial.number, outcome)
 
     def _run_pycma(self) -> None:
-        done_seeds = {t.user_attrs.get("seed_index") for t in self._finished_trials()}
+        """CMA-ES, rebuilt from its seeded construction and the ledger: every recorded generation is asked
+        again and told its recorded fitnesses, then the search goes on. No optimizer state is stored beside
+        the trials, and the replay checks that each population asked again is the one recorded."""
+        seeds = {t.user_attrs["seed_index"]: t for t in self._finished_trials() if "seed_index" in t.user_attrs}
         for index, point in enumerate(self.seed_points):
-            if index not in done_seeds:
+            if index not in seeds:
                 if not self.budget_left():
                     return
-                self._add_trial(point, self.evaluate(point), {"seed_index": index})
-        state = load_pycma(self.study)
-        if state is None:
-            es = cma.CMAEvolutionStrategy(self._best_seed_unit(), self.config.optimizer.sigma, self._cma_options())
-            population = es.ask()
-            save_pycma(self.study, (es, population))
-        else:
-            es, population = state
+                seeds[index] = self._add_trial(point, self.evaluate(point), {"seed_index": index})
+        options = pycma_options(self.config.optimizer, self.config.seed)
+        es = cma.CMAEvolutionStrategy(self._best_seed_unit(seeds), self.config.optimizer.sigma, options)
+        generations: dict[int, dict[int, optuna.trial.FrozenTrial]] = {}
+        for trial in self._finished_trials():
+            if "generation" in trial.user_attrs:
+                generations.setdefault(trial.user_attrs["generation"], {})[trial.user_attrs["index"]] = trial
         while True:
             generation = es.countiter
-            done = {
-                t.user_attrs["index"]: t for t in self._finished_trials() if t.user_attrs.get("generation") == generation
-            }
+            population = es.ask()
+            done = generations.get(generation, {})
             for index, unit in enumerate(population):
+                point = {gene.name: gene.value(u) for gene, u in zip(self.genome.genes, unit)}
                 if index in done:
+                    self._check_replayed(done[index], point)
                     continue
                 if not self.budget_left():
                     return
-                point = {gene.name: gene.value(u) for gene, u in zip(self.genome.genes, unit)}
-                outcome = self.evaluate(point)
-                done[index] = self._add_trial(point, outcome, {"generation": generation, "index": index})
-            es.tell(population, self._fitnesses([done[i] for i in range(len(population))]))
-            population = es.ask()
-            save_pycma(self.study, (es, population))
+                done[index] = self._add_trial(point, self.evaluate(point), {"generation": generation, "index": index})
+            told = [done[i] for i in range(len(population))]
+            # check_points=False: these are the very solutions pycma asked for; nothing to repair.
+            es.tell(population, self._fitnesses(told, upto=max(t.number for t in told)), check_points=False)
 
-    def _cma_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"bounds": [0, 1], "seed": self.config.seed + 1, "verbose": -9}
-        if self.config.optimizer.population_size:
-            options["popsize"] = self.config.optimizer.population_size
-        return options
+    def _check_replayed(self, trial: optuna.trial.FrozenTrial, point: dict[str, float]) -> None:
+        if any(not math.isclose(trial.params[name], value, rel_tol=1e-12, abs_tol=1e-15) for name, value in point.items()):
+            raise UsageError(
+                f"the CMA-ES history in {self.config.run_dir} cannot be replayed: trial {trial.number} was asked "
+                "with other parameters (was the run made by another version of evomerge or cma?)"
+            )
 
-    def _best_seed_unit(self) -> list[float]:
-        seeds = [t for t in self._finished_trials() if "seed_index" in t.user_attrs and t.state == TrialState.COMPLETE]
-        if not seeds:
+    def _best_seed_unit(self, seeds: dict[int, optuna.trial.FrozenTrial]) -> list[float]:
+        """The unit-cube point of the best seed recipe, where CMA-ES starts."""
+        completed = {i: t for i, t in seeds.items() if t.state == TrialState.COMPLETE}
+        if not completed:
             return self.genome.encode_unit(self.seed_recipes[0])
-        best = min(seeds, key=lambda t: self._fitnesses([t])[0])
-        return self.genome.encode_unit(self.seed_recipes[best.user_attrs["seed_index"]])
+        upto = max(t.number for t in seeds.values())
+        fitness = dict(zip(completed, self._fitnesses(list(completed.values()), upto=upto)))
+        return self.genome.encode_unit(self.seed_recipes[min(fitness, key=fitness.get)])
 
-    def _fitnesses(self, trials: list[optuna.trial.FrozenTrial]) -> list[float]:
-        """What pycma minimizes: the scalarized objectives; a failed candidate gets the worst value seen + 1."""
+    def _fitnesses(self, trials: list[optuna.trial.FrozenTrial], upto: int) -> list[float]:
+        """What pycma minimizes: the scalarized objectives, judged against the trials up to number `upto`
+        (what had finished when these were told); a failed candidate gets the worst value seen + 1."""
         objectives, method = self.config.objectives, self.config.optimizer.scalarization
-        completed = [t for t in self._finished_trials() if t.state == TrialState.COMPLETE]
+        completed = [t for t in self._finished_trials() if t.state == TrialState.COMPLETE and t.number <= upto]
         worst = max(scalarized(completed, completed, objectives, method), default=0.0)
         return [
             scalarized([t], completed, objectives, method)[0] if t.state == TrialState.COMPLETE else worst + 1.0
@@ -250,7 +260,7 @@ class Search:
         completed = [t for t in self._finished_trials() if t.state == TrialState.COMPLETE]
         if not completed:
             return None
-        return -min(self._fitnesses(completed))
+        return -min(self._fitnesses(completed, upto=completed[-1].number))
 
     def _progress_bar(self):
         from contextlib import nullcontext

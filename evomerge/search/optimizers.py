@@ -1,8 +1,7 @@
 """Optimizers behind one ask/tell shape, their state in the ledger.
 
-- `cmaes` is pycma's CMA-ES over the genome's unit cube (bounds [0, 1]). Its state (the strategy and the
-  population it last asked for) is pickled into the study's user attributes right after every ask, so a
-  resumed run evaluates exactly the population an uninterrupted run would have, and tells it the same values.
+- `cmaes` is pycma's CMA-ES over the genome's unit cube. Its state is the ledger itself: a resumed run
+  rebuilds the strategy and replays the recorded generations (see `Search._run_pycma`).
   Several objectives are scalarized (`weighted_sum`, or `chebyshev` around the best value seen per objective).
 - The other names are Optuna samplers. Each trial is asked with a sampler seeded by the run seed and the trial
   number: Optuna samplers keep their state in the storage except their random generator, so seeding per trial
@@ -11,18 +10,14 @@
 
 from __future__ import annotations
 
-import base64
-import pickle
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
 from evomerge.config import Objective, OptimizerConfig
-
-PYCMA_ATTR = "pycma_state"
-
 
 def optuna_sampler(config: OptimizerConfig, seed: int) -> optuna.samplers.BaseSampler:
     """The Optuna sampler a config names, seeded.
@@ -84,15 +79,16 @@ def scalarized(
     return [scalarize(t.values, objectives, method, ideal) for t in trials]
 
 
-def save_pycma(study: optuna.Study, state: object) -> None:
-    study.set_user_attr(PYCMA_ATTR, base64.b64encode(pickle.dumps(state)).decode("ascii"))
+def pycma_options(config: OptimizerConfig, seed: int) -> dict:
+    """pycma options under which a strategy rebuilt and replayed in a new process asks what the first asked.
 
-
-def load_pycma(study: optuna.Study) -> object | None:
-    """The pickled pycma state of this study, or None before the first generation.
-
-    Only evomerge writes this attribute, into a storage the user chose to open; unpickling it is as safe as
-    that storage.
+    - A private random generator: pycma samples with `options["randn"]`, by default numpy's global
+      `np.random.randn`, whose state a new process does not share.
+    - No `bounds`: with bounds pycma maps told solutions back to genotypes through archives keyed by Python's
+      `hash()` and repairs the ones it does not find. The genome reflects coordinates into the unit cube
+      instead (`reflect_into_unit`).
     """
-    blob = study.user_attrs.get(PYCMA_ATTR)
-    return pickle.loads(base64.b64decode(blob)) if blob else None
+    options = {"seed": seed + 1, "verbose": -9, "randn": np.random.RandomState(seed).randn}
+    if config.population_size:
+        options["popsize"] = config.population_size
+    return options

@@ -1,0 +1,56 @@
+"""The commands a newcomer runs first, on the real zoo: `zoo build`, `merge configs/merge_ties.yaml`, `demo`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from evomerge.cli import main
+from evomerge.zoo import format_matrix, model_accuracy, read_manifest
+
+pytestmark = pytest.mark.slow
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def mean(scores: dict[str, float]) -> float:
+    return sum(scores.values()) / len(scores)
+
+
+def test_zoo_build_prints_the_documented_matrix(zoo_dir, capsys):
+    assert main(["zoo", "build", str(zoo_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert format_matrix(read_manifest(zoo_dir)["accuracy"]["held_out"]) in printed
+
+
+def test_merge_ties_recipe_gives_a_model_that_generates_and_beats_every_single_model(zoo_dir, tmp_path):
+    out = tmp_path / "merged-ties"
+    assert main(["merge", str(CONFIGS / "merge_ties.yaml"), "--out", str(out)]) == 0
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    prompt = tokenizer("rev abcd=", return_tensors="pt")
+    generated = model.generate(**prompt, max_new_tokens=6, do_sample=False)
+    assert generated.shape[1] > prompt["input_ids"].shape[1]
+
+    merged = mean(model_accuracy(out, zoo_dir, split="search"))
+    singles = {name: mean(model_accuracy(zoo_dir / name, zoo_dir, split="search")) for name in read_manifest(zoo_dir)["models"]}
+    assert all(merged > score for score in singles.values()), (merged, singles)
+
+
+def test_demo_prints_the_table_and_replaces_only_its_own_output(zoo_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "demo.json").read_text())["held_out"]
+    assert {"uniform average", "ties (configs/merge_ties.yaml)", "expert_add"} <= set(results)
+    assert format_matrix(results) in printed
+    assert main(["demo", "--out", str(out)]) == 0
+
+    other = tmp_path / "not-a-demo"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    assert main(["demo", "--out", str(other)]) == 2
+    assert "is not a previous demo's output" in capsys.readouterr().err
+    assert (other / "mine.txt").read_text() == "keep"
