@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from evomerge import __version__
 from evomerge.errors import MergeFailure, UsageError
 
@@ -25,7 +27,8 @@ DESCRIPTION = """\
 evomerge searches for the best way to merge fine-tuned language models into one.
 
 Start with `evomerge demo`: it builds the tiny model zoo (a base and three experts, cached after the first
-build), merges the experts, and prints how each model scores on each skill."""
+build), merges the experts the usual ways, evolves a per-layer merge, and prints how each model scores on
+each skill's held-out data."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,14 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="build the tiny zoo, merge its experts, print the scores",
-        description="Build the tiny model zoo (cached), merge its experts with the uniform average and with "
-        "configs/merge_ties.yaml, and print every model's held-out accuracy on every skill.",
+        help="build the tiny zoo, merge and evolve a merge of its experts, print the scores",
+        description="Build the tiny model zoo (cached), merge its experts with the uniform average, task "
+        "arithmetic and configs/merge_ties.yaml, evolve per-layer TIES parameters with configs/demo.yaml, "
+        "export the evolved merge, and print every model's held-out accuracy on every skill.",
     )
     demo.add_argument(
         "--out", type=Path, default=Path("evomerge-demo"),
-        help="directory for the merged models and demo.json (default: ./evomerge-demo; a previous demo's "
-        "output there is replaced)",
+        help="directory for the run, the evolved model and demo.json (default: ./evomerge-demo; a previous "
+        "demo's output there is replaced)",
     )
     demo.set_defaults(run=_run_demo)
 
@@ -178,8 +182,6 @@ def _run_resume(args: argparse.Namespace) -> None:
 
 
 def _search(config) -> None:
-    import yaml
-
     from evomerge.search.loop import Search
     from evomerge.search.status import status_text
 
@@ -204,9 +206,11 @@ def _run_status(args: argparse.Namespace) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> None:
+    from evomerge.config import load_config
     from evomerge.export import write_merge
-    from evomerge.recipe import Recipe, SourceSpec, load_recipe
-    from evomerge.zoo import SKILLS, ensure_zoo, expert_name, format_matrix, model_accuracy, read_manifest
+    from evomerge.recipe import load_recipe, recipe_from_dict
+    from evomerge.search.status import best_trial, load_run_study
+    from evomerge.zoo import ensure_zoo, format_matrix, merge_check_recipes, read_manifest, recipe_accuracy
 
     out: Path = args.out
     if out.exists():
@@ -214,21 +218,25 @@ def _run_demo(args: argparse.Namespace) -> None:
             raise UsageError(f"'{out}' exists and is not a previous demo's output; choose another --out")
         shutil.rmtree(out)
     zoo = ensure_zoo()
-    manifest = read_manifest(zoo)
-    merges = {
-        "uniform average": Recipe(
-            method="linear", sources=[SourceSpec(model=f"zoo:{expert_name(s)}") for s in SKILLS]
-        ),
-        "ties (configs/merge_ties.yaml)": load_recipe(CONFIGS / "merge_ties.yaml"),
-    }
-    matrix = dict(manifest["accuracy"]["held_out"])
-    for label, recipe in merges.items():
-        model_dir = write_merge(recipe, out / label.split()[0], progress=False)
-        matrix[label] = model_accuracy(model_dir, zoo, split="held_out")
+    matrix = dict(read_manifest(zoo)["accuracy"]["held_out"])
+    fixed = {**merge_check_recipes(zoo), "ties (configs/merge_ties.yaml)": load_recipe(CONFIGS / "merge_ties.yaml")}
+    for label, recipe in fixed.items():
+        matrix[label] = recipe_accuracy(recipe, zoo)
+
+    config = load_config(CONFIGS / "demo.yaml", {"run_dir": str(out / "run")})
+    print(f"searching per-layer TIES parameters ({config.budget.evaluations} candidates, CMA-ES) ...")
+    _search(config)
+    study = load_run_study(config)
+    best = best_trial(config, [t for t in study.get_trials() if t.values is not None])
+    evolved = recipe_from_dict(yaml.safe_load(best.user_attrs["recipe"]), origin=f"trial {best.number}")
+    write_merge(evolved, out / "evolved", progress=False)
+    label = f"evolved (CMA-ES, trial {best.number})"
+    matrix[label] = recipe_accuracy(evolved, zoo)
+
     (out / DEMO_MARKER).write_text(json.dumps({"zoo": str(zoo), "held_out": matrix}, indent=2) + "\n")
-    print("held-out exact-match accuracy, model x skill:")
+    print("\nheld-out exact-match accuracy, model x skill (the search saw only the search split):")
     print(format_matrix(matrix))
-    print(f"merged models written to {out}/")
+    print(f"\nthe evolved merge is in {out / 'evolved'} (with its recipe.yaml); the run's ledger in {out / 'run'}")
 
 
 if __name__ == "__main__":

@@ -548,16 +548,19 @@ def merge_check(
 ) -> dict[str, dict[str, float]]:
     """Accuracy of each merge of `merge_check_recipes`, materialized with the MergeEngine: ``{merge: {skill:
     accuracy}}``."""
+    return {
+        label: recipe_accuracy(recipe, zoo_dir, split, limit) for label, recipe in merge_check_recipes(zoo_dir).items()
+    }
+
+
+def recipe_accuracy(recipe: Recipe, zoo_dir: Path, split: str = "held_out", limit: int | None = None) -> dict[str, float]:
+    """`model_accuracy` of the merge a recipe describes, materialized in memory with the MergeEngine."""
     from evomerge.engine import MergeEngine
 
-    result = {}
-    for label, recipe in merge_check_recipes(zoo_dir).items():
-        engine = MergeEngine.from_recipe(recipe)
-        model = engine.new_target(dtype=torch.float32)
-        engine.materialize(recipe, model)
-        model.eval()
-        result[label] = model_accuracy(model, zoo_dir, split, limit)
-    return result
+    engine = MergeEngine.from_recipe(recipe)
+    model = engine.new_target(dtype=torch.float32)
+    engine.materialize(recipe, model)
+    return model_accuracy(model, zoo_dir, split, limit)
 
 
 def format_matrix(matrix: dict[str, dict[str, float]]) -> str:
