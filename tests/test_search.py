@@ -181,3 +181,32 @@ def test_resume_extends_the_budget_from_the_run_directory_alone(tiny_models, tas
     assert main(["resume", str(tmp_path / "run"), "--budget", "5"]) == 0
     assert "progress: 5/5" in capsys.readouterr().out
     assert main(["resume", str(tmp_path / "nowhere")]) == 2
+
+
+def test_user_seed_recipes_are_evaluated_right_after_the_uniform_start(tiny_models, task_dir, tmp_path):
+    seed = tmp_path / "seed.yaml"
+    seed.write_text(yaml.safe_dump({
+        "method": "ties", "base": str(tiny_models["base"]),
+        "sources": [{"model": str(tiny_models["a"]), "weight": [0.5, 0.25], "density": 0.4},
+                    {"model": str(tiny_models["b"]), "weight": 1.25, "density": 0.6}],
+    }))
+    study = run(config_data(tiny_models, task_dir, tmp_path / "run", seed_recipes=[str(seed)]))
+    second = study.get_trials()[1]
+    assert second.user_attrs["seed_index"] == 1
+    assert second.params["sources.0.weight@layer1"] == 0.25 and second.params["sources.1.density@global"] == 0.6
+
+
+def test_a_wall_clock_budget_stops_the_run(tiny_models, task_dir, tmp_path):
+    study = run(config_data(tiny_models, task_dir, tmp_path / "run", budget={"wall_clock_seconds": 0.5}))
+    assert 1 <= len(study.get_trials()) < 50
+
+
+def test_scalarizations_by_hand():
+    from evomerge.config import Objective
+    from evomerge.search.optimizers import scalarize
+
+    objectives = [Objective(task="a", weight=2.0), Objective(task="b", direction="minimize")]
+    # losses: -0.5 (maximized) and 0.25 (minimized)
+    assert scalarize([0.5, 0.25], objectives, "weighted_sum", ideal=[]) == 2.0 * -0.5 + 0.25
+    # chebyshev around the ideal losses (-0.75, 0.0): max(2 * 0.25, 1 * 0.25)
+    assert scalarize([0.5, 0.25], objectives, "chebyshev", ideal=[-0.75, 0.0]) == 0.5

@@ -109,3 +109,18 @@ def test_nsga2_on_two_skills_prints_a_pareto_front(zoo_dir, tmp_path, capsys):
     assert "Pareto front (" in printed
     front = printed.split("Pareto front (")[1]
     assert front.count("trial ") >= 1
+
+
+def test_ctrl_c_stops_cleanly_and_the_run_resumes(zoo_dir, tmp_path):
+    config = small_demo_config(tmp_path / "c.yaml", tmp_path / "run", evaluations=12)
+    process = evomerge_run(config)
+    deadline = time.monotonic() + 120
+    while logged_trials(tmp_path / "run") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert f"nothing is lost: evomerge resume {tmp_path / 'run'}" in stderr and "Traceback" not in stderr
+    finished = subprocess.run([sys.executable, "-m", "evomerge.cli", "resume", str(tmp_path / "run")], capture_output=True)
+    assert finished.returncode == 0
+    assert [state for state, _, _ in ledger(tmp_path / "run")] == [TrialState.COMPLETE] * 12
