@@ -26,10 +26,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from evomerge.errors import UsageError
+from evomerge.errors import UsageError, first_validation_problem, read_yaml
 from evomerge.genome import SearchedParam
 from evomerge.recipe import Recipe, recipe_from_dict
 
@@ -126,22 +125,14 @@ def config_from_dict(data: Any, origin: str = "config") -> RunConfig:
     except UsageError as error:
         raise UsageError(f"{origin}: {error}") from None
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        raise UsageError(f"{origin}: {where + ': ' if where else ''}{message}") from None
+        raise UsageError(f"{origin}: {first_validation_problem(error)}") from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a run config YAML; `overrides` (dotted keys such as 'budget.evaluations') replace its values."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file '{path}' does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UsageError(f"config '{path}' is not valid YAML: {getattr(error, 'problem', error)}") from None
-    for dotted, value in (overrides or {}).items():
+    data = read_yaml(path, "config")
+    for dotted, value in (overrides or {}).items() if isinstance(data, dict) else ():
         target = data
         *parents, last = dotted.split(".")
         for key in parents:

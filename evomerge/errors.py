@@ -8,6 +8,12 @@ treats it like a usage error.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
 
 class UsageError(Exception):
     """A mistake in the user's input; the message says what is wrong and how to fix it."""
@@ -15,3 +21,23 @@ class UsageError(Exception):
 
 class MergeFailure(Exception):
     """A merge that ran but produced an unusable model (for example NaN or Inf in a tensor)."""
+
+
+def first_validation_problem(error: ValidationError) -> str:
+    """pydantic's first complaint as one line, 'field.path: message'."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The data of a YAML file; UsageError if it is missing or not YAML. `what` names it ('recipe', 'config')."""
+    if not path.is_file():
+        raise UsageError(f"{what} file '{path}' does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark else ""
+        raise UsageError(f"{what} '{path}' is not valid YAML{line}: {getattr(error, 'problem', error)}") from None

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evomerge.errors import UsageError
+from evomerge.errors import UsageError, first_validation_problem, read_yaml
 from evomerge.methods import MergeMethod, ParamSpec, get_method
 
 MODULE_KINDS = ("embedding", "attention", "mlp", "norm", "head")
@@ -77,9 +77,7 @@ def recipe_from_dict(data: Any, origin: str = "recipe") -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "recipe"
-        raise UsageError(f"{origin}: {where}: {first['msg']}") from None
+        raise UsageError(f"{origin}: {first_validation_problem(error)}") from None
     check_recipe(recipe, origin)
     return recipe
 
@@ -87,15 +85,7 @@ def recipe_from_dict(data: Any, origin: str = "recipe") -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe YAML file."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"recipe file '{path}' does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark else ""
-        raise UsageError(f"recipe '{path}' is not valid YAML{line}: {getattr(error, 'problem', error)}") from None
-    return recipe_from_dict(data, origin=f"recipe '{path}'")
+    return recipe_from_dict(read_yaml(path, "recipe"), origin=f"recipe '{path}'")
 
 
 def check_recipe(recipe: Recipe, origin: str = "recipe") -> None:
