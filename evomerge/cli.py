@@ -13,11 +13,15 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from evomerge import __version__
 from evomerge.errors import MergeFailure, UsageError
+
+if TYPE_CHECKING:
+    from evomerge.config import RunConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEMO_MARKER = "demo.json"
@@ -123,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("evomerge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`evomerge status DIR | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
@@ -174,14 +180,19 @@ def _run_search(args: argparse.Namespace) -> None:
 
 
 def _run_resume(args: argparse.Namespace) -> None:
+    _search(_stored_config(args.run_dir, _search_overrides(args)))
+
+
+def _stored_config(run_dir: Path, overrides: dict[str, object]) -> RunConfig:
+    """The config a run directory was started with (it may have moved: `run_dir` is where it is now)."""
     from evomerge.config import load_config
 
-    if not (args.run_dir / RUN_CONFIG).is_file():
-        raise UsageError(f"'{args.run_dir}' holds no run (no {RUN_CONFIG}); start one with: evomerge run CONFIG")
-    _search(load_config(args.run_dir / RUN_CONFIG, _search_overrides(args)))
+    if not (run_dir / RUN_CONFIG).is_file():
+        raise UsageError(f"'{run_dir}' holds no run (no {RUN_CONFIG}); start one with: evomerge run CONFIG")
+    return load_config(run_dir / RUN_CONFIG, {**overrides, "run_dir": str(run_dir)})
 
 
-def _search(config) -> None:
+def _search(config: RunConfig) -> None:
     from evomerge.search.loop import Search
     from evomerge.search.status import status_text
 
@@ -197,12 +208,9 @@ def _search(config) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> None:
-    from evomerge.config import load_config
     from evomerge.search.status import status_text
 
-    if not (args.run_dir / RUN_CONFIG).is_file():
-        raise UsageError(f"'{args.run_dir}' holds no run (no {RUN_CONFIG})")
-    print(status_text(load_config(args.run_dir / RUN_CONFIG, {"run_dir": str(args.run_dir)})))
+    print(status_text(_stored_config(args.run_dir, {})))
 
 
 def _run_demo(args: argparse.Namespace) -> None:

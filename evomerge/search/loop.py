@@ -35,12 +35,7 @@ from evomerge.evaluate.tasks import Evaluator, load_task
 from evomerge.genome import Genome
 from evomerge.recipe import load_recipe
 from evomerge.search.ledger import open_study
-from evomerge.search.optimizers import (
-    pycma_options,
-    optuna_sampler,
-    scalarized,
-    trial_seed,
-)
+from evomerge.search.optimizers import optuna_sampler, pycma_options, scalarized, trial_seed
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 ELAPSED_ATTR = "elapsed_seconds"
@@ -167,11 +162,9 @@ class Search:
         (what had finished when these were told); a failed candidate gets the worst value seen + 1."""
         objectives, method = self.config.objectives, self.config.optimizer.scalarization
         completed = [t for t in self._finished_trials() if t.state == TrialState.COMPLETE and t.number <= upto]
-        worst = max(scalarized(completed, completed, objectives, method), default=0.0)
-        return [
-            scalarized([t], completed, objectives, method)[0] if t.state == TrialState.COMPLETE else worst + 1.0
-            for t in trials
-        ]
+        value = dict(zip((t.number for t in completed), scalarized(completed, completed, objectives, method)))
+        worst = max(value.values(), default=0.0)
+        return [value[t.number] if t.state == TrialState.COMPLETE else worst + 1.0 for t in trials]
 
     def _add_trial(self, point: dict[str, float], outcome: Outcome, attrs: dict[str, Any]) -> optuna.trial.FrozenTrial:
         distributions = {
