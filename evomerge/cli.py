@@ -150,15 +150,12 @@ def _run_zoo_build(args: argparse.Namespace) -> None:
 
 
 def _run_merge(args: argparse.Namespace) -> None:
-    from evomerge.engine import MergeEngine
-    from evomerge.export import check_output_dir, write_merge
+    from evomerge.export import write_merge
     from evomerge.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
-    check_output_dir(args.out)
     started = time.perf_counter()
-    engine = MergeEngine.from_recipe(recipe, device=args.device)
-    write_merge(recipe, args.out, engine)
+    write_merge(recipe, args.out, device=args.device)
     print(f"merged model written to {args.out} in {time.perf_counter() - started:.1f} s")
 
 

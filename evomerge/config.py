@@ -28,7 +28,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from evomerge.errors import UsageError, first_validation_problem, read_yaml
+from evomerge.errors import UsageError, first_validation_problem
+from evomerge.files import read_yaml
 from evomerge.genome import SearchedParam
 from evomerge.recipe import Recipe, recipe_from_dict
 

@@ -8,10 +8,6 @@ treats it like a usage error.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-import yaml
 from pydantic import ValidationError
 
 
@@ -30,14 +26,3 @@ def first_validation_problem(error: ValidationError) -> str:
     message = first["msg"].removeprefix("Value error, ")
     return f"{where}: {message}" if where else message
 
-
-def read_yaml(path: Path, what: str) -> Any:
-    """The data of a YAML file; UsageError if it is missing or not YAML. `what` names it ('recipe', 'config')."""
-    if not path.is_file():
-        raise UsageError(f"{what} file '{path}' does not exist")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark else ""
-        raise UsageError(f"{what} '{path}' is not valid YAML{line}: {getattr(error, 'problem', error)}") from None

@@ -9,7 +9,6 @@ killed write leaves nothing at the output path.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from transformers import AutoTokenizer, PreTrainedModel
 
 from evomerge.engine import MergeEngine, recipe_dtype
 from evomerge.errors import UsageError
+from evomerge.files import staging_directory
 from evomerge.recipe import Recipe
 from evomerge.sources import LoadedModel
 
@@ -32,11 +32,14 @@ def check_output_dir(out: Path) -> None:
         raise UsageError(f"cannot write '{out}': '{ancestor}' is not a writable directory")
 
 
-def write_merge(recipe: Recipe, out: Path, engine: MergeEngine | None = None, progress: bool = True) -> Path:
-    """Merge `recipe` and write the result to `out` (which must not exist); returns `out`."""
+def write_merge(recipe: Recipe, out: Path, device: str = "cpu", progress: bool = True) -> Path:
+    """Merge `recipe` on `device` and write the result to `out` (which must not exist); returns `out`.
+
+    The output path is checked before any model is loaded, so a bad `out` fails at once.
+    """
     out = Path(out)
     check_output_dir(out)
-    engine = engine or MergeEngine.from_recipe(recipe)
+    engine = MergeEngine.from_recipe(recipe, device=device)
     model = engine.new_target(recipe_dtype(recipe))
     engine.materialize(recipe, model, progress=progress)
     write_model_dir(model, engine.reference, recipe, out)
@@ -45,18 +48,13 @@ def write_merge(recipe: Recipe, out: Path, engine: MergeEngine | None = None, pr
 
 def write_model_dir(model: PreTrainedModel, reference: LoadedModel, recipe: Recipe, out: Path) -> None:
     """Save model, tokenizer and recipe into a temporary sibling of `out`, then rename it to `out`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
+    with staging_directory(out) as staging:
+        model.save_pretrained(staging)
         tokenizer = _reference_tokenizer(reference)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        (tmp / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            tokenizer.save_pretrained(staging)
+        (staging / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        staging.rename(out)
 
 
 def _reference_tokenizer(reference: LoadedModel):

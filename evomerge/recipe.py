@@ -33,7 +33,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evomerge.errors import UsageError, first_validation_problem, read_yaml
+from evomerge.errors import UsageError, first_validation_problem
+from evomerge.files import read_yaml
 from evomerge.methods import MergeMethod, ParamSpec, get_method
 
 MODULE_KINDS = ("embedding", "attention", "mlp", "norm", "head")

@@ -34,7 +34,6 @@ import json
 import math
 import os
 import random
-import shutil
 import string
 import time
 from collections.abc import Callable, Iterator
@@ -57,6 +56,7 @@ from transformers import (
 )
 
 from evomerge.errors import UsageError
+from evomerge.files import staging_directory
 from evomerge.evaluate.exact_match import greedy_exact_match
 from evomerge.recipe import Recipe, recipe_from_dict
 
@@ -642,18 +642,13 @@ def build_zoo(out_dir: Path, settings: ZooSettings = ZooSettings(), progress: bo
     if cached is not None:
         return cached
     started = time.perf_counter()
-    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
-    try:
+    with staging_directory(out_dir) as tmp_dir:
         _train_models(settings, tmp_dir, progress)
         matrix = accuracy_matrix(tmp_dir)
         merges = merge_check(tmp_dir)
         manifest = _manifest(settings, matrix, merges, time.perf_counter() - started)
         (tmp_dir / "zoo.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         return _move_into_place(tmp_dir, out_dir, settings, manifest)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def _move_into_place(tmp_dir: Path, out_dir: Path, settings: ZooSettings, manifest: dict) -> dict:
