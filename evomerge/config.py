@@ -84,6 +84,7 @@ class RunConfig(_Frozen):
     budget: Budget
     seed: int = 0
     storage: str | None = Field(None, description="an Optuna RDB URL; default sqlite in the run directory")
+    study: str = Field("evomerge", min_length=1, description="the study's name in the storage")
     run_dir: Path = Path("runs/run")
     device: str = "cpu"
 

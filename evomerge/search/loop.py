@@ -61,7 +61,7 @@ class Search:
         self.seed_points = [self.genome.encode(recipe) for recipe in self.seed_recipes]
         tasks = [load_task(name, spec) for name, spec in config.tasks.items()]
         self.engine.plan(self.genome.decode(self.seed_points[0]))
-        self.study, self.resumed = _open_run(config)
+        self.study, self.resumed = self.open_ledger()
         self.model = self.engine.new_target(recipe_dtype(config.recipe))
         tokenizer = AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file)
         self.evaluator = Evaluator(tasks, tokenizer)
@@ -69,6 +69,10 @@ class Search:
         self.started = time.monotonic()
         self.elapsed_before = float(self.study.user_attrs.get(ELAPSED_ATTR, 0.0))
         self.bar = None
+
+    def open_ledger(self) -> tuple[optuna.Study, bool]:
+        """The run's study and whether it is resumed (a shared run opens it its own way: search/worker.py)."""
+        return _open_run(self.config)
 
     # ------------------------------------------------------------------ the loop
 

@@ -7,16 +7,26 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig
 from evomerge.errors import UsageError
-from evomerge.search.ledger import STUDY_NAME, open_storage
+from evomerge.search.ledger import counts_toward_budget
 from evomerge.search.loop import ELAPSED_ATTR
 from evomerge.search.optimizers import scalarized
+from evomerge.search.storage import open_storage, safe_url, study_names
 
 
 def load_run_study(config: RunConfig) -> optuna.Study:
     storage = open_storage(config.storage_url)
-    if STUDY_NAME not in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
+    if config.study not in study_names(storage):
+        if config.storage is not None:
+            raise UsageError(unknown_study(config.study, config.storage, study_names(storage)))
         raise UsageError(f"no run has started in {config.run_dir} yet; start one with: evomerge run CONFIG")
-    return optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    return optuna.load_study(study_name=config.study, storage=storage)
+
+
+def unknown_study(name: str, url: str, names: list[str]) -> str:
+    return (
+        f"no study '{name}' in {safe_url(url)}; it has: {', '.join(sorted(names)) or 'none'} "
+        "(start one with: evomerge run CONFIG --storage URL --study NAME)"
+    )
 
 
 def best_trial(config: RunConfig, completed: list[FrozenTrial]) -> FrozenTrial:
@@ -33,14 +43,16 @@ def status_text(config: RunConfig) -> str:
     study = load_run_study(config)
     trials = study.get_trials(deepcopy=False)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
-    finished = count[TrialState.COMPLETE] + count[TrialState.FAIL]
+    finished = sum(map(counts_toward_budget, trials))
+    lost = count[TrialState.FAIL] - sum(t.state == TrialState.FAIL and counts_toward_budget(t) for t in trials)
     budget = config.budget.evaluations
     elapsed = float(study.user_attrs.get(ELAPSED_ATTR, 0.0))
     lines = [
         f"run: {config.run_dir}  optimizer: {config.optimizer.name}  objectives: "
         + ", ".join(f"{o.task}.{o.metric} ({o.direction})" for o in config.objectives),
         f"progress: {finished}" + (f"/{budget}" if budget else "") + f" evaluated ({count[TrialState.COMPLETE]} complete, "
-        f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running)",
+        f"{count[TrialState.FAIL] - lost} failed, {count[TrialState.RUNNING]} running"
+        + (f", {lost} lost with their worker and retried" if lost else "") + ")",
     ]
     if elapsed > 0 and finished:
         rate = finished / elapsed * 3600
