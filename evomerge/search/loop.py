@@ -170,16 +170,19 @@ class Search:
         worst = max(value.values(), default=0.0)
         return [value[t.number] if t.state == TrialState.COMPLETE else worst + 1.0 for t in trials]
 
-    def _add_trial(self, point: dict[str, float], outcome: Outcome, attrs: dict[str, Any]) -> optuna.trial.FrozenTrial:
-        distributions = {
+    def distributions(self) -> dict[str, FloatDistribution]:
+        """The genes as Optuna parameter distributions."""
+        return {
             gene.name: FloatDistribution(gene.param.low, gene.param.high, log=gene.param.log)
             for gene in self.genome.genes
         }
+
+    def _add_trial(self, point: dict[str, float], outcome: Outcome, attrs: dict[str, Any]) -> optuna.trial.FrozenTrial:
         trial = optuna.trial.create_trial(
             state=TrialState.COMPLETE if outcome.values is not None else TrialState.FAIL,
             values=outcome.values,
             params=point,
-            distributions=distributions,
+            distributions=self.distributions(),
             user_attrs={**outcome.attrs, **attrs},
         )
         self.study.add_trial(trial)

@@ -112,7 +112,10 @@ def patiently(step: Callable[[], T], url: str, patience: float, log: Callable[[s
     while True:
         try:
             return step()
-        except CONNECTION_ERRORS as error:
+        except Exception as raised:
+            error = connection_error(raised)
+            if error is None:
+                raise
             tries += 1
             waited = time.monotonic() - started
             if waited + delay > patience:
@@ -123,6 +126,16 @@ def patiently(step: Callable[[], T], url: str, patience: float, log: Callable[[s
             log(f"the storage is unreachable ({first_line(error)}); retrying in {delay:.0f} s")
             time.sleep(delay)
             delay = min(2 * delay, 60.0)
+
+
+def connection_error(error: BaseException) -> BaseException | None:
+    """The database's connection error behind `error`, if that is what it is (Optuna wraps errors that
+    happen during a commit in its StorageInternalError)."""
+    while error is not None:
+        if isinstance(error, CONNECTION_ERRORS):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 class Heartbeat:
@@ -150,8 +163,9 @@ class Heartbeat:
         while not self.stop.wait(interval):
             try:
                 self.storage.record_heartbeat(self.trial_id)
-            except CONNECTION_ERRORS:
-                continue
+            except Exception as error:
+                if connection_error(error) is None:
+                    raise
 
 
 def _quietly(make: Callable[..., T], *args: object, **kwargs: object) -> T:

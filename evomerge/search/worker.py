@@ -11,7 +11,7 @@ Why the budget ends with exactly N evaluated candidates, none evaluated twice:
    workers (heartbeat older than the grace period); Optuna's retry callback enqueues each one's parameters
    again as a WAITING trial. Then it counts evaluated (`ledger.counts_toward_budget`) + RUNNING trials, and
    asks only while that is below N. `ask` takes a WAITING trial first (a seed, or a retry), else samples.
-   Before it lets the lock go, the trial has its first heartbeat and the worker's name.
+   Before it lets the lock go, the trial has all its parameters, its first heartbeat and the worker's name.
 2. A RUNNING trial ends either evaluated or lost (failed without a reason, and enqueued again, both under the
    lock). So evaluated + RUNNING never exceeds N, and workers stop when evaluated reaches N; a worker that
    finds the budget fully claimed waits for the others and watches for dead ones.
@@ -125,7 +125,7 @@ class SharedSearch(Search):
             self.study.sampler = optuna_sampler(self.config.optimizer, seed, shared=True)
             with warnings.catch_warnings():  # Optuna expects heartbeats with study.optimize; we keep them ourselves
                 warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                trial = self.study.ask()
+                trial = self.study.ask(self.distributions())
             self.storage.record_heartbeat(trial._trial_id)
             trial.set_user_attr(WORKER_ATTR, self.name)
             return trial
