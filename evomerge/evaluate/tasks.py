@@ -17,6 +17,8 @@ from evomerge.errors import UsageError
 from evomerge.evaluate.exact_match import greedy_exact_match
 
 SPLITS = ("search", "held_out")
+#: What an evaluator returns: `{task: {metric: value}}`.
+Scores = dict[str, dict[str, float]]
 ZOO_DATA_PREFIX = "zoo:"
 
 
@@ -85,7 +87,7 @@ class Evaluator:
         self.tasks = tasks
         self.tokenizer = tokenizer
 
-    def score(self, model: PreTrainedModel, split: str = "search") -> dict[str, dict[str, float]]:
+    def score(self, model: PreTrainedModel, split: str = "search") -> Scores:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}")
         return {

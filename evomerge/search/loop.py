@@ -26,19 +26,17 @@ import cma
 import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
-from transformers import AutoTokenizer
 
 from evomerge.config import RunConfig
-from evomerge.engine import MergeEngine, recipe_dtype
 from evomerge.errors import MergeFailure, UsageError
-from evomerge.evaluate.tasks import Evaluator, load_task
 from evomerge.genome import Genome
 from evomerge.recipe import load_recipe
-from evomerge.search.ledger import open_study
+from evomerge.search.held_out import record_held_out
+from evomerge.search.ledger import ELAPSED_ATTR, open_study
 from evomerge.search.optimizers import optuna_sampler, pycma_options, scalarized, trial_seed
+from evomerge.search.scoring import CandidateScorer
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
-ELAPSED_ATTR = "elapsed_seconds"
 SEEDED_ATTR = "seeded"
 
 
@@ -54,17 +52,13 @@ class Search:
     def __init__(self, config: RunConfig, progress: bool = True) -> None:
         self.config = config
         self.progress = progress
-        self.engine = MergeEngine.from_recipe(config.recipe, device=config.device)
-        reference = self.engine.reference
-        self.genome = Genome(config.recipe, config.genome, self.engine.num_layers, reference.module_kinds)
+        self.scorer = CandidateScorer(config)
+        engine = self.scorer.engine
+        self.genome = Genome(config.recipe, config.genome, engine.num_layers, engine.reference.module_kinds)
         self.seed_recipes = [config.recipe, *(load_recipe(path) for path in config.seed_recipes)]
         self.seed_points = [self.genome.encode(recipe) for recipe in self.seed_recipes]
-        tasks = [load_task(name, spec) for name, spec in config.tasks.items()]
-        self.engine.plan(self.genome.decode(self.seed_points[0]))
+        engine.plan(self.genome.decode(self.seed_points[0]))
         self.study, self.resumed = _open_run(config)
-        self.model = self.engine.new_target(recipe_dtype(config.recipe))
-        tokenizer = AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file)
-        self.evaluator = Evaluator(tasks, tokenizer)
         self.log = _file_logger(config)
         self.started = time.monotonic()
         self.elapsed_before = float(self.study.user_attrs.get(ELAPSED_ATTR, 0.0))
@@ -80,6 +74,8 @@ class Search:
             else:
                 self._run_optuna()
         self.log.info("finished: %d candidates evaluated", self.finished())
+        for number, scores in record_held_out(self.config, self.study, self.scorer).items():
+            self.log.info("held-out scores of trial %d: %s", number, scores)
         return self.study
 
     def _run_optuna(self) -> None:
@@ -191,9 +187,9 @@ class Search:
         attrs: dict[str, Any] = {"recipe": recipe.to_yaml()}
         try:
             started = time.perf_counter()
-            self.engine.materialize(recipe, self.model)
+            self.scorer.engine.materialize(recipe, self.scorer.model)
             merged = time.perf_counter()
-            scores = self.evaluator.score(self.model, "search")
+            scores = self.scorer.evaluator.score(self.scorer.model, "search")
             values = [scores[o.task][o.metric] for o in self.config.objectives]
             if not all(math.isfinite(v) for v in values):
                 raise MergeFailure(f"an objective is not finite: {values}")
