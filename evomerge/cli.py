@@ -147,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="the run directory")
     status.add_argument("--storage", metavar="URL", help="instead of RUN_DIR: the storage of a shared run")
     status.add_argument("--study", metavar="NAME", help="with --storage: the study's name")
+    status.add_argument(
+        "--held-out", action="store_true",
+        help="first score the best candidate and every Pareto point on the held-out split where the ledger "
+        "has no held-out score for them yet (a finished run has them), and store those scores in the ledger",
+    )
     status.set_defaults(run=_run_status)
     return parser
 
@@ -267,22 +272,29 @@ def _search(
 
 
 def _run_status(args: argparse.Namespace) -> None:
+    from evomerge.search.ledger import load_run_study
     from evomerge.search.status import status_text
     from evomerge.search.worker import joined_config
 
     if args.storage is not None and args.study is not None and args.run_dir is None:
-        print(status_text(joined_config(args.storage, args.study, None, None)))
+        config = joined_config(args.storage, args.study, worker=False)
     elif args.storage is None and args.study is None and args.run_dir is not None:
-        print(status_text(_stored_config(args.run_dir, {})))
+        config = _stored_config(args.run_dir, {})
     else:
         raise UsageError("give either RUN_DIR or both --storage URL and --study NAME")
+    if args.held_out:
+        from evomerge.search.held_out import record_held_out
+
+        record_held_out(config, load_run_study(config))
+    print(status_text(config))
 
 
 def _run_demo(args: argparse.Namespace) -> None:
     from evomerge.config import load_config
     from evomerge.export import write_merge
     from evomerge.recipe import load_recipe, recipe_from_dict
-    from evomerge.search.status import best_trial, load_run_study
+    from evomerge.search.ledger import load_run_study
+    from evomerge.search.results import best_trial
     from evomerge.zoo import ensure_zoo, format_matrix, merge_check_recipes, read_manifest, recipe_accuracy
 
     out: Path = args.out

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from evomerge.cli import main
 from evomerge.config import load_config
 from evomerge.recipe import recipe_from_dict
-from evomerge.search.status import best_trial
+from evomerge.search.results import best_trial
 from evomerge.zoo import recipe_accuracy
 
 pytestmark = pytest.mark.slow

@@ -29,6 +29,8 @@ CONFIG_ATTR = "config"
 MODELS_ATTR = "model_fingerprints"
 #: Set in a shared study (one that workers may join): the heartbeat interval its workers keep.
 HEARTBEAT_ATTR = "heartbeat_seconds"
+#: Seconds of search so far, over every session of the run (a study user attribute).
+ELAPSED_ATTR = "elapsed_seconds"
 #: Fields a resumed run may change, and in which direction (a longer budget extends an overnight run).
 EXTENDABLE = ("budget.evaluations", "budget.wall_clock_seconds")
 #: Fields that say where and on what a run goes on, not what it searches.
@@ -108,6 +110,24 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
     if trial.state == TrialState.FAIL:
         return "failure_reason" in trial.user_attrs
     return trial.state.is_finished()
+
+
+def load_run_study(config: RunConfig) -> optuna.Study:
+    """The study of a run that has started (for reading it: status, report, export)."""
+    storage = open_storage(config.storage_url)
+    names = study_names(storage)
+    if config.study not in names:
+        if config.storage is not None:
+            raise UsageError(unknown_study(config.study, config.storage, names))
+        raise UsageError(f"no run has started in {config.run_dir} yet; start one with: evomerge run CONFIG")
+    return optuna.load_study(study_name=config.study, storage=storage)
+
+
+def unknown_study(name: str, url: str, names: list[str]) -> str:
+    return (
+        f"no study '{name}' in {safe_url(url)}; it has: {', '.join(sorted(names)) or 'none'} "
+        "(start one with: evomerge run CONFIG --storage URL --study NAME)"
+    )
 
 
 def changed_fields(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:

@@ -48,10 +48,11 @@ from evomerge.search.ledger import (
     create_study,
     load_checked_study,
     run_place,
+    unknown_study,
 )
+from evomerge.search.held_out import record_held_out
 from evomerge.search.loop import Search
 from evomerge.search.optimizers import SHAREABLE, optuna_sampler, trial_seed
-from evomerge.search.status import unknown_study
 from evomerge.search.storage import Heartbeat, open_storage, patiently, study_lock, study_names
 from evomerge.search.timing import GRACE_HEARTBEATS, HEARTBEAT_SECONDS, PATIENCE_SECONDS
 
@@ -108,6 +109,9 @@ class SharedSearch(Search):
                 else:  # the budget is fully claimed by running trials: wait for them, or for their retries
                     time.sleep(min(self.storage.heartbeat_interval, 5))
         self.log.info("worker %s finished: %d candidates evaluated in the study", self.name, self.finished())
+        with study_lock(self.storage, self.config.study):  # the first worker done scores, the others find it done
+            for number, scores in record_held_out(self.config, self.study, self.scorer).items():
+                self.log.info("held-out scores of trial %d: %s", number, scores)
         return self.study
 
     def _claim(self) -> optuna.Trial | None:
@@ -190,8 +194,11 @@ def check_shareable(config: RunConfig) -> None:
         )
 
 
-def joined_config(url: str, study_name: str, device: str | None, run_dir: str | None) -> RunConfig:
-    """The config stored in a shared study, to run here: on this storage URL, device and run directory."""
+def joined_config(
+    url: str, study_name: str, device: str | None = None, run_dir: str | None = None, worker: bool = True
+) -> RunConfig:
+    """The config stored in a study, to run here (on this storage URL, device and run directory) as a
+    `worker`, which only a shared study takes, or to read the study (status)."""
     storage = open_storage(url)
     names = study_names(storage)
     if study_name not in names:
@@ -199,7 +206,7 @@ def joined_config(url: str, study_name: str, device: str | None, run_dir: str | 
     attrs = optuna.load_study(study_name=study_name, storage=storage).user_attrs
     if CONFIG_ATTR not in attrs:
         raise UsageError(f"the study '{study_name}' was not made by evomerge")
-    if HEARTBEAT_ATTR not in attrs:
+    if worker and HEARTBEAT_ATTR not in attrs:
         raise UsageError(
             f"the study '{study_name}' is a one-process run (started without --storage); workers can only join a "
             "study started with: evomerge run CONFIG --storage URL --study NAME"
