@@ -17,7 +17,7 @@ def status_text(config: RunConfig) -> str:
     held_out = held_out_scores(study)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
     finished = sum(map(counts_toward_budget, trials))
-    lost = count[TrialState.FAIL] - sum(t.state == TrialState.FAIL and counts_toward_budget(t) for t in trials)
+    lost = sum(t.state == TrialState.FAIL and not counts_toward_budget(t) for t in trials)
     budget = config.budget.evaluations
     elapsed = float(study.user_attrs.get(ELAPSED_ATTR, 0.0))
     lines = [

@@ -4,9 +4,9 @@ A shared run (several workers on one study) needs three things from the storage 
 not, and Optuna's RDB storage gives the first:
 
 - **Heartbeats.** Each worker records a heartbeat for the trial it evaluates; a RUNNING trial whose heartbeat
-  is older than the grace period belongs to a dead worker. Optuna fails it and its
-  `RetryHeartbeatStaleTrialCallback` enqueues the same parameters again as a WAITING trial, which the next
-  `ask` of any worker takes first.
+  is older than the grace period belongs to a dead worker. Optuna fails it, and a retry callback (Optuna's
+  `RetryHeartbeatStaleTrialCallback`, see `evomerge/search/worker.py`) enqueues the same parameters again as
+  a WAITING trial, which the next `ask` of any worker takes first.
 - **A lock per study** (`study_lock`), held while a worker decides whether the budget still allows a
   candidate and asks for it, so that concurrent workers never start more candidates than the budget holds.
   On PostgreSQL a session advisory lock (released by the server when a worker's connection dies); on SQLite a
@@ -29,15 +29,14 @@ from typing import TypeVar
 
 import optuna
 import sqlalchemy
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
 
 from evomerge.errors import UsageError
 from evomerge.search.timing import GRACE_HEARTBEATS
 
 T = TypeVar("T")
-#: A trial given up this many times (its worker died each time: out of memory, a lost node) is not retried.
-MAX_RETRIES = 2
 #: Errors that mean the database went away (server restart, network loss), not a mistake in a request.
 CONNECTION_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 
@@ -50,8 +49,11 @@ def safe_url(url: str) -> str:
         return url
 
 
-def open_storage(url: str, heartbeat_seconds: int | None = None) -> RDBStorage:
-    """Optuna's RDB storage at `url`; with `heartbeat_seconds`, trials of dead workers are failed and retried.
+def open_storage(
+    url: str, heartbeat_seconds: int | None = None, retry: Callable[[optuna.Study, FrozenTrial], None] | None = None
+) -> RDBStorage:
+    """Optuna's RDB storage at `url`; with `heartbeat_seconds`, trials of dead workers can be failed (by
+    `optuna.storages.fail_stale_trials`) and `retry` is called with each.
 
     SQLite waits up to a minute for a lock instead of failing with 'database is locked', and a shared SQLite
     ledger uses write-ahead logging, so that readers (status, dashboard, other workers) never block a writer.
@@ -63,10 +65,10 @@ def open_storage(url: str, heartbeat_seconds: int | None = None) -> RDBStorage:
         shared = dict(
             heartbeat_interval=heartbeat_seconds,
             grace_period=GRACE_HEARTBEATS * heartbeat_seconds,
-            heartbeat_stale_trial_callback=_quietly(RetryHeartbeatStaleTrialCallback, max_retry=MAX_RETRIES),
+            heartbeat_stale_trial_callback=retry,
         )
     try:
-        storage = _quietly(RDBStorage, url, engine_kwargs=engine_kwargs, **shared)
+        storage = quietly(RDBStorage, url, engine_kwargs=engine_kwargs, **shared)
     except Exception as error:  # SQLAlchemy raises many types for a bad URL, host or password
         raise UsageError(f"cannot open the storage '{safe_url(url)}': {first_line(error)}") from None
     if sqlite and heartbeat_seconds is not None:
@@ -168,9 +170,9 @@ class Heartbeat:
                     raise
 
 
-def _quietly(make: Callable[..., T], *args: object, **kwargs: object) -> T:
-    """Optuna marks heartbeats and their retry callback experimental; the shared run relies on them on
-    purpose, so the notice would only repeat on every worker's start."""
+def quietly(make: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """Optuna marks heartbeats, stale-trial sweeps and their retry callback experimental; the shared run
+    relies on them on purpose, so the notice would only repeat on every worker's start."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return make(*args, **kwargs)

@@ -29,15 +29,19 @@ generation told at once in one process; the shareable optimizers are in `optimiz
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import optuna
-from optuna.trial import TrialState
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig, config_from_dict
 from evomerge.errors import UsageError
@@ -53,10 +57,23 @@ from evomerge.search.ledger import (
 from evomerge.search.held_out import record_held_out
 from evomerge.search.loop import Search
 from evomerge.search.optimizers import SHAREABLE, optuna_sampler, trial_seed
-from evomerge.search.storage import Heartbeat, open_storage, patiently, study_lock, study_names
+from evomerge.search.storage import Heartbeat, open_storage, patiently, quietly, study_lock, study_names
 from evomerge.search.timing import GRACE_HEARTBEATS, HEARTBEAT_SECONDS, PATIENCE_SECONDS
 
+T = TypeVar("T")
 WORKER_ATTR = "worker"
+#: A trial lost this many times (its worker died each time: out of memory, a lost node) is not retried again.
+MAX_RETRIES = 2
+
+
+class RetryUnclaimed(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a lost trial, less the name of the worker that lost it: the retry is nobody's until a
+    worker claims it, so a claim that died before naming its worker shows (see `_fail_lost_trials`)."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        unclaimed = copy.copy(trial)
+        unclaimed.user_attrs = {key: value for key, value in trial.user_attrs.items() if key != WORKER_ATTR}
+        super().__call__(study, unclaimed)
 
 
 class SharedSearch(Search):
@@ -91,7 +108,8 @@ class SharedSearch(Search):
                 study = create_study(storage, config, self.heartbeat_seconds)
                 for point in self.seed_points:
                     study.enqueue_trial(point)
-        self.storage = open_storage(config.storage_url, heartbeat_seconds=study.user_attrs[HEARTBEAT_ATTR])
+        retry = quietly(RetryUnclaimed, max_retry=MAX_RETRIES)
+        self.storage = open_storage(config.storage_url, study.user_attrs[HEARTBEAT_ATTR], retry)
         config.run_dir.mkdir(parents=True, exist_ok=True)
         return optuna.load_study(study_name=config.study, storage=self.storage), resumed
 
@@ -137,9 +155,7 @@ class SharedSearch(Search):
     def _fail_lost_trials(self) -> None:
         """Fail (and so enqueue again) the trials of dead workers: those whose heartbeat stopped, and those
         whose claim died before its first heartbeat (no worker name, older than the grace period)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
+        quietly(optuna.storages.fail_stale_trials, self.study)
         grace = timedelta(seconds=GRACE_HEARTBEATS * self.storage.heartbeat_interval)
         retry = self.storage.get_heartbeat_stale_trial_callback()
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -175,10 +191,11 @@ class SharedSearch(Search):
             return True
         return evaluations is not None and self.finished() >= evaluations
 
-    def finished(self) -> int:
-        return sum(map(counts_toward_budget, self.study.get_trials(deepcopy=False)))
+    def _finished_trials(self) -> list[optuna.trial.FrozenTrial]:
+        """The evaluated trials, not those lost with a dead worker (their retries are evaluated instead)."""
+        return [t for t in super()._finished_trials() if counts_toward_budget(t)]
 
-    def _patiently(self, step):
+    def _patiently(self, step: Callable[[], T]) -> T:
         def say(message: str) -> None:
             self.log.warning("worker %s: %s", self.name, message)
             print(f"evomerge: {message}", file=sys.stderr)
