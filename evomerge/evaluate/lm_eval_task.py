@@ -26,7 +26,7 @@ SPLIT_FIELDS = {"search": "task", "held_out": "held_out_task"}
 class LmEvalTask:
     def __init__(self, name: str, spec: LmEvalSpec) -> None:
         try:
-            from lm_eval.tasks import TaskManager, get_task_dict
+            from lm_eval.tasks import TaskManager
         except ImportError:
             raise UsageError(
                 f"task '{name}' is an lm-eval task but lm-eval is not installed; pip install 'evomerge[lm-eval]'"
@@ -44,7 +44,7 @@ class LmEvalTask:
                 hint = f"; did you mean '{close[0]}'?" if close else " (is include_path set to its YAML's directory?)"
                 raise UsageError(f"task '{name}': lm-eval has no task '{task_name}'{hint}")
             try:
-                self.tasks[split] = get_task_dict([task_name], self.manager)[task_name]
+                self.tasks[split] = self.manager.load(task_name)["tasks"][task_name]
             except Exception as error:  # lm-eval raises many types for a broken task YAML or its data
                 raise UsageError(f"task '{name}': lm-eval cannot load task '{task_name}': {error}") from None
         self.docs = {split: list(task.eval_docs) for split, task in self.tasks.items()}
