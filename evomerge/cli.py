@@ -99,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--storage", metavar="URL",
         help="share the run: keep its ledger in this storage (postgresql://USER:PASSWORD@HOST/DB, or "
-        "sqlite:///PATH for workers on one machine) so that `evomerge worker` processes can join it; the same "
-        "command on several GPUs or machines starts one worker each",
+        "sqlite:///PATH for workers on one machine) so that `evomerge worker` processes can join it; the "
+        "same command on several GPUs or machines starts one worker each",
     )
     run.add_argument("--study", help="the study's name in the storage (overrides study; default: evomerge)")
     _shared_options(run)
@@ -159,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _shared_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--patience", type=float, default=PATIENCE_SECONDS, metavar="SECONDS",
-        help=f"with a storage: how long a worker that lost the database keeps retrying (backing off) before it "
-        f"exits (default {PATIENCE_SECONDS})",
+        help="with a storage: how long a worker that lost the database keeps retrying (backing off) before "
+        f"it exits (default {PATIENCE_SECONDS})",
     )
 
 

@@ -6,7 +6,7 @@ time, the search time (first candidate started to last one recorded: no imports 
 throughput in candidates per minute over the search time, and how many candidates were lost with a killed
 worker and retried. The server comes from tests/postgres.py (Debian's `postgresql` package).
 
-    python experiments/bench_shared_search.py      # prints and writes experiments/results/bench_shared_search.json
+    python experiments/bench_shared_search.py   # prints; writes experiments/results/bench_shared_search.json
 """
 
 from __future__ import annotations
@@ -47,8 +47,11 @@ def config_file(directory: Path) -> Path:
 
 
 def evomerge(*args: object) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "evomerge.cli", *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "evomerge.cli", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def scenario(url: str, config: Path, study: str, workers: int, kill_one: bool) -> dict:
@@ -56,12 +59,16 @@ def scenario(url: str, config: Path, study: str, workers: int, kill_one: bool) -
     processes = [evomerge("run", config, "--storage", url, "--study", study, "--heartbeat", "2")]
     while study not in [s.study_name for s in optuna.get_all_study_summaries(url)]:
         time.sleep(0.2)
-    processes += [evomerge("worker", "--storage", url, "--study", study, "--run-dir", config.parent / f"w{i}")
-                  for i in range(1, workers)]
+    processes += [
+        evomerge("worker", "--storage", url, "--study", study, "--run-dir", config.parent / f"w{i}")
+        for i in range(1, workers)
+    ]
     if kill_one:
         victim = f"{socket.gethostname()}:{processes[-1].pid}"
-        while not any(t.state == TrialState.RUNNING and t.user_attrs.get("worker") == victim
-                      for t in optuna.load_study(study_name=study, storage=url).get_trials()):
+        while not any(
+            t.state == TrialState.RUNNING and t.user_attrs.get("worker") == victim
+            for t in optuna.load_study(study_name=study, storage=url).get_trials()
+        ):
             time.sleep(0.2)
         time.sleep(1.0)
         os.kill(processes[-1].pid, signal.SIGKILL)
@@ -69,14 +76,22 @@ def scenario(url: str, config: Path, study: str, workers: int, kill_one: bool) -
     wall = time.monotonic() - started
     trials = optuna.load_study(study_name=study, storage=url).get_trials()
     counted = [t for t in trials if counts_toward_budget(t)]
-    search = (max(t.datetime_complete for t in counted) - min(t.datetime_start for t in trials)).total_seconds()
+    search = (
+        max(t.datetime_complete for t in counted) - min(t.datetime_start for t in trials)
+    ).total_seconds()
     return {
-        "workers": workers, "killed": int(kill_one), "exit_codes": codes,
-        "complete": sum(t.state == TrialState.COMPLETE for t in trials), "evaluated": len(counted),
+        "workers": workers,
+        "killed": int(kill_one),
+        "exit_codes": codes,
+        "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+        "evaluated": len(counted),
         "lost_and_retried": sum(t.state == TrialState.FAIL and not counts_toward_budget(t) for t in trials),
-        "by_worker": sorted(sum(t.user_attrs.get("worker") == w for t in counted)
-                            for w in {t.user_attrs.get("worker") for t in counted}),
-        "wall_seconds": round(wall, 1), "search_seconds": round(search, 1),
+        "by_worker": sorted(
+            sum(t.user_attrs.get("worker") == w for t in counted)
+            for w in {t.user_attrs.get("worker") for t in counted}
+        ),
+        "wall_seconds": round(wall, 1),
+        "search_seconds": round(search, 1),
         "candidates_per_minute": round(len(counted) / search * 60, 1),
     }
 
@@ -95,10 +110,19 @@ def main() -> None:
     finally:
         server.close()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "budget": BUDGET, "cpu_cores": os.cpu_count(), "machine": platform.machine(),
-        "load_average_at_end": os.getloadavg(), "runs": runs,
-    }, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "budget": BUDGET,
+                "cpu_cores": os.cpu_count(),
+                "machine": platform.machine(),
+                "load_average_at_end": os.getloadavg(),
+                "runs": runs,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"written to {RESULTS}")
 
 

@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL server on loopback for the shared-search tests.
 
 `initdb` + `pg_ctl` from Debian's `postgresql` package (`.ci/run` installs it) make a cluster in a temporary
-directory on a free port, with a password (so a wrong one can be tested); it is stopped and deleted afterwards.
+directory on a free port, with a password (so that a wrong one can be tested); stopped and deleted afterwards.
 initdb refuses to run as root, so as root the server runs as the `postgres` user the package creates.
 
 Without the server programs the tests fail, saying how to install them; set EVOMERGE_SKIP_POSTGRES=1 to skip
@@ -60,14 +60,25 @@ class Postgres:
             shutil.chown(self.root, "postgres")
             shutil.chown(self.root / "password", "postgres")
         self._as_server_user(
-            "initdb", "-D", self.data, "-U", USER, f"--pwfile={self.root / 'password'}", "-A", "scram-sha-256",
-            "--no-sync", "-E", "UTF8",
+            "initdb",
+            "-D",
+            self.data,
+            "-U",
+            USER,
+            f"--pwfile={self.root / 'password'}",
+            "-A",
+            "scram-sha-256",
+            "--no-sync",
+            "-E",
+            "UTF8",
         )
         self.start()
 
     def start(self) -> None:
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
-        self._as_server_user("pg_ctl", "-D", self.data, "-l", self.root / "server.log", "-o", options, "-w", "start")
+        self._as_server_user(
+            "pg_ctl", "-D", self.data, "-l", self.root / "server.log", "-o", options, "-w", "start"
+        )
 
     def stop(self) -> None:
         self._as_server_user("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")

@@ -45,7 +45,10 @@ def open_study(config: RunConfig) -> tuple[optuna.Study, bool]:
     return create_study(storage, config), False
 
 
-def create_study(storage: RDBStorage, config: RunConfig, heartbeat_seconds: int | None = None) -> optuna.Study:
+def create_study(
+    storage: RDBStorage, config: RunConfig, heartbeat_seconds: int | None = None
+) -> optuna.Study:
+    """A new study for `config`; shared (workers may join it) when it has a heartbeat interval."""
     directions = [objective.direction for objective in config.objectives]
     study = optuna.create_study(storage=storage, study_name=config.study, directions=directions)
     study.set_user_attr(CONFIG_ATTR, stored_config(config))
@@ -65,8 +68,8 @@ def load_checked_study(storage: RDBStorage, config: RunConfig, shared: bool) -> 
         raise UsageError(f"{where} was not made by evomerge")
     if shared != (HEARTBEAT_ATTR in study.user_attrs):
         raise UsageError(
-            f"{where} is shared by workers: join it with --storage URL or `evomerge worker`" if not shared else
-            f"{where} was started by one process (evomerge run without --storage); go on with: evomerge resume"
+            f"{where} was started by one process (evomerge run without --storage); resume it: evomerge resume"
+            if shared else f"{where} is shared by workers: join it with --storage URL or `evomerge worker`"
         )
     # A shared study's seeds were enqueued when it was made; a worker joining it needs none.
     changed = changed_fields(stored, config.to_json_dict(), ignore=("seed_recipes",) if shared else ())

@@ -18,6 +18,7 @@ def status_text(config: RunConfig) -> str:
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
     finished = sum(map(counts_toward_budget, trials))
     lost = sum(t.state == TrialState.FAIL and not counts_toward_budget(t) for t in trials)
+    failed = count[TrialState.FAIL] - lost
     budget = config.budget.evaluations
     elapsed = float(study.user_attrs.get(ELAPSED_ATTR, 0.0))
     lines = [
@@ -25,7 +26,7 @@ def status_text(config: RunConfig) -> str:
         + ", ".join(f"{o.task}.{o.metric} ({o.direction})" for o in config.objectives),
         f"progress: {finished}" + (f"/{budget}" if budget else "") + f" evaluated ({count[TrialState.COMPLETE]} complete, "
         + (f"{count[TrialState.PRUNED]} stopped early, " if count[TrialState.PRUNED] else "")
-        + f"{count[TrialState.FAIL] - lost} failed, {count[TrialState.RUNNING]} running"
+        + f"{failed} failed, {count[TrialState.RUNNING]} running"
         + (f", {lost} lost with their worker and retried" if lost else "") + ")",
     ]
     if elapsed > 0 and finished:

@@ -1,4 +1,4 @@
-"""Where a ledger lives: opening an Optuna RDB storage, a lock per study, heartbeats, riding out a lost database.
+"""Where a ledger lives: opening an Optuna RDB storage, a lock per study, heartbeats, a lost database.
 
 A shared run (several workers on one study) needs three things from the storage that a one-process run does
 not, and Optuna's RDB storage gives the first:
@@ -12,7 +12,7 @@ not, and Optuna's RDB storage gives the first:
   On PostgreSQL a session advisory lock (released by the server when a worker's connection dies); on SQLite a
   `flock` on a file beside the database (released by the kernel when the process dies).
 - **Patience.** A worker that loses the database retries each step with exponential backoff and gives up
-  with one clear line after `patience` seconds; every step is safe to repeat (see `evomerge/search/worker.py`).
+  with one clear line after `patience` seconds; every step is safe to repeat (evomerge/search/worker.py).
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def safe_url(url: str) -> str:
 
 
 def open_storage(
-    url: str, heartbeat_seconds: int | None = None, retry: Callable[[optuna.Study, FrozenTrial], None] | None = None
+    url: str,
+    heartbeat_seconds: int | None = None,
+    retry: Callable[[optuna.Study, FrozenTrial], None] | None = None,
 ) -> RDBStorage:
     """Optuna's RDB storage at `url`; with `heartbeat_seconds`, trials of dead workers can be failed (by
     `optuna.storages.fail_stale_trials`) and `retry` is called with each.
@@ -86,7 +88,8 @@ def study_lock(storage: RDBStorage, study_name: str) -> Iterator[None]:
     """Hold the study's lock: one worker at a time creates, claims budget from or sweeps the study."""
     dialect = storage.engine.dialect.name
     if dialect == "postgresql":
-        key = int.from_bytes(hashlib.sha256(f"evomerge:{study_name}".encode()).digest()[:8], "big", signed=True)
+        digest = hashlib.sha256(f"evomerge:{study_name}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
         with storage.engine.connect() as connection:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
             try:
@@ -122,8 +125,9 @@ def patiently(step: Callable[[], T], url: str, patience: float, log: Callable[[s
             waited = time.monotonic() - started
             if waited + delay > patience:
                 raise UsageError(
-                    f"lost the storage '{safe_url(url)}' ({first_line(error)}); gave up after {tries} tries over "
-                    f"{waited:.0f} s. The study is intact: start this worker again when the database is back"
+                    f"lost the storage '{safe_url(url)}' ({first_line(error)}); gave up after {tries} "
+                    f"tries over {waited:.0f} s; the study is intact: start the worker again once the "
+                    "database is up"
                 ) from None
             log(f"the storage is unreachable ({first_line(error)}); retrying in {delay:.0f} s")
             time.sleep(delay)

@@ -45,6 +45,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig, config_from_dict
 from evomerge.errors import UsageError
+from evomerge.search.held_out import record_held_out
 from evomerge.search.ledger import (
     CONFIG_ATTR,
     HEARTBEAT_ATTR,
@@ -54,7 +55,6 @@ from evomerge.search.ledger import (
     run_place,
     unknown_study,
 )
-from evomerge.search.held_out import record_held_out
 from evomerge.search.loop import Search
 from evomerge.search.optimizers import SHAREABLE, optuna_sampler, trial_seed
 from evomerge.search.storage import Heartbeat, open_storage, patiently, quietly, study_lock, study_names
@@ -116,7 +116,8 @@ class SharedSearch(Search):
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> optuna.Study:
-        self.log.info("worker %s %s %s", self.name, "joins" if self.resumed else "starts", run_place(self.config))
+        joins = "joins" if self.resumed else "starts"
+        self.log.info("worker %s %s %s", self.name, joins, run_place(self.config))
         with self._progress_bar():
             while True:
                 trial = self._patiently(self._claim)
@@ -127,13 +128,14 @@ class SharedSearch(Search):
                 else:  # the budget is fully claimed by running trials: wait for them, or for their retries
                     time.sleep(min(self.storage.heartbeat_interval, 5))
         self.log.info("worker %s finished: %d candidates evaluated in the study", self.name, self.finished())
-        with study_lock(self.storage, self.config.study):  # the first worker done scores, the others find it done
+        # The first worker done scores the reported trials on held-out data; the others find them scored.
+        with study_lock(self.storage, self.config.study):
             for number, scores in record_held_out(self.config, self.study, self.scorer).items():
                 self.log.info("held-out scores of trial %d: %s", number, scores)
         return self.study
 
     def _claim(self) -> optuna.Trial | None:
-        """A RUNNING trial for this worker, or None while the budget allows no more (see the module docstring)."""
+        """A RUNNING trial for this worker, or None while the budget allows no more (module docstring)."""
         with study_lock(self.storage, self.config.study):
             self._fail_lost_trials()
             trials = self.study.get_trials(deepcopy=False)
@@ -145,7 +147,7 @@ class SharedSearch(Search):
                 return None
             seed = trial_seed(self.config.seed, len(trials))
             self.study.sampler = optuna_sampler(self.config.optimizer, seed, shared=True)
-            with warnings.catch_warnings():  # Optuna expects heartbeats with study.optimize; we keep them ourselves
+            with warnings.catch_warnings():  # Optuna expects heartbeats with study.optimize; we keep our own
                 warnings.filterwarnings("ignore", message="Heartbeat of storage")
                 trial = self.study.ask(self.distributions())
             self.storage.record_heartbeat(trial._trial_id)
@@ -181,7 +183,7 @@ class SharedSearch(Search):
     # ------------------------------------------------------------------ budget and storage
 
     def _budget(self) -> tuple[int | None, float | None]:
-        """The budget as the study holds it now: a run that joins with a larger one extends it for everyone."""
+        """The budget as the study holds it now (a run that joins with a larger one extends it for all)."""
         budget = self.study.user_attrs[CONFIG_ATTR]["budget"]
         return budget["evaluations"], budget["wall_clock_seconds"]
 
@@ -225,13 +227,13 @@ def joined_config(
         raise UsageError(f"the study '{study_name}' was not made by evomerge")
     if worker and HEARTBEAT_ATTR not in attrs:
         raise UsageError(
-            f"the study '{study_name}' is a one-process run (started without --storage); workers can only join a "
-            "study started with: evomerge run CONFIG --storage URL --study NAME"
+            f"the study '{study_name}' is a one-process run (started without --storage); workers can only "
+            "join a study started with: evomerge run CONFIG --storage URL --study NAME"
         )
     stored = attrs[CONFIG_ATTR]
     # The study's seeds were enqueued when it was made: a worker needs neither them nor their files.
     place = {"storage": url, "study": study_name, "seed_recipes": []}
-    place.update({key: value for key, value in (("device", device), ("run_dir", run_dir)) if value is not None})
+    place.update({key: value for key, value in {"device": device, "run_dir": run_dir}.items() if value})
     return config_from_dict({**stored, **place}, origin=f"the config stored in the study '{study_name}'")
 
 
