@@ -56,23 +56,18 @@ class Postgres:
         self.data, self.port = self.root / "data", free_port()
         self.url = f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/postgres"
         (self.root / "password").write_text(PASSWORD)
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres")
-            shutil.chown(self.root / "password", "postgres")
-        self._as_server_user(
-            "initdb",
-            "-D",
-            self.data,
-            "-U",
-            USER,
-            f"--pwfile={self.root / 'password'}",
-            "-A",
-            "scram-sha-256",
-            "--no-sync",
-            "-E",
-            "UTF8",
-        )
-        self.start()
+        try:
+            if os.geteuid() == 0:
+                shutil.chown(self.root, "postgres")
+                shutil.chown(self.root / "password", "postgres")
+            self._as_server_user(
+                "initdb", "-D", self.data, "-U", USER, f"--pwfile={self.root / 'password'}",
+                "-A", "scram-sha-256", "--no-sync", "-E", "UTF8",
+            )
+            self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def start(self) -> None:
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
