@@ -37,6 +37,8 @@ from evomerge.errors import UsageError
 from evomerge.search.timing import GRACE_HEARTBEATS
 
 T = TypeVar("T")
+#: Workers that start together on a new database race to create Optuna's tables; the losers open it again.
+SCHEMA_ATTEMPTS = 5
 #: Errors that mean the database went away (server restart, network loss), not a mistake in a request.
 CONNECTION_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 
@@ -69,14 +71,29 @@ def open_storage(
             grace_period=GRACE_HEARTBEATS * heartbeat_seconds,
             heartbeat_stale_trial_callback=retry,
         )
-    try:
-        storage = quietly(RDBStorage, url, engine_kwargs=engine_kwargs, **shared)
-    except Exception as error:  # SQLAlchemy raises many types for a bad URL, host or password
-        raise UsageError(f"cannot open the storage '{safe_url(url)}': {first_line(error)}") from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            storage = quietly(RDBStorage, url, engine_kwargs=engine_kwargs, **shared)
+            break
+        except Exception as error:  # SQLAlchemy raises many types for a bad URL, host or password
+            if attempt + 1 < SCHEMA_ATTEMPTS and _schema_race(error):
+                time.sleep(0.5)
+                continue
+            raise UsageError(f"cannot open the storage '{safe_url(url)}': {first_line(error)}") from None
     if sqlite and heartbeat_seconds is not None:
         with storage.engine.connect() as connection:
             connection.exec_driver_sql("PRAGMA journal_mode=WAL")
     return storage
+
+
+def _schema_race(error: BaseException) -> bool:
+    """Whether opening failed because another worker created Optuna's tables in a new database at the same
+    moment (both saw none; the second one's CREATE or version row collides): opening again finds them."""
+    while error is not None:
+        if isinstance(error, sqlalchemy.exc.IntegrityError) or "already exists" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def study_names(storage: RDBStorage) -> list[str]:
