@@ -9,9 +9,11 @@ seeded subsample of `limit` documents is scored through lm-eval's `samples` (its
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -81,7 +83,17 @@ class LmEvalTask:
         import lm_eval
 
         task_name = getattr(self.spec, SPLIT_FIELDS[split])
-        results = lm_eval.simple_evaluate(
+        # lm-eval draws progress bars per request type on every call; the search has its own bar.
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
+            results = self._evaluate(lm_eval, model, task_name, split)
+        return {
+            _metric_name(*key.split(",", 1)): float(value)
+            for key, value in results.items()
+            if "," in key and "_stderr" not in key
+        }
+
+    def _evaluate(self, lm_eval, model: PreTrainedModel, task_name: str, split: str) -> dict[str, Any]:
+        return lm_eval.simple_evaluate(
             model=self._wrapper(model),
             tasks=[task_name],
             task_manager=self.manager,
@@ -92,11 +104,6 @@ class LmEvalTask:
             log_samples=False,
             verbosity="ERROR",
         )["results"][task_name]
-        return {
-            _metric_name(*key.split(",", 1)): float(value)
-            for key, value in results.items()
-            if "," in key and "_stderr" not in key
-        }
 
     def _wrapper(self, model: PreTrainedModel):
         """One HFLM around the target model (the same object is rewritten in place for every candidate)."""
