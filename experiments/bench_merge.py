@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -309,7 +310,7 @@ def demo_candidates_per_hour(evaluations: int) -> dict:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="smollm-135m", help="model shape")
-    parser.add_argument("--sources", type=int, nargs="+", default=[2, 3, 4], help="numbers of sources (besides the base)")
+    parser.add_argument("--sources", type=int, nargs="+", default=[3, 2, 4], help="numbers of sources (besides the base)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--repeats", type=int, default=3, help="timed candidates per measurement (median)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -336,31 +337,6 @@ def main() -> None:
     if not has_mergekit:
         print(f"note: mergekit not found at {args.mergekit}; mergekit is skipped "
               "(install it with: bash experiments/setup_mergekit.sh)")
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = args.workdir or Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        paths = build_models(workdir / f"models-{args.size}", args.size, max(args.sources), torch.bfloat16)
-        rows = []
-        for sources in args.sources:
-            for method in args.methods:
-                row: dict = {"sources": sources, "method": method, "ours": in_worker("ours", args, paths, method, sources)}
-                if has_mergekit:
-                    config = mergekit_config(method, paths, sources, "bfloat16")
-                    seconds, peak, out = mergekit_yaml(args.mergekit, config, workdir, args.device)
-                    row["mergekit_yaml"] = {"seconds": seconds, "peak_rss_bytes": peak}
-                    subprocess.run(["rm", "-rf", str(out)], check=True)
-                    if sources == 3 and args.device == "cpu":
-                        memory = mergekit_in_memory(args.mergekit, config, workdir, args.repeats)
-                        row["mergekit_in_memory"] = {**memory, "seconds": statistics.median(memory["seconds"]), "seconds_all": memory["seconds"]}
-                    if sources == 3:
-                        exact = build_models(workdir / f"models-{args.size}-float32", args.size, 3, torch.float32)
-                        config = mergekit_config(method, exact, sources, "float32", agreement=True)
-                        _, _, out = mergekit_yaml(args.mergekit, config, workdir, args.device)
-                        row["agreement"] = in_worker("agreement", args, exact, method, sources, mergekit_out=out)
-                        row["agreement"]["note"] = DIFFERENCES[method]
-                        subprocess.run(["rm", "-rf", str(out)], check=True)
-                rows.append(row)
-                print_row(row)
     figures = {
         "model": f"random Llama, {args.size} shape, bfloat16, tied embeddings",
         "parameters": parameter_count(args.size),
@@ -370,15 +346,98 @@ def main() -> None:
         "mergekit": mergekit_version(args.mergekit) if has_mergekit else "not installed (skipped)",
         "gpu": "GPU figures are still to be taken: no GPU was lent to this run (the code path is the same)"
         if args.device == "cpu" else "this run",
-        "rows": rows,
+        "rows": [],
         "differences_from_mergekit": DIFFERENCES,
     }
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        paths = build_models(workdir / f"models-{args.size}", args.size, max(args.sources), torch.bfloat16)
+        figures["task_vectors"] = precomputed_vs_on_the_fly(paths, args.repeats)
+        print(f"task vectors of {figures['task_vectors']['tensor']}: on the fly "
+              f"{figures['task_vectors']['on_the_fly_seconds']:.3f} s, precomputed in float32 "
+              f"{figures['task_vectors']['precomputed_float32_seconds']:.3f} s")
+        for sources in args.sources:
+            for method in args.methods:
+                row = measure(args, paths, workdir, method, sources, has_mergekit)
+                figures["rows"].append(row)
+                print_row(row)
+                save(figures, args.out)  # after every row: a long run that is stopped keeps what it measured
     if not args.no_demo:
         figures["demo"] = demo_candidates_per_hour(args.demo_evaluations)
         print(f"demo: {figures['demo']['candidates_per_hour_merge_plus_eval']:.0f} candidates/hour (merge + evaluate)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    save(figures, args.out)
     print(f"saved to {args.out}")
+
+
+def measure(args: argparse.Namespace, paths: list[Path], workdir: Path, method: str, sources: int,
+            has_mergekit: bool) -> dict:
+    """One row: ours, and when mergekit is installed, mergekit-yaml, its in-memory path and the agreement."""
+    row: dict = {"sources": sources, "method": method, "ours": in_worker("ours", args, paths, method, sources)}
+    if not has_mergekit:
+        return row
+    config = mergekit_config(method, paths, sources, "bfloat16")
+    seconds, peak, out = mergekit_yaml(args.mergekit, config, workdir, args.device)
+    row["mergekit_yaml"] = {"seconds": seconds, "peak_rss_bytes": peak}
+    shutil.rmtree(out)
+    if sources != 3:
+        return row
+    if args.device == "cpu":
+        memory = mergekit_in_memory(args.mergekit, config, workdir, args.repeats)
+        row["mergekit_in_memory"] = {**memory, "seconds": statistics.median(memory["seconds"]),
+                                     "seconds_all": memory["seconds"]}
+    exact = build_models(workdir / f"models-{args.size}-float32", args.size, 3, torch.float32)
+    _, _, out = mergekit_yaml(args.mergekit, mergekit_config(method, exact, sources, "float32", True), workdir,
+                              args.device)
+    row["agreement"] = {**in_worker("agreement", args, exact, method, sources, mergekit_out=out),
+                        "note": DIFFERENCES[method]}
+    shutil.rmtree(out)
+    return row
+
+
+def precomputed_vs_on_the_fly(paths: list[Path], repeats: int) -> dict:
+    """Task arithmetic of the largest tensor from task vectors computed on the fly from the bf16 sources (what
+    the engine does) against float32 task vectors computed once (what they would cost: 4 bytes per parameter
+    per source), both block by block into a bf16 target."""
+    from safetensors.torch import load_file
+
+    from evomerge.methods.blocks import block_size, write_blocks
+    from evomerge.methods.task_arithmetic import generalized_task_arithmetic
+
+    tensors = [load_file(path / "model.safetensors") for path in paths[:4]]
+    name = max(tensors[0], key=lambda n: tensors[0][n].numel())
+    base, sources = tensors[0][name], [t[name] for t in tensors[1:]]
+    deltas = [(s.float() - base.float()).reshape(-1) for s in sources]
+    base_flat = base.reshape(-1)
+    work = torch.empty(2, block_size(base, None))
+    out = torch.empty_like(base)
+
+    def from_task_vectors(start: int, stop: int) -> torch.Tensor:
+        result, term = work[0, : stop - start].zero_(), work[1, : stop - start]
+        for w, delta in zip(WEIGHTS, deltas, strict=False):
+            result.add_(torch.mul(delta[start:stop], w, out=term))
+        return result.add_(base_flat[start:stop])
+
+    def on_the_fly() -> None:
+        generalized_task_arithmetic(base, sources, sparsification=None, consensus=None, weight=list(WEIGHTS[:3]),
+                                    out=out)
+
+    timings = {}
+    for label, action in (("on_the_fly_seconds", on_the_fly),
+                          ("precomputed_float32_seconds", lambda: write_blocks(base, from_task_vectors, out, None))):
+        action()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            action()
+            times.append(time.perf_counter() - started)
+        timings[label] = statistics.median(times)
+    return {"tensor": name, "elements": base.numel(), **timings}
+
+
+def save(figures: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 def parameter_count(size: str) -> int:
