@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the state of the run in RUN_DIR, while it is going or after it ended.",
     )
     status.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    status.add_argument(
+        "--held-out", action="store_true",
+        help="first score the best candidate and every Pareto point on the held-out split where the ledger "
+        "has no held-out score for them yet (a finished run has them), and store those scores in the ledger",
+    )
     status.set_defaults(run=_run_status)
     return parser
 
@@ -138,6 +143,9 @@ def _quiet_libraries() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
 
 
 def _run_zoo_build(args: argparse.Namespace) -> None:
@@ -205,16 +213,23 @@ def _search(config: RunConfig) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> None:
+    from evomerge.search.ledger import load_run_study
     from evomerge.search.status import status_text
 
-    print(status_text(_stored_config(args.run_dir, {})))
+    config = _stored_config(args.run_dir, {})
+    if args.held_out:
+        from evomerge.search.held_out import record_held_out
+
+        record_held_out(config, load_run_study(config))
+    print(status_text(config))
 
 
 def _run_demo(args: argparse.Namespace) -> None:
     from evomerge.config import load_config
     from evomerge.export import write_merge
     from evomerge.recipe import load_recipe, recipe_from_dict
-    from evomerge.search.status import best_trial, load_run_study
+    from evomerge.search.ledger import load_run_study
+    from evomerge.search.results import best_trial
     from evomerge.zoo import ensure_zoo, format_matrix, merge_check_recipes, read_manifest, recipe_accuracy
 
     out: Path = args.out

@@ -13,7 +13,10 @@ from optuna.trial import TrialState
 from evomerge.cli import main
 from evomerge.config import config_from_dict
 from evomerge.errors import UsageError
+from evomerge.recipe import recipe_from_dict
 from evomerge.search.loop import Search
+from evomerge.search.results import best_trial, held_out_scores, pareto_front
+from evomerge.search.scoring import CandidateScorer
 from evomerge.search.status import status_text
 
 
@@ -135,8 +138,39 @@ def test_two_objectives_with_nsga2_give_a_pareto_front(tiny_models, task_dir, tm
         tasks={"t": {"data": str(task_dir), "limit": 4}, "u": {"data": str(task_dir), "limit": 2}},
         objectives=[{"task": "t"}, {"task": "u", "direction": "minimize"}],
     )
-    run(data)
-    assert "Pareto front (" in status_text(config_from_dict(data))
+    study = run(data)
+    config = config_from_dict(data)
+    assert "Pareto front (" in status_text(config)
+    front = pareto_front(study)
+    assert set(held_out_scores(study)) == {t.number for t in front} | {best_trial(config, front).number}
+
+
+def test_the_best_candidate_is_scored_on_the_held_out_split_after_the_search(tiny_models, task_dir, tmp_path):
+    data = config_data(tiny_models, task_dir, tmp_path / "run")
+    study = run(data)
+    config = config_from_dict(data)
+    best = best_trial(config, study.get_trials(states=(TrialState.COMPLETE,)))
+    recorded = held_out_scores(study)
+    assert list(recorded) == [best.number] and 0.0 <= recorded[best.number]["t"]["exact_match"] <= 1.0
+    scorer = CandidateScorer(config)
+    recipe = recipe_from_dict(yaml.safe_load(best.user_attrs["recipe"]))
+    assert recorded[best.number] == scorer.score(recipe, "held_out")
+    assert scorer.score(recipe, "search")["t"]["exact_match"] == best.values[0]
+    assert all(not key.startswith("held_out") for t in study.get_trials() for key in t.user_attrs)
+
+
+def test_status_held_out_scores_the_best_of_a_run_in_progress(tiny_models, task_dir, tmp_path, monkeypatch, capsys):
+    data = config_data(tiny_models, task_dir, tmp_path / "run")
+    monkeypatch.setattr("evomerge.search.loop.record_held_out", lambda *args: {})
+    study = run(data)
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(data))
+    assert main(["status", str(tmp_path / "run")]) == 0
+    assert "held-out scores: not computed yet" in capsys.readouterr().out
+    assert main(["status", str(tmp_path / "run"), "--held-out"]) == 0
+    best = best_trial(config_from_dict(data), study.get_trials(states=(TrialState.COMPLETE,)))
+    held_out = optuna.load_study(study_name="evomerge", storage=config_from_dict(data).storage_url).user_attrs
+    expected = held_out[f"held_out.{best.number}"]["t"]["exact_match"]
+    assert f"best: trial {best.number}: t={best.values[0]:.4f} (held-out {expected:.4f})" in capsys.readouterr().out
 
 
 def write_config(path: Path, data) -> Path:
@@ -153,7 +187,7 @@ def write_config(path: Path, data) -> Path:
         ({"objectives": [{"task": "t"}, {"task": "t"}], "optimizer": "optuna-cmaes"}, "optimizes one objective but 2 are listed"),
         ({"budget": {"evaluations": 0}}, "budget.evaluations: Input should be greater than or equal to 1"),
         ({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "cannot open the storage 'postgresql://nobody@127.0.0.1:1/none'"),
-        ({"tasks": {"t": {"data": "/nowhere"}}}, "task 't': no data file '/nowhere/search.jsonl'"),
+        ({"tasks": {"t": {"data": "/nowhere"}}}, "task 't': data directory '/nowhere' does not exist"),
     ],
 )
 def test_bad_configs_get_one_line_and_exit_2_before_anything_is_written(change, message, tiny_models, task_dir, tmp_path, capsys):
@@ -205,7 +239,7 @@ def test_scalarizations_by_hand():
     from evomerge.config import Objective
     from evomerge.search.optimizers import scalarize
 
-    objectives = [Objective(task="a", weight=2.0), Objective(task="b", direction="minimize")]
+    objectives = [Objective(task="a", direction="maximize", weight=2.0), Objective(task="b", direction="minimize")]
     # losses: -0.5 (maximized) and 0.25 (minimized)
     assert scalarize([0.5, 0.25], objectives, "weighted_sum", ideal=[]) == 2.0 * -0.5 + 0.25
     # chebyshev around the ideal losses (-0.75, 0.0): max(2 * 0.25, 1 * 0.25)

@@ -19,6 +19,8 @@ from evomerge.errors import UsageError
 
 STUDY_NAME = "evomerge"
 CONFIG_ATTR = "config"
+#: Seconds of search so far, over every session of the run (a study user attribute).
+ELAPSED_ATTR = "elapsed_seconds"
 #: Fields a resumed run may change, and in which direction (a longer budget extends an overnight run).
 EXTENDABLE = ("budget.evaluations", "budget.wall_clock_seconds")
 #: Fields that say where and on what a run goes on, not what it searches.
@@ -53,6 +55,14 @@ def open_study(config: RunConfig, study_name: str = STUDY_NAME) -> tuple[optuna.
     study = optuna.create_study(storage=storage, study_name=study_name, directions=directions)
     study.set_user_attr(CONFIG_ATTR, config.to_json_dict())
     return study, False
+
+
+def load_run_study(config: RunConfig) -> optuna.Study:
+    """The study of a run that has started (for reading it: status, report, export)."""
+    storage = open_storage(config.storage_url)
+    if STUDY_NAME not in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
+        raise UsageError(f"no run has started in {config.run_dir} yet; start one with: evomerge run CONFIG")
+    return optuna.load_study(study_name=STUDY_NAME, storage=storage)
 
 
 def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -1,46 +1,30 @@
-"""What `evomerge status RUN_DIR` prints: progress, the best candidate, the Pareto front, rate and ETA."""
+"""What `evomerge status RUN_DIR` prints: progress, the best candidate, the Pareto front, rate and ETA,
+and the held-out scores of the reported candidates beside their search scores."""
 
 from __future__ import annotations
 
-import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig
-from evomerge.errors import UsageError
-from evomerge.search.ledger import STUDY_NAME, open_storage
-from evomerge.search.loop import ELAPSED_ATTR
-from evomerge.search.optimizers import scalarized
-
-
-def load_run_study(config: RunConfig) -> optuna.Study:
-    storage = open_storage(config.storage_url)
-    if STUDY_NAME not in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
-        raise UsageError(f"no run has started in {config.run_dir} yet; start one with: evomerge run CONFIG")
-    return optuna.load_study(study_name=STUDY_NAME, storage=storage)
-
-
-def best_trial(config: RunConfig, completed: list[FrozenTrial]) -> FrozenTrial:
-    """The best completed trial by the config's scalarization (the objective itself when there is one)."""
-    values = scalarized(completed, completed, config.objectives, config.optimizer.scalarization)
-    return completed[values.index(min(values))]
-
-
-def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
-    return sorted(study.best_trials, key=lambda t: t.number)
+from evomerge.evaluate.tasks import Scores
+from evomerge.search.ledger import ELAPSED_ATTR, load_run_study
+from evomerge.search.results import best_trial, held_out_scores, pareto_front
 
 
 def status_text(config: RunConfig) -> str:
     study = load_run_study(config)
     trials = study.get_trials(deepcopy=False)
+    held_out = held_out_scores(study)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
-    finished = count[TrialState.COMPLETE] + count[TrialState.FAIL]
+    finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED] + count[TrialState.FAIL]
     budget = config.budget.evaluations
     elapsed = float(study.user_attrs.get(ELAPSED_ATTR, 0.0))
     lines = [
         f"run: {config.run_dir}  optimizer: {config.optimizer.name}  objectives: "
         + ", ".join(f"{o.task}.{o.metric} ({o.direction})" for o in config.objectives),
         f"progress: {finished}" + (f"/{budget}" if budget else "") + f" evaluated ({count[TrialState.COMPLETE]} complete, "
-        f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running)",
+        + (f"{count[TrialState.PRUNED]} stopped early, " if count[TrialState.PRUNED] else "")
+        + f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running)",
     ]
     if elapsed > 0 and finished:
         rate = finished / elapsed * 3600
@@ -51,15 +35,22 @@ def status_text(config: RunConfig) -> str:
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
     if completed:
         best = best_trial(config, completed)
-        lines.append(f"best: trial {best.number}: " + _values_text(config, best))
+        lines.append(f"best: trial {best.number}: " + _values_text(config, best, held_out.get(best.number)))
         seed = next((t for t in completed if t.user_attrs.get("seed_index") == 0 or t.number == 0), None)
         if seed is not None and seed.number != best.number:
-            lines.append(f"first candidate (uniform merge): trial {seed.number}: " + _values_text(config, seed))
+            lines.append(f"first candidate (uniform merge): trial {seed.number}: " + _values_text(config, seed, None))
     if config.multi_objective and completed:
-        lines.append(f"Pareto front ({len(pareto_front(study))} candidates):")
-        lines.extend(f"  trial {t.number}: " + _values_text(config, t) for t in pareto_front(study))
+        front = pareto_front(study)
+        lines.append(f"Pareto front ({len(front)} candidates):")
+        lines.extend(f"  trial {t.number}: " + _values_text(config, t, held_out.get(t.number)) for t in front)
+    if completed and not held_out:
+        lines.append("held-out scores: not computed yet (evomerge status RUN_DIR --held-out)")
     return "\n".join(lines)
 
 
-def _values_text(config: RunConfig, trial: FrozenTrial) -> str:
-    return ", ".join(f"{o.task}={v:.4f}" for o, v in zip(config.objectives, trial.values))
+def _values_text(config: RunConfig, trial: FrozenTrial, held_out: Scores | None) -> str:
+    """`task=search value`, and `(held-out value)` after it when the trial has a held-out record."""
+    return ", ".join(
+        f"{o.task}={v:.4f}" + (f" (held-out {held_out[o.task][o.metric]:.4f})" if held_out else "")
+        for o, v in zip(config.objectives, trial.values)
+    )

@@ -1,0 +1,44 @@
+"""Reading a run's results from its ledger: the best candidate, the Pareto front, the held-out records."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from evomerge.config import RunConfig
+from evomerge.evaluate.tasks import Scores
+from evomerge.search.optimizers import scalarized
+
+#: Held-out scores live in study user attributes `held_out.N` for trial N: Optuna refuses changes to a
+#: finished trial's own attributes, and they are computed after the trial finished (search/held_out.py).
+HELD_OUT_PREFIX = "held_out."
+
+
+def best_trial(config: RunConfig, completed: list[FrozenTrial]) -> FrozenTrial:
+    """The best completed trial by the config's scalarization (the objective itself when there is one)."""
+    values = scalarized(completed, completed, config.objectives, config.optimizer.scalarization)
+    return completed[values.index(min(values))]
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    return sorted(study.best_trials, key=lambda t: t.number)
+
+
+def reported_trials(config: RunConfig, study: optuna.Study) -> list[FrozenTrial]:
+    """The trials a run reports: the best completed one, then the Pareto points (several objectives), each once."""
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not completed:
+        return []
+    trials = [best_trial(config, completed)]
+    if config.multi_objective:
+        trials += [t for t in pareto_front(study) if t.number != trials[0].number]
+    return trials
+
+
+def held_out_scores(study: optuna.Study) -> dict[int, Scores]:
+    """Every held-out score recorded in the ledger, by trial number."""
+    return {
+        int(key[len(HELD_OUT_PREFIX) :]): value
+        for key, value in study.user_attrs.items()
+        if key.startswith(HELD_OUT_PREFIX)
+    }
