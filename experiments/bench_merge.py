@@ -343,6 +343,7 @@ def main() -> None:
         "device": args.device,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", {os.cpu_count()} cores",
         "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": os.getloadavg(),
         "mergekit": mergekit_version(args.mergekit) if has_mergekit else "not installed (skipped)",
         "gpu": "GPU figures are still to be taken: no GPU was lent to this run (the code path is the same)"
         if args.device == "cpu" else "this run",
@@ -366,6 +367,7 @@ def main() -> None:
     if not args.no_demo:
         figures["demo"] = demo_candidates_per_hour(args.demo_evaluations)
         print(f"demo: {figures['demo']['candidates_per_hour_merge_plus_eval']:.0f} candidates/hour (merge + evaluate)")
+    figures["load_average_at_end"] = os.getloadavg()
     save(figures, args.out)
     print(f"saved to {args.out}")
 
