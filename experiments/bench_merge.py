@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -131,7 +130,10 @@ def mergekit_config(method: str, paths: list[Path], sources: int, dtype: str, ag
 
 
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory in bytes since it started its program (VmHWM: unlike ru_maxrss, it
+    does not inherit the peak of the process that forked it)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 
 
 def copy_seconds(tensors: list[torch.Tensor], repeats: int) -> float:
@@ -239,19 +241,24 @@ def in_worker(kind: str, args: argparse.Namespace, paths: list[Path], method: st
 # --------------------------------------------------------------------------- mergekit
 
 
+#: Runs argv[1:] and writes its peak RSS (bytes) to stderr's last line. A child's ru_maxrss starts at the peak of
+#: the process that forked it, so the command is forked from this small interpreter, not from the benchmark.
+PEAK_WRAPPER = (
+    "import os, sys; pid = os.fork()\n"
+    "if pid == 0: os.execvp(sys.argv[1], sys.argv[1:])\n"
+    "_, status, usage = os.wait4(pid, 0); print(usage.ru_maxrss * 1024, file=sys.stderr)\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))"
+)
+
+
 def run_child(command: list[str]) -> tuple[float, int, str]:
     """Run a command; its wall seconds, its peak RSS in bytes, and its stdout (raises if it fails)."""
     started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen(command, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - started
-        child.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if child.returncode != 0:
-            raise RuntimeError(f"{' '.join(command[:2])} failed:\n{err.read()[-3000:]}")
-        return seconds, usage.ru_maxrss * 1024, out.read()
+    done = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, *command], capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:2])} failed:\n{done.stderr[-3000:]}")
+    return seconds, int(done.stderr.strip().splitlines()[-1]), done.stdout
 
 
 def mergekit_yaml(executable: Path, config: dict, workdir: Path, device: str) -> tuple[float, int, Path]:
