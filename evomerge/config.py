@@ -57,7 +57,7 @@ class EarlyStopping(_Frozen):
     """Stop scoring a candidate once it cannot, with this confidence, beat the k-th best so far (PRUNED)."""
 
     enabled: bool = False
-    chunk_size: int = Field(50, ge=1, description="examples per task scored between two checks (50: measured on the zoo)")
+    chunk_size: int = Field(50, ge=1, description="examples per task between two checks")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="one-sided confidence of the bound on the full score")
     top_k: int = Field(1, ge=1, description="prune a candidate that cannot beat the k-th best candidate so far")
 
