@@ -16,8 +16,8 @@ def model_card(
     optimizer = config.optimizer
     objectives = {(o.task, o.metric) for o in config.objectives}
     score_rows = [
-        f"| {task} | {metric} | {value:.4f} | {held_out[task][metric]:.4f} |"
-        + (" objective" if (task, metric) in objectives else "")
+        f"| {task} | {metric} | {value:.4f} | {held_out[task][metric]:.4f} | "
+        + ("yes" if (task, metric) in objectives else "no") + " |"
         for task, metrics in trial.user_attrs["scores"].items()
         for metric, value in metrics.items()
     ]
@@ -26,7 +26,7 @@ def model_card(
         for name, spec in config.tasks.items()
     )
     genome = "\n".join(
-        f"- `{g.param}`: {g.granularity}" + (f" (groups of {g.group_size} layers)" if g.granularity == "group" else "")
+        f"  - `{g.param}`: {g.granularity}" + (f" (groups of {g.group_size} layers)" if g.granularity == "group" else "")
         + f", {g.low:g} to {g.high:g}" + (" on a log scale" if g.log else "")
         for g in config.genome
     )
@@ -73,7 +73,7 @@ model's tensors bit for bit from the same models.
 
 ## Scores
 
-| task | metric | search split | held-out split | |
+| task | metric | search split | held-out split | objective |
 | --- | --- | ---: | ---: | --- |
 {chr(10).join(score_rows)}
 
