@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from test_search import config_data
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from evomerge.cli import main
@@ -34,21 +35,12 @@ def task_dir(tmp_path_factory) -> Path:
 
 
 def run_config(path: Path, models: dict[str, Path], task_dir: Path, run_dir: Path, **changes) -> Path:
-    data = {
-        "recipe": {
-            "method": "ties", "base": str(models["base"]),
-            "sources": [{"model": str(models["a"])}, {"model": str(models["b"])}],
-        },
-        "genome": [
-            {"param": "weight", "granularity": "layer", "low": 0.0, "high": 1.5},
-            {"param": "density", "granularity": "global", "low": 0.2, "high": 1.0},
-        ],
-        "tasks": {"t": {"data": str(task_dir), "limit": 4}, "u": {"data": str(task_dir), "limit": 2}},
-        "objectives": [{"task": "t"}, {"task": "u"}],
-        "optimizer": {"name": "nsga2", "population_size": 4},
-        "budget": {"evaluations": 6},
-        "run_dir": str(run_dir),
-    }
+    """A two-objective NSGA-II run of 6 candidates over tiny models (test_search's config with changes)."""
+    data = config_data(
+        models, task_dir, run_dir, "nsga2", 6,
+        tasks={"t": {"data": str(task_dir), "limit": 4}, "u": {"data": str(task_dir), "limit": 2}},
+        objectives=[{"task": "t"}, {"task": "u"}],
+    )
     data.update(changes)
     path.write_text(yaml.safe_dump(data))
     return path
@@ -68,7 +60,7 @@ def finished_run(tiny_models, task_dir, tmp_path_factory) -> Path:
     return root / "run"
 
 
-def test_baselines_are_their_own_study_and_never_change_the_search(finished_run, tiny_models, task_dir, tmp_path):
+def test_baselines_are_their_own_study_and_never_change_the_search(finished_run, tiny_models, task_dir, tmp_path, monkeypatch):
     config = config_from_dict(yaml.safe_load((finished_run / "config.yaml").read_text()))
     grid = baseline_grid(config.recipe)
     recorded = study(finished_run, BASELINES_STUDY)
@@ -79,6 +71,8 @@ def test_baselines_are_their_own_study_and_never_change_the_search(finished_run,
     assert len(study(finished_run).get_trials()) == 6
 
     # baselines first, then a search resumed in the same ledger: exactly the candidates of a run without them
+    for grid in ("TASK_ARITHMETIC_GRID", "TIES_GRID", "DARE_TIES_GRID"):  # one setting each is enough here
+        monkeypatch.setattr(f"evomerge.search.baselines.{grid}", {"scale": (1.0,)})
     whole = run_config(tmp_path / "whole.yaml", tiny_models, task_dir, tmp_path / "whole", optimizer={"name": "cmaes", "population_size": 4})
     parts = run_config(tmp_path / "parts.yaml", tiny_models, task_dir, tmp_path / "parts", optimizer={"name": "cmaes", "population_size": 4})
     assert main(["run", str(whole)]) == 0
@@ -201,3 +195,13 @@ def test_mergekit_refuses_gguf_sources(tiny_models):
     recipe = recipe_from_dict({"method": "linear", "sources": [{"model": "/models/x.gguf"}]})
     with pytest.raises(UsageError, match="mergekit cannot read the GGUF model"):
         mergekit_config(recipe, [])
+
+
+@pytest.mark.parametrize(("command", "phrase"), [
+    ("report", "report.md"), ("export", "--pick"), ("baselines", "DARE-TIES"),
+])
+def test_help_of_report_export_and_baselines(command, phrase, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    printed = capsys.readouterr().out
+    assert exit_info.value.code == 0 and f"usage: evomerge {command}" in printed and phrase in printed
