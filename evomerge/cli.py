@@ -204,6 +204,9 @@ def _quiet_libraries() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
 
 
 def _run_zoo_build(args: argparse.Namespace) -> None:

@@ -8,10 +8,11 @@ recipe:                 # the template: method, base, sources and every paramete
 genome:                 # what the search varies (see evomerge/genome.py)
   - {param: weight, granularity: layer, low: 0.0, high: 1.5}
   - {param: density, granularity: layer, low: 0.2, high: 1.0}
-tasks:                  # data with search.jsonl and held_out.jsonl (fields prompt, answer)
+tasks:                  # what candidates are scored on (evomerge/evaluate/specs.py: kinds and fields)
   add: {data: zoo:add, limit: 64}
-objectives:
+objectives:             # metric and direction default to the task kind's first metric, its natural way
   - {task: add, metric: exact_match, direction: maximize}
+early_stopping: {enabled: true, chunk_size: 32}   # prune hopeless candidates (PRUNED trials)
 optimizer: {name: cmaes, population_size: 8, sigma: 0.3}
 budget: {evaluations: 48}
 seed: 0
@@ -29,6 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evomerge.errors import UsageError, first_validation_problem
+from evomerge.evaluate.specs import TaskSpec
 from evomerge.files import read_yaml
 from evomerge.genome import SearchedParam
 from evomerge.recipe import Recipe, recipe_from_dict
@@ -41,18 +43,23 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class TaskSpec(_Frozen):
-    """A prompt -> answer data set scored by greedy exact match (the evaluator issue grows more kinds)."""
-
-    data: str = Field(description="zoo:SKILL, or a directory with search.jsonl and held_out.jsonl")
-    limit: int | None = Field(None, ge=1, description="examples scored per split (the first N)")
-
-
 class Objective(_Frozen):
+    """One value to optimize: a task's metric (default: the task kind's first), in its natural direction
+    unless given."""
+
     task: str
-    metric: Literal["exact_match"] = "exact_match"
-    direction: Literal["maximize", "minimize"] = "maximize"
+    metric: str | None = None
+    direction: Literal["maximize", "minimize"] | None = None
     weight: float = Field(1.0, gt=0)
+
+
+class EarlyStopping(_Frozen):
+    """Stop scoring a candidate once it cannot, with this confidence, beat the k-th best so far (PRUNED)."""
+
+    enabled: bool = False
+    chunk_size: int = Field(32, ge=1, description="examples per task scored between two checks")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="one-sided confidence of the bound on the full score")
+    top_k: int = Field(1, ge=1, description="prune a candidate that cannot beat the k-th best candidate so far")
 
 
 class OptimizerConfig(_Frozen):
@@ -80,6 +87,7 @@ class RunConfig(_Frozen):
     seed_recipes: list[Path] = Field(default_factory=list)
     tasks: dict[str, TaskSpec] = Field(min_length=1)
     objectives: list[Objective] = Field(min_length=1)
+    early_stopping: EarlyStopping = EarlyStopping()
     optimizer: OptimizerConfig = OptimizerConfig()
     budget: Budget
     seed: int = 0
@@ -94,11 +102,14 @@ class RunConfig(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        resolved = []
         for objective in self.objectives:
             if objective.task not in self.tasks:
                 raise ValueError(
                     f"objective names task '{objective.task}', which is not under 'tasks' ({', '.join(self.tasks)})"
                 )
+            resolved.append(_resolved(objective, self.tasks[objective.task]))
+        object.__setattr__(self, "objectives", resolved)  # frozen: set once, here, while validating
         if len(self.objectives) > 1 and self.optimizer.name not in (*MULTI_OBJECTIVE, "cmaes"):
             raise ValueError(
                 f"optimizer '{self.optimizer.name}' optimizes one objective but {len(self.objectives)} are "
@@ -116,6 +127,23 @@ class RunConfig(_Frozen):
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def _resolved(objective: Objective, task: TaskSpec) -> Objective:
+    """The objective with its metric and direction filled in from the task kind's declared metrics."""
+    metrics = task.metrics
+    if task.kind == "lm_eval":  # lm-eval tasks declare their metrics in their YAML, checked on loading
+        if objective.metric is None:
+            raise ValueError(f"objective on lm-eval task '{objective.task}': name its metric (e.g. acc, exact_match)")
+        return objective.model_copy(update={"direction": objective.direction or "maximize"})
+    metric = objective.metric or next(iter(metrics))
+    if metric not in metrics:
+        raise ValueError(
+            f"objective on task '{objective.task}': a {task.kind} task has no metric '{metric}' "
+            f"(it has: {', '.join(metrics)})"
+        )
+    direction = objective.direction or ("maximize" if metrics[metric] else "minimize")
+    return objective.model_copy(update={"metric": metric, "direction": direction})
 
 
 def config_from_dict(data: Any, origin: str = "config") -> RunConfig:

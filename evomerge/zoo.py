@@ -57,7 +57,7 @@ from transformers import (
 
 from evomerge.errors import UsageError
 from evomerge.files import staging_directory
-from evomerge.evaluate.exact_match import greedy_exact_match
+from evomerge.evaluate.generate import greedy_exact_match
 from evomerge.recipe import Recipe, recipe_from_dict
 
 ZOO_FORMAT_VERSION = 2

@@ -187,7 +187,7 @@ def write_config(path: Path, data) -> Path:
         ({"objectives": [{"task": "t"}, {"task": "t"}], "optimizer": "optuna-cmaes"}, "optimizes one objective but 2 are listed"),
         ({"budget": {"evaluations": 0}}, "budget.evaluations: Input should be greater than or equal to 1"),
         ({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "cannot open the storage 'postgresql://nobody@127.0.0.1:1/none'"),
-        ({"tasks": {"t": {"data": "/nowhere"}}}, "task 't': no data file '/nowhere/search.jsonl'"),
+        ({"tasks": {"t": {"data": "/nowhere"}}}, "task 't': data directory '/nowhere' does not exist"),
     ],
 )
 def test_bad_configs_get_one_line_and_exit_2_before_anything_is_written(change, message, tiny_models, task_dir, tmp_path, capsys):
@@ -239,7 +239,7 @@ def test_scalarizations_by_hand():
     from evomerge.config import Objective
     from evomerge.search.optimizers import scalarize
 
-    objectives = [Objective(task="a", weight=2.0), Objective(task="b", direction="minimize")]
+    objectives = [Objective(task="a", direction="maximize", weight=2.0), Objective(task="b", direction="minimize")]
     # losses: -0.5 (maximized) and 0.25 (minimized)
     assert scalarize([0.5, 0.25], objectives, "weighted_sum", ideal=[]) == 2.0 * -0.5 + 0.25
     # chebyshev around the ideal losses (-0.75, 0.0): max(2 * 0.25, 1 * 0.25)

@@ -29,21 +29,32 @@ from optuna.trial import TrialState
 
 from evomerge.config import RunConfig
 from evomerge.errors import MergeFailure, UsageError
+from evomerge.evaluate.tasks import Partial
 from evomerge.genome import Genome
 from evomerge.recipe import load_recipe
 from evomerge.search.held_out import record_held_out
 from evomerge.search.ledger import ELAPSED_ATTR, open_study
-from evomerge.search.optimizers import optuna_sampler, pycma_options, scalarized, trial_seed
+from evomerge.search.optimizers import losses, optuna_sampler, pycma_options, scalarize, scalarized, trial_seed
+from evomerge.search.pruning import Pruner
 from evomerge.search.scoring import CandidateScorer
 
-FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SEEDED_ATTR = "seeded"
 
 
 @dataclass
 class Outcome:
+    """A scored candidate (values), a failed one (no values), or a pruned one (no values, an estimate)."""
+
     values: list[float] | None
     attrs: dict[str, Any] = field(default_factory=dict)
+    estimate: list[float] | None = None
+
+    @property
+    def state(self) -> TrialState:
+        if self.values is not None:
+            return TrialState.COMPLETE
+        return TrialState.PRUNED if self.estimate is not None else TrialState.FAIL
 
 
 class Search:
@@ -58,6 +69,8 @@ class Search:
         self.seed_recipes = [config.recipe, *(load_recipe(path) for path in config.seed_recipes)]
         self.seed_points = [self.genome.encode(recipe) for recipe in self.seed_recipes]
         engine.plan(self.genome.decode(self.seed_points[0]))
+        early = config.early_stopping
+        self.pruner = Pruner(config, self.scorer.evaluator.metrics()) if early.enabled else None
         self.study, self.resumed = _open_run(config)
         self.log = _file_logger(config)
         self.started = time.monotonic()
@@ -99,10 +112,12 @@ class Search:
         outcome = self.evaluate(values)
         for key, value in outcome.attrs.items():
             trial.set_user_attr(key, value)
-        if outcome.values is None:
-            self.study.tell(trial, state=TrialState.FAIL)
-        else:
+        if outcome.state == TrialState.COMPLETE:
             self.study.tell(trial, outcome.values)
+        else:
+            if outcome.state == TrialState.PRUNED and not self.config.multi_objective:
+                trial.report(outcome.estimate[0], step=outcome.attrs["examples_scored"])
+            self.study.tell(trial, state=outcome.state)
         self._after(trial.number, outcome)
 
     def _run_pycma(self) -> None:
@@ -159,8 +174,13 @@ class Search:
         objectives, method = self.config.objectives, self.config.optimizer.scalarization
         completed = [t for t in self._finished_trials() if t.state == TrialState.COMPLETE and t.number <= upto]
         value = dict(zip((t.number for t in completed), scalarized(completed, completed, objectives, method)))
+        if any(t.state == TrialState.PRUNED for t in trials):
+            ideal = [min(column) for column in zip(*(losses(t.values, objectives) for t in completed))]
+            for t in trials:
+                if t.state == TrialState.PRUNED:
+                    value[t.number] = scalarize(t.user_attrs["estimate"], objectives, method, ideal)
         worst = max(value.values(), default=0.0)
-        return [value[t.number] if t.state == TrialState.COMPLETE else worst + 1.0 for t in trials]
+        return [value.get(t.number, worst + 1.0) for t in trials]
 
     def _add_trial(self, point: dict[str, float], outcome: Outcome, attrs: dict[str, Any]) -> optuna.trial.FrozenTrial:
         distributions = {
@@ -168,7 +188,7 @@ class Search:
             for gene in self.genome.genes
         }
         trial = optuna.trial.create_trial(
-            state=TrialState.COMPLETE if outcome.values is not None else TrialState.FAIL,
+            state=outcome.state,
             values=outcome.values,
             params=point,
             distributions=distributions,
@@ -189,7 +209,15 @@ class Search:
             started = time.perf_counter()
             self.scorer.engine.materialize(recipe, self.scorer.model)
             merged = time.perf_counter()
-            scores = self.scorer.evaluator.score(self.scorer.model, "search")
+            if self.pruner is not None:
+                partial = self._score_or_prune()
+                attrs.update(merge_seconds=merged - started, eval_seconds=time.perf_counter() - merged)
+                if not partial.complete:
+                    attrs.update(partial_scores=partial.means(), examples_scored=sum(map(partial.scored, partial.sizes)))
+                    return Outcome(None, attrs, estimate=self.pruner.estimate(partial))
+                scores = partial.means()
+            else:
+                scores = self.scorer.evaluator.score(self.scorer.model, "search")
             values = [scores[o.task][o.metric] for o in self.config.objectives]
             if not all(math.isfinite(v) for v in values):
                 raise MergeFailure(f"an objective is not finite: {values}")
@@ -200,9 +228,21 @@ class Search:
         attrs.update(scores=scores, merge_seconds=merged - started, eval_seconds=time.perf_counter() - merged)
         return Outcome(values, attrs)
 
+    def _score_or_prune(self) -> Partial:
+        """Score the target model in chunks, stopping once it cannot beat the k-th best completed candidate."""
+        completed = [t for t in self._finished_trials() if t.state == TrialState.COMPLETE]
+        return self.scorer.evaluator.score_progressively(
+            self.scorer.model, "search", self.config.early_stopping.chunk_size, self.pruner.keep_going(completed)
+        )
+
     def _after(self, number: int, outcome: Outcome) -> None:
         self.study.set_user_attr(ELAPSED_ATTR, self.elapsed())
-        if outcome.values is None:
+        if outcome.state == TrialState.PRUNED:
+            self.log.info(
+                "trial %d pruned after %d examples: %s", number, outcome.attrs["examples_scored"],
+                outcome.attrs["partial_scores"],
+            )
+        elif outcome.values is None:
             self.log.warning("trial %d failed: %s", number, outcome.attrs["failure_reason"])
         else:
             self.log.info(

@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from evomerge.config import RunConfig
 from evomerge.engine import MergeEngine, recipe_dtype
+from evomerge.errors import UsageError
 from evomerge.evaluate.tasks import Evaluator, Scores, load_task
 from evomerge.recipe import Recipe
 
@@ -23,6 +24,13 @@ class CandidateScorer:
         reference = self.engine.reference
         self.tokenizer = AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file)
         self.evaluator = Evaluator([load_task(name, spec) for name, spec in config.tasks.items()], self.tokenizer)
+        metrics = self.evaluator.metrics()
+        for objective in config.objectives:
+            if objective.metric not in metrics[objective.task]:
+                raise UsageError(
+                    f"objective on task '{objective.task}': it has no metric '{objective.metric}' "
+                    f"(it has: {', '.join(metrics[objective.task])})"
+                )
         self.model = self.engine.new_target(recipe_dtype(config.recipe))
 
     def score(self, recipe: Recipe, split: str = "search") -> Scores:

@@ -16,14 +16,15 @@ def status_text(config: RunConfig) -> str:
     trials = study.get_trials(deepcopy=False)
     held_out = held_out_scores(study)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
-    finished = count[TrialState.COMPLETE] + count[TrialState.FAIL]
+    finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED] + count[TrialState.FAIL]
     budget = config.budget.evaluations
     elapsed = float(study.user_attrs.get(ELAPSED_ATTR, 0.0))
     lines = [
         f"run: {config.run_dir}  optimizer: {config.optimizer.name}  objectives: "
         + ", ".join(f"{o.task}.{o.metric} ({o.direction})" for o in config.objectives),
         f"progress: {finished}" + (f"/{budget}" if budget else "") + f" evaluated ({count[TrialState.COMPLETE]} complete, "
-        f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running)",
+        + (f"{count[TrialState.PRUNED]} stopped early, " if count[TrialState.PRUNED] else "")
+        + f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running)",
     ]
     if elapsed > 0 and finished:
         rate = finished / elapsed * 3600

@@ -1,0 +1,126 @@
+"""An objective scored by lm-eval on the candidate model in memory.
+
+`lm_eval.simple_evaluate` runs on an `HFLM` that wraps the live target model and its tokenizer: no disk round
+trip per candidate. Its response cache stays off (it is keyed by prompt, so it would hand one candidate's
+answers to the next) and so does bootstrapping (no standard errors are needed to rank candidates). The search
+split and the held-out split are two lm-eval tasks whose documents are checked disjoint by content hash. A
+seeded subsample of `limit` documents is scored through lm-eval's `samples` (its `limit` takes the first N).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import random
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from evomerge.errors import UsageError
+from evomerge.evaluate.specs import LmEvalSpec
+
+SPLIT_FIELDS = {"search": "task", "held_out": "held_out_task"}
+
+
+class LmEvalTask:
+    def __init__(self, name: str, spec: LmEvalSpec) -> None:
+        try:
+            from lm_eval.tasks import TaskManager
+        except ImportError:
+            raise UsageError(
+                f"task '{name}' is an lm-eval task but lm-eval is not installed; pip install 'evomerge[lm-eval]'"
+            ) from None
+        if spec.include_path is not None and not spec.include_path.is_dir():
+            raise UsageError(f"task '{name}': include_path '{spec.include_path}' is not a directory")
+        self.name = name
+        self.spec = spec
+        self.manager = TaskManager(include_path=str(spec.include_path) if spec.include_path else None)
+        self.tasks: dict[str, Any] = {}
+        for split, field in SPLIT_FIELDS.items():
+            task_name = getattr(spec, field)
+            if task_name not in self.manager.all_tasks:
+                close = difflib.get_close_matches(task_name, self.manager.all_tasks, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else " (is include_path set to its YAML's directory?)"
+                raise UsageError(f"task '{name}': lm-eval has no task '{task_name}'{hint}")
+            try:
+                self.tasks[split] = self.manager.load(task_name)["tasks"][task_name]
+            except Exception as error:  # lm-eval raises many types for a broken task YAML or its data
+                raise UsageError(f"task '{name}': lm-eval cannot load task '{task_name}': {error}") from None
+        self.docs = {split: list(task.eval_docs) for split, task in self.tasks.items()}
+        _check_disjoint(name, self.docs["search"], self.docs["held_out"])
+        higher = self.tasks["search"].higher_is_better()
+        filters = [f.name for f in getattr(self.tasks["search"], "_filters", [])] or ["none"]
+        self.metrics = {_metric_name(m, f): higher.get(m, True) for m in higher for f in filters}
+        self.samples = {split: self._sample(split) for split in SPLIT_FIELDS}
+        self.model_wrapper = None
+
+    def _sample(self, split: str) -> list[int] | None:
+        count = len(self.docs[split])
+        if count == 0:
+            raise UsageError(f"task '{self.name}': lm-eval task '{getattr(self.spec, SPLIT_FIELDS[split])}' has no documents")
+        if self.spec.limit is None:
+            return None
+        if count < self.spec.limit:
+            raise UsageError(
+                f"task '{self.name}': the {split} task has {count} documents, fewer than limit {self.spec.limit}"
+            )
+        return sorted(random.Random(self.spec.sample_seed).sample(range(count), self.spec.limit))
+
+    def size(self, split: str) -> int:
+        sample = self.samples[split]
+        return len(self.docs[split]) if sample is None else len(sample)
+
+    def prepare(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+
+    def score(self, model: PreTrainedModel, split: str) -> dict[str, float]:
+        """The task's metrics on one split, for the model as it is now."""
+        import lm_eval
+
+        task_name = getattr(self.spec, SPLIT_FIELDS[split])
+        results = lm_eval.simple_evaluate(
+            model=self._wrapper(model),
+            tasks=[task_name],
+            task_manager=self.manager,
+            samples={task_name: self.samples[split]} if self.samples[split] is not None else None,
+            use_cache=None,
+            cache_requests=False,
+            bootstrap_iters=0,
+            log_samples=False,
+            verbosity="ERROR",
+        )["results"][task_name]
+        return {
+            _metric_name(*key.split(",", 1)): float(value)
+            for key, value in results.items()
+            if "," in key and "_stderr" not in key
+        }
+
+    def _wrapper(self, model: PreTrainedModel):
+        """One HFLM around the target model (the same object is rewritten in place for every candidate)."""
+        from lm_eval.models.huggingface import HFLM
+
+        if self.model_wrapper is None or self.model_wrapper.model is not model:
+            adds_bos = self.tokenizer("a")["input_ids"][:1] == [self.tokenizer.bos_token_id]
+            self.model_wrapper = HFLM(
+                pretrained=model, tokenizer=self.tokenizer, batch_size=self.spec.batch_size, add_bos_token=adds_bos
+            )
+        return self.model_wrapper
+
+
+def _metric_name(metric: str, filter_name: str) -> str:
+    """`exact_match` for lm-eval's `exact_match,none`; `exact_match,strict-match` keeps its filter."""
+    return metric if filter_name == "none" else f"{metric},{filter_name}"
+
+
+def _check_disjoint(name: str, search: list[dict], held_out: list[dict]) -> None:
+    def digest(doc: dict) -> str:
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+    seen = {digest(doc) for doc in search}
+    shared = sum(digest(doc) in seen for doc in held_out)
+    if shared:
+        raise UsageError(
+            f"task '{name}': {shared} documents of the held-out lm-eval task are also in the search task; "
+            "the held-out split must be disjoint"
+        )
