@@ -205,8 +205,10 @@ def _quiet_libraries() -> None:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     import datasets
+    import optuna
 
     datasets.disable_progress_bars()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created; the ledger has it all
 
 
 def _run_zoo_build(args: argparse.Namespace) -> None:

@@ -5,8 +5,22 @@ from __future__ import annotations
 from optuna.trial import FrozenTrial
 
 from evomerge.config import RunConfig
+from evomerge.evaluate.specs import TaskSpec
 from evomerge.evaluate.tasks import Scores
 from evomerge.recipe import Recipe
+
+
+def task_description(spec: TaskSpec) -> str:
+    """How a task is scored and on what data, in a few words."""
+    if spec.kind == "lm_eval":
+        return f"the lm-eval task `{spec.task}` (held-out: `{spec.held_out_task}`)"
+    scored = {
+        "generate": "greedy generation, exact match of the answer",
+        "choice": "log-likelihood of each option, accuracy of the most likely",
+        "perplexity": "mean negative log-likelihood of the text",
+    }[spec.kind]
+    sample = f"a seeded random subsample of {spec.limit} examples per split" if spec.limit else "every example"
+    return f"{spec.data}, {sample}; {scored}"
 
 
 def model_card(
@@ -21,10 +35,7 @@ def model_card(
         for task, metrics in trial.user_attrs["scores"].items()
         for metric, value in metrics.items()
     ]
-    data = "\n".join(
-        f"- `{name}`: {spec.data}" + (f", the first {spec.limit} examples of each split" if spec.limit else ", every example")
-        for name, spec in config.tasks.items()
-    )
+    data = "\n".join(f"- `{name}`: {task_description(spec)}" for name, spec in config.tasks.items())
     genome = "\n".join(
         f"  - `{g.param}`: {g.granularity}" + (f" (groups of {g.group_size} layers)" if g.granularity == "group" else "")
         + f", {g.low:g} to {g.high:g}" + (" on a log scale" if g.log else "")
@@ -77,8 +88,7 @@ model's tensors bit for bit from the same models.
 | --- | --- | ---: | ---: | --- |
 {chr(10).join(score_rows)}
 
-Every score is greedy exact match: the fraction of prompts whose greedy continuation, up to the end-of-text
-token, is exactly the answer. The data:
+The tasks and how each is scored:
 
 {data}
 

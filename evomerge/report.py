@@ -16,13 +16,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig
 from evomerge.errors import UsageError
+from evomerge.model_card import task_description
 from evomerge.evaluate.tasks import Scores
 from evomerge.plots import plot_heatmap, plot_pareto, plot_progress
 from evomerge.recipe import Recipe, resolve_value
 from evomerge.search.baselines import BaselineResult, load_baselines, source_name
 from evomerge.search.held_out import record_held_out
 from evomerge.search.ledger import ELAPSED_ATTR, load_run_study
-from evomerge.search.results import pareto_front, reported_trials, trial_recipe
+from evomerge.search.results import evaluated_trials, pareto_front, reported_trials, trial_recipe
 from evomerge.search.scoring import CandidateScorer
 
 REPORT_FILE = "report.md"
@@ -150,8 +151,7 @@ def write_report(config: RunConfig, scorer: CandidateScorer | None = None) -> Pa
     if not completed:
         raise UsageError(f"the run in {config.run_dir} has no completed candidate yet; nothing to report")
     held_out = record_held_out(config, study, scorer)
-    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-    order = {t.number: i for i, t in enumerate(finished, start=1)}
+    order = {t.number: i for i, t in enumerate(evaluated_trials(study), start=1)}
     front = pareto_front(study)
     candidates = candidate_rows(config, reported_trials(config, study), front, held_out)
     baselines = baseline_rows(config, load_baselines(config))
@@ -195,14 +195,10 @@ def write_report(config: RunConfig, scorer: CandidateScorer | None = None) -> Pa
 def _report_text(config, study, candidates, baselines, order, best_recipe, plots) -> str:
     trials = study.get_trials(deepcopy=False)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
-    finished = count[TrialState.COMPLETE] + count[TrialState.FAIL]
+    finished = len(evaluated_trials(study))
     merge = sum(t.user_attrs.get("merge_seconds", 0.0) for t in trials)
     evaluate = sum(t.user_attrs.get("eval_seconds", 0.0) for t in trials)
     elapsed = float(study.user_attrs.get(ELAPSED_ATTR, 0.0))
-    tasks = ", ".join(
-        f"{name} ({spec.data}" + (f", first {spec.limit} examples per split)" if spec.limit else ")")
-        for name, spec in config.tasks.items()
-    )
     lines = [
         f"# Run report: {config.run_dir}",
         "",
@@ -211,9 +207,10 @@ def _report_text(config, study, candidates, baselines, order, best_recipe, plots
         "- searched: " + ", ".join(f"{g.param} ({g.granularity}, {g.low:g}..{g.high:g})" for g in config.genome),
         f"- optimizer: {config.optimizer.name}, seed {config.seed}; objectives: "
         + ", ".join(f"{o.task}.{o.metric} ({o.direction})" for o in config.objectives),
-        f"- tasks: {tasks}; scored by greedy exact match",
+        *(f"- task `{name}`: {task_description(spec)}" for name, spec in config.tasks.items()),
         f"- evaluations used: {finished}" + (f" of {config.budget.evaluations}" if config.budget.evaluations else "")
-        + f" ({count[TrialState.COMPLETE]} complete, {count[TrialState.FAIL]} failed); search time {elapsed / 60:.1f} min"
+        + f" ({count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} stopped early, "
+        f"{count[TrialState.FAIL]} failed); search time {elapsed / 60:.1f} min"
         + f" (merging {merge:.1f} s, scoring {evaluate:.1f} s in all)",
         "",
         "Search scores are what the optimizer saw; held-out scores come from the disjoint held-out split, which "

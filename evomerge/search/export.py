@@ -18,7 +18,14 @@ from evomerge.errors import UsageError
 from evomerge.export import check_output_dir, write_model_dir
 from evomerge.mergekit import mergekit_yaml
 from evomerge.model_card import model_card
-from evomerge.search.results import HELD_OUT_PREFIX, best_trial, held_out_scores, pareto_front, trial_recipe
+from evomerge.search.results import (
+    HELD_OUT_PREFIX,
+    best_trial,
+    evaluated_trials,
+    held_out_scores,
+    pareto_front,
+    trial_recipe,
+)
 from evomerge.search.scoring import CandidateScorer
 
 FORMATS = ("hf", "mergekit")
@@ -65,7 +72,6 @@ def export_candidate(
         held_out = scorer.score(recipe, "held_out")
         study.set_user_attr(f"{HELD_OUT_PREFIX}{trial.number}", held_out)
     scorer.engine.materialize(recipe, scorer.model)
-    evaluations = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
-    files["README.md"] = model_card(config, trial, recipe, held_out, chosen_as, evaluations)
+    files["README.md"] = model_card(config, trial, recipe, held_out, chosen_as, len(evaluated_trials(study)))
     write_model_dir(scorer.model, scorer.engine.reference, recipe, out, files, replace=force)
     return out

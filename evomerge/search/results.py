@@ -49,3 +49,8 @@ def held_out_scores(study: optuna.Study) -> dict[int, Scores]:
 def trial_recipe(trial: FrozenTrial) -> Recipe:
     """The recipe a trial recorded (user attribute `recipe`, YAML)."""
     return recipe_from_dict(yaml.safe_load(trial.user_attrs["recipe"]), origin=f"trial {trial.number}")
+
+
+def evaluated_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The trials whose evaluation ended: complete, stopped early (pruned) or failed; each used the budget."""
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
