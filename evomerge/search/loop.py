@@ -213,8 +213,10 @@ class Search:
                 partial = self._score_or_prune()
                 attrs.update(merge_seconds=merged - started, eval_seconds=time.perf_counter() - merged)
                 if not partial.complete:
-                    attrs.update(partial_scores=partial.means(), examples_scored=sum(map(partial.scored, partial.sizes)))
-                    return Outcome(None, attrs, estimate=self.pruner.estimate(partial))
+                    estimate = self.pruner.estimate(partial)
+                    scored = sum(map(partial.scored, partial.sizes))
+                    attrs.update(partial_scores=partial.means(), examples_scored=scored, estimate=estimate)
+                    return Outcome(None, attrs, estimate=estimate)
                 scores = partial.means()
             else:
                 scores = self.scorer.evaluator.score(self.scorer.model, "search")
