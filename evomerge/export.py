@@ -27,7 +27,7 @@ def check_output_dir(out: Path, replace: bool = False) -> None:
     be created. `replace` never deletes anything but a model directory with a recipe.yaml (or an empty one)."""
     if out.exists():
         if not replace:
-            raise UsageError(f"output directory '{out}' already exists; choose another --out, or --force to replace it")
+            raise UsageError(f"output directory '{out}' already exists; choose another --out or delete it")
         if not out.is_dir() or (any(out.iterdir()) and not (out / "recipe.yaml").is_file()):
             raise UsageError(f"'{out}' exists and is not a previous export (no recipe.yaml); --force replaces only those")
     ancestor = out.parent

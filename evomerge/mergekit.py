@@ -59,18 +59,21 @@ def mergekit_config(recipe: Recipe, tensor_names: list[str]) -> dict[str, Any]:
         {"model": model, **({"parameters": _parameters(s.parameters, tensor_names)} if s.parameters else {})}
         for model, s in zip(models, recipe.sources)
     ]
-    if recipe.parameters:
-        config["parameters"] = _parameters(recipe.parameters, tensor_names)
+    # evomerge's default is written out, as mergekit's default may differ (TIES: both true; others vary)
+    method = recipe.method_def
+    normalize = {"normalize": method.param("normalize").default} if "normalize" in method.param_names() else {}
+    parameters = {**normalize, **recipe.parameters}
+    if parameters:
+        config["parameters"] = _parameters(parameters, tensor_names)
     if recipe.dtype:
         config["dtype"] = recipe.dtype
     return config
 
 
 def mergekit_yaml(recipe: Recipe, tensor_names: list[str]) -> str:
-    header = (
-        "# mergekit configuration of this merge (mergekit-yaml mergekit.yaml OUT_DIR).\n"
-        "# evomerge's recipe.yaml rebuilds the exact tensors; mergekit draws DARE's random drops itself.\n"
-    )
+    header = "# mergekit configuration of this merge (mergekit-yaml mergekit.yaml OUT_DIR).\n"
+    if "drop" in recipe.method_def.param_names():
+        header += "# evomerge's recipe.yaml rebuilds the exact tensors; mergekit draws DARE's random drops itself.\n"
     return header + yaml.safe_dump(mergekit_config(recipe, tensor_names), sort_keys=False)
 
 

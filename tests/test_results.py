@@ -140,7 +140,7 @@ def test_export_as_mergekit_translates_per_layer_values_and_drop(finished_run, t
     names = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight",
              "model.layers.0.input_layernorm.weight", "model.norm.weight", "lm_head.weight"]
     config = mergekit_config(dare, names)
-    assert config["parameters"] == {"lambda": 0.9}
+    assert config["parameters"] == {"normalize": True, "lambda": 0.9}
     density = config["models"][0]["parameters"]["density"]
     assert density[0] == {"filter": "self_attn", "value": [0.9, 0.8]} and density[1] == {"value": 0.7}
 
@@ -178,7 +178,7 @@ def test_bad_exports_get_one_line_and_exit_2_and_write_nothing(finished_run, tin
         ([str(empty_run)], "has no completed candidate yet"),
         ([str(finished_run), "--trial", "99"], "has no trial 99 (its trials are 0 to 5)"),
         ([str(finished_run), "--pick", "pareto:99"], "pareto:K with K from 1 to"),
-        ([str(finished_run), "--out", str(existing)], "already exists; choose another --out, or --force"),
+        ([str(finished_run), "--out", str(existing)], "already exists; choose another --out or delete it"),
         ([str(finished_run), "--out", str(existing), "--force"], "is not a previous export"),
         ([str(tmp_path / "kind"), "--format", "mergekit"], "mergekit cannot express the per-kind 'density'"),
     ]
@@ -205,3 +205,17 @@ def test_help_of_report_export_and_baselines(command, phrase, capsys):
         main([command, "--help"])
     printed = capsys.readouterr().out
     assert exit_info.value.code == 0 and f"usage: evomerge {command}" in printed and phrase in printed
+
+
+def test_the_heat_map_resolves_lists_gradients_and_kind_maps_per_layer(tiny_models):
+    from evomerge.report import recipe_grid
+
+    recipe = recipe_from_dict({
+        "method": "ties", "base": str(tiny_models["base"]), "parameters": {"scale": {"gradient": [1.0, 0.5]}},
+        "sources": [{"model": str(tiny_models["a"]), "weight": [0.25, 0.75], "density": {"attention": 0.5, "default": 0.9}}],
+    })
+    rows, columns, values = recipe_grid(recipe)
+    assert columns == ["layer 0", "layer 1"]
+    assert dict(zip(rows, values)) == {
+        "a weight": [0.25, 0.75], "a density [attention]": [0.5, 0.5], "a density [default]": [0.9, 0.9], "scale": [1.0, 0.5],
+    }
