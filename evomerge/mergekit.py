@@ -48,7 +48,9 @@ RENAMED = {"scale": "lambda", "drop": "density"}
 def mergekit_config(recipe: Recipe, tensor_names: list[str]) -> dict[str, Any]:
     """The mergekit configuration of `recipe` over models with these tensor names; UsageError if none exists."""
     if recipe.method not in METHODS:
-        raise UsageError(f"mergekit has no merge method like evomerge's '{recipe.method}'; export without --format mergekit")
+        raise UsageError(
+            f"mergekit has no merge method like evomerge's '{recipe.method}'; export without --format mergekit"
+        )
     models = [_model_path(source.model) for source in recipe.sources]
     config: dict[str, Any] = {"merge_method": METHODS[recipe.method]}
     if recipe.method == "slerp":
@@ -94,7 +96,9 @@ def _setting(name: str, value: Any, tensor_names: list[str]) -> Any:
     """One parameter's value in mergekit's terms: scalar, gradient list, or a list of filter conditions."""
     if isinstance(value, dict) and "gradient" not in value:
         _check_filters(name, [kind for kind in value if kind != "default"], tensor_names)
-        conditions = [{"filter": FILTERS[k], "value": _setting(name, v, [])} for k, v in value.items() if k != "default"]
+        conditions = [
+            {"filter": FILTERS[k], "value": _setting(name, v, [])} for k, v in value.items() if k != "default"
+        ]
         if "default" in value:
             conditions.append({"value": _setting(name, value["default"], [])})
         return conditions

@@ -52,7 +52,8 @@ def model_card(
         f"`{optimizer.name}`"
         + (f", population {optimizer.population_size}" if optimizer.population_size else "")
         + (f", initial step {optimizer.sigma:g}" if optimizer.name == "cmaes" else "")
-        + (f", objectives scalarized by {optimizer.scalarization}" if optimizer.name == "cmaes" and config.multi_objective else "")
+        + (f", objectives scalarized by {optimizer.scalarization}"
+           if optimizer.name == "cmaes" and config.multi_objective else "")
     )
     return f"""---
 library_name: transformers

@@ -62,7 +62,9 @@ def candidate_rows(
     position = {t.number: k for k, t in enumerate(front, start=1)} if config.multi_objective else {}
     rows = []
     for index, trial in enumerate(trials):
-        names = (["best"] if index == 0 else []) + ([f"pareto:{position[trial.number]}"] if trial.number in position else [])
+        names = ["best"] if index == 0 else []
+        if trial.number in position:
+            names.append(f"pareto:{position[trial.number]}")
         scores = held_out.get(trial.number)
         rows.append(Row(f"{' / '.join(names)} (trial {trial.number})", list(trial.values),
                         objective_values(config, scores) if scores else None, trial))
@@ -88,7 +90,8 @@ def results_table(config: RunConfig, rows: list[Row]) -> str:
         held = row.held_out
         cells = [f"{v:.3f}" for v in held] if held else ["–"] * len(names)
         mean_held = f"{summary_score(config, held):.3f}" if held else "–"
-        lines.append(f"| {row.name} | " + " | ".join(cells) + f" | {mean_held} | {summary_score(config, row.search):.3f} |")
+        mean_search = f"{summary_score(config, row.search):.3f}"
+        lines.append(f"| {row.name} | " + " | ".join(cells) + f" | {mean_held} | {mean_search} |")
     return "\n".join(lines)
 
 
@@ -96,7 +99,8 @@ def candidates_table(config: RunConfig, rows: list[Row], order: dict[int, int]) 
     """Markdown: search and held-out value of each objective, merge and evaluation seconds, evaluation number."""
     names = [o.task for o in config.objectives]
     lines = [
-        "| candidate | " + " | ".join(f"{n} search / held-out" for n in names) + " | merge s | eval s | found at evaluation |",
+        "| candidate | " + " | ".join(f"{n} search / held-out" for n in names)
+        + " | merge s | eval s | found at evaluation |",
         "| --- |" + " ---: |" * (len(names) + 3),
     ]
     for row in rows:
@@ -105,7 +109,8 @@ def candidates_table(config: RunConfig, rows: list[Row], order: dict[int, int]) 
         attrs = row.trial.user_attrs
         lines.append(
             f"| {row.name} | " + " | ".join(cells)
-            + f" | {attrs.get('merge_seconds', 0):.3f} | {attrs.get('eval_seconds', 0):.3f} | {order[row.trial.number]} |"
+            + f" | {attrs.get('merge_seconds', 0):.3f} | {attrs.get('eval_seconds', 0):.3f}"
+            + f" | {order[row.trial.number]} |"
         )
     return "\n".join(lines)
 
@@ -123,7 +128,7 @@ def recipe_grid(recipe: Recipe) -> tuple[list[str], list[str], list[list[float]]
     layers = max([len(v) for v in _layer_lists(found)], default=1)
     rows, values = [], []
     for label, value in found:
-        kinds = [k for k in value if k != "default"] + ["default"] * ("default" in value) if _by_kind(value) else [None]
+        kinds = sorted(value, key=lambda k: k == "default") if _by_kind(value) else [None]
         for kind in kinds:
             rows.append(label if kind is None else f"{label} [{kind}]")
             inner = value[kind] if kind is not None else value
@@ -158,7 +163,7 @@ def write_report(config: RunConfig, scorer: CandidateScorer | None = None) -> Pa
     best_recipe = trial_recipe(candidates[0].trial)
     directory = config.run_dir
 
-    ylabel = "mean objective (search split)" if config.multi_objective else f"{config.objectives[0].task} (search split)"
+    ylabel = f"{'mean objective' if config.multi_objective else config.objectives[0].task} (search split)"
     plot_progress(
         directory / PROGRESS_PLOT, [summary_score(config, list(t.values)) for t in completed],
         {row.name: summary_score(config, row.search) for row in baselines}, ylabel,

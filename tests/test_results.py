@@ -60,7 +60,9 @@ def finished_run(tiny_models, task_dir, tmp_path_factory) -> Path:
     return root / "run"
 
 
-def test_baselines_are_their_own_study_and_never_change_the_search(finished_run, tiny_models, task_dir, tmp_path, monkeypatch):
+def test_baselines_are_their_own_study_and_never_change_the_search(
+    finished_run, tiny_models, task_dir, tmp_path, monkeypatch
+):
     config = config_from_dict(yaml.safe_load((finished_run / "config.yaml").read_text()))
     grid = baseline_grid(config.recipe)
     recorded = study(finished_run, BASELINES_STUDY)
@@ -73,8 +75,9 @@ def test_baselines_are_their_own_study_and_never_change_the_search(finished_run,
     # baselines first, then a search resumed in the same ledger: exactly the candidates of a run without them
     for grid in ("TASK_ARITHMETIC_GRID", "TIES_GRID", "DARE_TIES_GRID"):  # one setting each is enough here
         monkeypatch.setattr(f"evomerge.search.baselines.{grid}", {"scale": (1.0,)})
-    whole = run_config(tmp_path / "whole.yaml", tiny_models, task_dir, tmp_path / "whole", optimizer={"name": "cmaes", "population_size": 4})
-    parts = run_config(tmp_path / "parts.yaml", tiny_models, task_dir, tmp_path / "parts", optimizer={"name": "cmaes", "population_size": 4})
+    cmaes = {"name": "cmaes", "population_size": 4}
+    whole = run_config(tmp_path / "whole.yaml", tiny_models, task_dir, tmp_path / "whole", optimizer=cmaes)
+    parts = run_config(tmp_path / "parts.yaml", tiny_models, task_dir, tmp_path / "parts", optimizer=cmaes)
     assert main(["run", str(whole)]) == 0
     assert main(["run", str(parts), "--budget", "3"]) == 0
     assert main(["baselines", str(parts)]) == 0
@@ -94,7 +97,9 @@ def test_report_has_the_tables_and_plots(finished_run, capsys):
         assert f"]({plot})" in text
 
 
-def test_export_loads_in_transformers_and_its_recipe_remerges_bit_for_bit(tiny_models, task_dir, tmp_path, monkeypatch):
+def test_export_loads_in_transformers_and_its_recipe_remerges_bit_for_bit(
+    tiny_models, task_dir, tmp_path, monkeypatch
+):
     monkeypatch.setattr("evomerge.search.loop.record_held_out", lambda *args: {})
     config = run_config(tmp_path / "c.yaml", tiny_models, task_dir, tmp_path / "run", objectives=[{"task": "t"}],
                         optimizer={"name": "cmaes"}, budget={"evaluations": 2})
@@ -104,7 +109,8 @@ def test_export_loads_in_transformers_and_its_recipe_remerges_bit_for_bit(tiny_m
     assert main(["export", str(tmp_path / "run"), "--out", str(out)]) == 0
     assert f"{HELD_OUT_PREFIX}0" in study(tmp_path / "run").user_attrs  # computed for the export, and stored
 
-    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "recipe.yaml", "README.md"):
+    files = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "recipe.yaml", "README.md")
+    for name in files:
         assert (out / name).is_file(), name
     model = AutoModelForCausalLM.from_pretrained(out)
     prompt = AutoTokenizer.from_pretrained(out)("n7=", return_tensors="pt")
@@ -164,7 +170,8 @@ def test_bad_exports_get_one_line_and_exit_2_and_write_nothing(finished_run, tin
     empty_run = tmp_path / "empty"
     empty_run.mkdir()
     (empty_run / "config.yaml").write_text((finished_run / "config.yaml").read_text())
-    optuna.create_study(study_name="evomerge", storage=f"sqlite:///{empty_run / 'ledger.db'}", directions=["maximize"] * 2)
+    storage = f"sqlite:///{empty_run / 'ledger.db'}"
+    optuna.create_study(study_name="evomerge", storage=storage, directions=["maximize"] * 2)
 
     gpt2 = {name: save_tiny_gpt2(tmp_path / name, seed) for seed, name in enumerate(("base", "a", "b"))}
     by_kind = run_config(

@@ -94,7 +94,9 @@ def baseline_grid(template: Recipe) -> list[Baseline]:
     return grid
 
 
-def run_baselines(config: RunConfig, progress: bool = True, scorer: CandidateScorer | None = None) -> list[BaselineResult]:
+def run_baselines(
+    config: RunConfig, progress: bool = True, scorer: CandidateScorer | None = None
+) -> list[BaselineResult]:
     """Score every baseline not in the ledger yet, then the chosen one of each family on the held-out split.
 
     `scorer` is a resident one of this config when the caller has it (the demo); otherwise one is built, and

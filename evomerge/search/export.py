@@ -40,7 +40,9 @@ def pick_trial(config: RunConfig, study: optuna.Study, number: int | None, pick:
     if number is not None:
         found = next((t for t in trials if t.number == number), None)
         if found is None:
-            raise UsageError(f"the run in {config.run_dir} has no trial {number} (its trials are 0 to {len(trials) - 1})")
+            raise UsageError(
+                f"the run in {config.run_dir} has no trial {number} (its trials are 0 to {len(trials) - 1})"
+            )
         if found.state != TrialState.COMPLETE:
             raise UsageError(f"trial {number} did not complete ({found.state.name}); export a completed one")
         return found, f"trial {number}"
