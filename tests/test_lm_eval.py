@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.config import config_from_dict
+from evomerge.evaluate.lm_eval_task import lm_eval_task_config
 from evomerge.evaluate.specs import TaskSpec
 from evomerge.evaluate.tasks import Evaluator, load_task
 from evomerge.search.loop import Search
@@ -25,34 +26,25 @@ def near_miss(answer: str) -> str:
     return str((int(answer[0]) + 1) % 10) + answer[1:]
 
 
+GENERATE = {"data": "gen", "max_new_tokens": 8}
+CHOICE = {"kind": "choice", "data": "choice", "choices": "options", "target": "label", "delimiter": ""}
+
+
 @pytest.fixture(scope="module")
 def task_files(zoo_dir, tmp_path_factory) -> Path:
     """Zoo addition data as a generate task and a choice task, with lm-eval YAMLs for both splits."""
     root = tmp_path_factory.mktemp("lm_eval_tasks")
+    for directory in ("gen", "choice", "yaml"):
+        (root / directory).mkdir()
     for split in SPLITS:
         rows = read_split(zoo_dir, "add", split)[:60]
-        (root / "gen").mkdir(exist_ok=True)
-        (root / "gen" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (root / "choice").mkdir(exist_ok=True)
         choice = [{"prompt": r["prompt"], "options": [near_miss(r["answer"]), r["answer"]], "label": 1} for r in rows]
-        (root / "choice" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in choice))
-        common = {
-            "dataset_path": "json", "test_split": "test", "doc_to_text": "{{prompt}}",
-        }
-        (root / "yaml").mkdir(exist_ok=True)
-        (root / "yaml" / f"zoo_add_{split}.yaml").write_text(yaml.safe_dump({
-            "task": f"zoo_add_{split}", **common,
-            "dataset_kwargs": {"data_files": {"test": str(root / "gen" / f"{split}.jsonl")}},
-            "output_type": "generate_until", "doc_to_target": "{{answer}}",
-            "generation_kwargs": {"until": [], "do_sample": False, "max_gen_toks": 8},
-            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-        }))
-        (root / "yaml" / f"zoo_choice_{split}.yaml").write_text(yaml.safe_dump({
-            "task": f"zoo_choice_{split}", **common,
-            "dataset_kwargs": {"data_files": {"test": str(root / "choice" / f"{split}.jsonl")}},
-            "output_type": "multiple_choice", "doc_to_choice": "options", "doc_to_target": "label",
-            "target_delimiter": "", "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}],
-        }))
+        for directory, examples, fields in (("gen", rows, GENERATE), ("choice", choice, CHOICE)):
+            data_file = root / directory / f"{split}.jsonl"
+            data_file.write_text("".join(json.dumps(r) + "\n" for r in examples))
+            task = f"zoo_{directory}_{split}"
+            config = lm_eval_task_config(task, data_file, spec(**{**fields, "data": str(root / directory)}))
+            (root / "yaml" / f"{task}.yaml").write_text(yaml.safe_dump(config))
     return root
 
 
@@ -66,9 +58,9 @@ def test_built_in_scorer_and_lm_eval_agree_on_the_same_task_and_model(model_name
     model = AutoModelForCausalLM.from_pretrained(zoo_dir / model_name)
     include = task_files / "yaml"
     evaluator = Evaluator([
-        load_task("gen", spec(data=str(task_files / "gen"))),
-        load_task("choice", spec(kind="choice", data=str(task_files / "choice"), choices="options", target="label", delimiter="")),
-        load_task("lm_gen", spec(kind="lm_eval", task="zoo_add_search", held_out_task="zoo_add_held_out", include_path=str(include))),
+        load_task("gen", spec(**{**GENERATE, "data": str(task_files / "gen")})),
+        load_task("choice", spec(**{**CHOICE, "data": str(task_files / "choice")})),
+        load_task("lm_gen", spec(kind="lm_eval", task="zoo_gen_search", held_out_task="zoo_gen_held_out", include_path=str(include))),
         load_task("lm_choice", spec(kind="lm_eval", task="zoo_choice_search", held_out_task="zoo_choice_held_out", include_path=str(include))),
     ], tokenizer)
     for split in SPLITS:
@@ -84,7 +76,7 @@ def test_a_search_on_the_zoo_with_an_lm_eval_objective(zoo_dir, task_files, tmp_
     config = config_from_dict({
         "recipe": {"method": "task_arithmetic", "base": "zoo:base", "sources": [{"model": "zoo:expert_add"}]},
         "genome": [{"param": "weight", "low": 0.0, "high": 1.2}],
-        "tasks": {"add": {"kind": "lm_eval", "task": "zoo_add_search", "held_out_task": "zoo_add_held_out",
+        "tasks": {"add": {"kind": "lm_eval", "task": "zoo_gen_search", "held_out_task": "zoo_gen_held_out",
                           "include_path": str(task_files / "yaml"), "limit": 30}},
         "objectives": [{"task": "add", "metric": "exact_match"}],
         "optimizer": {"name": "random"},

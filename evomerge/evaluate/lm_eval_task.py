@@ -9,16 +9,20 @@ seeded subsample of `limit` documents is scored through lm-eval's `samples` (its
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
+import os
 import random
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evomerge.errors import UsageError
-from evomerge.evaluate.specs import LmEvalSpec
+from evomerge.evaluate.data import FORMATS, template_fields
+from evomerge.evaluate.specs import ChoiceSpec, GenerateSpec, LmEvalSpec
 
 SPLIT_FIELDS = {"search": "task", "held_out": "held_out_task"}
 
@@ -79,7 +83,17 @@ class LmEvalTask:
         import lm_eval
 
         task_name = getattr(self.spec, SPLIT_FIELDS[split])
-        results = lm_eval.simple_evaluate(
+        # lm-eval draws progress bars per request type on every call; the search has its own bar.
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
+            results = self._evaluate(lm_eval, model, task_name, split)
+        return {
+            _metric_name(*key.split(",", 1)): float(value)
+            for key, value in results.items()
+            if "," in key and "_stderr" not in key
+        }
+
+    def _evaluate(self, lm_eval, model: PreTrainedModel, task_name: str, split: str) -> dict[str, Any]:
+        return lm_eval.simple_evaluate(
             model=self._wrapper(model),
             tasks=[task_name],
             task_manager=self.manager,
@@ -90,11 +104,6 @@ class LmEvalTask:
             log_samples=False,
             verbosity="ERROR",
         )["results"][task_name]
-        return {
-            _metric_name(*key.split(",", 1)): float(value)
-            for key, value in results.items()
-            if "," in key and "_stderr" not in key
-        }
 
     def _wrapper(self, model: PreTrainedModel):
         """One HFLM around the target model (the same object is rewritten in place for every candidate)."""
@@ -124,3 +133,31 @@ def _check_disjoint(name: str, search: list[dict], held_out: list[dict]) -> None
             f"task '{name}': {shared} documents of the held-out lm-eval task are also in the search task; "
             "the held-out split must be disjoint"
         )
+
+
+def lm_eval_task_config(task_name: str, data_file: Path, spec: GenerateSpec | ChoiceSpec) -> dict[str, Any]:
+    """The lm-eval task YAML (as a dict) that scores one data file the way a built-in task spec does: to run
+    the same task through both scorers (the parity test, `experiments/bench_eval.py`) or move a task to
+    lm-eval. Answer extraction has no one-line lm-eval equivalent and is refused."""
+    prompt = spec.template
+    for field in template_fields(spec.template):
+        prompt = prompt.replace("{" + field + "}", "{{" + field + "}}")
+    config: dict[str, Any] = {
+        "task": task_name,
+        "dataset_path": FORMATS[data_file.suffix],
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "test_split": "test",
+        "doc_to_text": prompt,
+    }
+    if isinstance(spec, ChoiceSpec):
+        choices = spec.choices if spec.choices is not None else list(spec.options)
+        return {**config, "output_type": "multiple_choice", "doc_to_choice": choices, "doc_to_target": spec.target,
+                "target_delimiter": spec.delimiter, "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}]}
+    if spec.extract is not None or spec.match != "exact":
+        raise ValueError("answer extraction and numeric matching have no lm-eval equivalent here")
+    if spec.max_new_tokens is None:
+        raise ValueError("set max_new_tokens: lm-eval's default (256) is not the built-in scorer's")
+    generation = {"until": list(spec.stop), "do_sample": False, "max_gen_toks": spec.max_new_tokens}
+    return {**config, "output_type": "generate_until", "doc_to_target": "{{" + spec.target + "}}",
+            "generation_kwargs": generation,
+            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]}

@@ -16,6 +16,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evomerge.errors import UsageError
@@ -23,6 +25,9 @@ from evomerge.evaluate.data import check_disjoint, check_fields, read_rows, rend
 from evomerge.evaluate.generate import answers_match, extracted, greedy_completions
 from evomerge.evaluate.loglik import Request, continuation_logprobs
 from evomerge.evaluate.specs import ChoiceSpec, GenerateSpec, LmEvalSpec, PerplexitySpec, TaskSpec
+
+if TYPE_CHECKING:  # lm-eval is optional and slow to import: loaded only for an lm-eval task
+    from evomerge.evaluate.lm_eval_task import LmEvalTask
 
 SPLITS = ("search", "held_out")
 #: What an evaluator returns: `{task: {metric: value}}`.
@@ -196,7 +201,7 @@ def _compiled(task: str, pattern: str | None) -> re.Pattern[str] | None:
         raise UsageError(f"task '{task}': the extraction regex {pattern!r} is not a valid regex ({error})") from None
 
 
-def load_task(name: str, spec: TaskSpec):
+def load_task(name: str, spec: TaskSpec) -> BuiltinTask | LmEvalTask:
     """A task ready to be tokenized: its data read and checked (one UsageError line for any problem)."""
     if isinstance(spec, LmEvalSpec):
         from evomerge.evaluate.lm_eval_task import LmEvalTask
@@ -235,7 +240,7 @@ class Partial:
 class Evaluator:
     """Scores a model on every task of a split: `{task: {metric: value}}`."""
 
-    def __init__(self, tasks: list, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, tasks: list[BuiltinTask | LmEvalTask], tokenizer: PreTrainedTokenizerBase) -> None:
         self.tasks = tasks
         self.tokenizer = tokenizer
         for task in tasks:
