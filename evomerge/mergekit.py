@@ -3,8 +3,9 @@
 The translation keeps mergekit's own semantics equal to evomerge's:
 
 - A per-layer list becomes a mergekit gradient with one point per layer: mergekit reads layer i of n at
-  t = i / (n - 1) and the embeddings at t = 0, the final norm and head at t = 1, exactly where evomerge takes
-  the first and the last layer's value. An evomerge gradient is a mergekit gradient as it is.
+  t = i / (n - 1) and the embeddings at t = 0, where evomerge takes the first layer's value. An evomerge
+  gradient is a mergekit gradient as it is. mergekit also reads the final norm and the head at t = 0, where
+  evomerge takes the last layer's value, so those tensors get a condition of their own, by full name.
 - A per-kind map becomes a list of `{filter, value}` conditions, the `default` entry last without a filter.
   mergekit matches a filter as a substring of the tensor name, first match wins, so each kind is written with
   the filter of Llama-style names (`self_attn`, `mlp`, `embed_tokens`, `lm_head`, `norm`) and the
@@ -25,7 +26,7 @@ from typing import Any
 import yaml
 
 from evomerge.errors import UsageError
-from evomerge.recipe import Recipe
+from evomerge.recipe import Recipe, resolve_value
 from evomerge.sources import ZOO_PREFIX, resolve_ref, tensor_info
 
 #: evomerge method -> mergekit `merge_method` (mergekit implements each under this name).
@@ -93,20 +94,42 @@ def _parameters(parameters: dict[str, Any], tensor_names: list[str]) -> dict[str
 
 
 def _setting(name: str, value: Any, tensor_names: list[str]) -> Any:
-    """One parameter's value in mergekit's terms: scalar, gradient list, or a list of filter conditions."""
+    """One parameter's value in mergekit's terms: scalar, gradient list, or a list of filter conditions.
+
+    mergekit reads the final norm and the head (its "post" weights) at the gradient's first point, evomerge at
+    the last layer's value: a value that varies by depth gets a condition naming each of those tensors first.
+    """
+    post = [
+        {"filter": tensor, "value": _value(name, resolve_value(value, None, info.kind, _layers(tensor_names)))}
+        for tensor in tensor_names
+        if (info := tensor_info(tensor)).layer is None and info.kind in ("norm", "head") and _varies(value)
+    ]
     if isinstance(value, dict) and "gradient" not in value:
         _check_filters(name, [kind for kind in value if kind != "default"], tensor_names)
-        conditions = [
-            {"filter": FILTERS[k], "value": _setting(name, v, [])} for k, v in value.items() if k != "default"
-        ]
+        conditions = [{"filter": FILTERS[k], "value": _value(name, v)} for k, v in value.items() if k != "default"]
         if "default" in value:
-            conditions.append({"value": _setting(name, value["default"], [])})
-        return conditions
+            conditions.append({"value": _value(name, value["default"])})
+        return post + conditions
+    return post + [{"value": _value(name, value)}] if post else _value(name, value)
+
+
+def _value(name: str, value: Any) -> Any:
+    """A scalar, list or gradient as mergekit writes it (a gradient is a plain list), `drop` as `density`."""
     if isinstance(value, dict):
         value = value["gradient"]
     if name == "drop":
         return [1.0 - v for v in value] if isinstance(value, list) else 1.0 - value
     return value
+
+
+def _varies(value: Any) -> bool:
+    """Whether a value can differ from one layer to another (a list or gradient, or a kind map holding one)."""
+    inner = value.values() if isinstance(value, dict) and "gradient" not in value else [value]
+    return any(isinstance(v, (list, dict)) for v in inner)
+
+
+def _layers(tensor_names: list[str]) -> int:
+    return 1 + max((info.layer for info in map(tensor_info, tensor_names) if info.layer is not None), default=0)
 
 
 def _check_filters(name: str, kinds: list[str], tensor_names: list[str]) -> None:

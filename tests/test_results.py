@@ -137,7 +137,12 @@ def test_export_as_mergekit_translates_per_layer_values_and_drop(finished_run, t
     written = yaml.safe_load((out / "mergekit.yaml").read_text())
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     assert written["merge_method"] == "ties" and written["base_model"] == str(Path(recipe["base"]).resolve())
-    assert [m["parameters"]["weight"] for m in written["models"]] == [s["weight"] for s in recipe["sources"]]
+    for model, source in zip(written["models"], recipe["sources"]):  # final norm and head: the last layer's value
+        assert model["parameters"]["weight"] == [
+            {"filter": "lm_head.weight", "value": source["weight"][-1]},
+            {"filter": "model.norm.weight", "value": source["weight"][-1]},
+            {"value": source["weight"]},
+        ]
 
     dare = recipe_from_dict({
         "method": "dare_ties", "base": str(tiny_models["base"]), "parameters": {"scale": 0.9},
@@ -148,7 +153,10 @@ def test_export_as_mergekit_translates_per_layer_values_and_drop(finished_run, t
     config = mergekit_config(dare, names)
     assert config["parameters"] == {"normalize": True, "lambda": 0.9}
     density = config["models"][0]["parameters"]["density"]
-    assert density[0] == {"filter": "self_attn", "value": [0.9, 0.8]} and density[1] == {"value": 0.7}
+    assert density == [
+        {"filter": "model.norm.weight", "value": 0.7}, {"filter": "lm_head.weight", "value": 0.7},
+        {"filter": "self_attn", "value": [0.9, 0.8]}, {"value": 0.7},
+    ]
 
 
 def save_tiny_gpt2(path: Path, seed: int) -> Path:
