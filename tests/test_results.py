@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import optuna
@@ -10,7 +9,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_search import config_data
+from test_search import config_data, task_dir  # noqa: F401  (task_dir is a fixture)
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from evomerge.cli import main
@@ -23,15 +22,6 @@ from evomerge.search.results import HELD_OUT_PREFIX
 from evomerge.zoo import build_tokenizer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def task_dir(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("task")
-    for split, numbers in (("search", range(0, 6)), ("held_out", range(6, 10))):
-        rows = "".join(json.dumps({"prompt": f"n{i}=", "answer": str(i)}) + "\n" for i in numbers)
-        (data / f"{split}.jsonl").write_text(rows)
-    return data
 
 
 def run_config(path: Path, models: dict[str, Path], task_dir: Path, run_dir: Path, **changes) -> Path:
