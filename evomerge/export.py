@@ -9,6 +9,7 @@ killed write leaves nothing at the output path.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,10 +22,14 @@ from evomerge.recipe import Recipe
 from evomerge.sources import LoadedModel
 
 
-def check_output_dir(out: Path) -> None:
-    """Raise UsageError unless `out` does not exist yet and could be created."""
+def check_output_dir(out: Path, replace: bool = False) -> None:
+    """Raise UsageError unless `out` does not exist yet (or, with `replace`, holds a previous export) and could
+    be created. `replace` never deletes anything but a model directory with a recipe.yaml (or an empty one)."""
     if out.exists():
-        raise UsageError(f"output directory '{out}' already exists; choose another --out or delete it")
+        if not replace:
+            raise UsageError(f"output directory '{out}' already exists; choose another --out or delete it")
+        if not out.is_dir() or (any(out.iterdir()) and not (out / "recipe.yaml").is_file()):
+            raise UsageError(f"'{out}' exists and is not a previous export (no recipe.yaml); --force replaces only those")
     ancestor = out.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -46,15 +51,31 @@ def write_merge(recipe: Recipe, out: Path, device: str = "cpu", progress: bool =
     return out
 
 
-def write_model_dir(model: PreTrainedModel, reference: LoadedModel, recipe: Recipe, out: Path) -> None:
-    """Save model, tokenizer and recipe into a temporary sibling of `out`, then rename it to `out`."""
+def write_model_dir(
+    model: PreTrainedModel,
+    reference: LoadedModel,
+    recipe: Recipe,
+    out: Path,
+    files: dict[str, str] | None = None,
+    replace: bool = False,
+) -> None:
+    """Save model, tokenizer, recipe and any extra text `files` (name -> text) into a temporary sibling of
+    `out`, then rename it to `out`; with `replace`, a directory already at `out` is swapped out and deleted."""
     with staging_directory(out) as staging:
         model.save_pretrained(staging)
         tokenizer = _reference_tokenizer(reference)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         (staging / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-        staging.rename(out)
+        for name, text in (files or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
+        if replace and out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old)
+        else:
+            staging.rename(out)
 
 
 def _reference_tokenizer(reference: LoadedModel):

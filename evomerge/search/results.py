@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import optuna
+import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig
 from evomerge.evaluate.tasks import Scores
+from evomerge.recipe import Recipe, recipe_from_dict
 from evomerge.search.optimizers import scalarized
 
 #: Held-out scores live in study user attributes `held_out.N` for trial N: Optuna refuses changes to a
@@ -42,3 +44,13 @@ def held_out_scores(study: optuna.Study) -> dict[int, Scores]:
         for key, value in study.user_attrs.items()
         if key.startswith(HELD_OUT_PREFIX)
     }
+
+
+def trial_recipe(trial: FrozenTrial) -> Recipe:
+    """The recipe a trial recorded (user attribute `recipe`, YAML)."""
+    return recipe_from_dict(yaml.safe_load(trial.user_attrs["recipe"]), origin=f"trial {trial.number}")
+
+
+def evaluated_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The trials whose evaluation ended: complete, stopped early (pruned) or failed; each used the budget."""
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))

@@ -1,0 +1,145 @@
+"""A recipe written as a mergekit configuration (https://github.com/arcee-ai/mergekit), when it can be.
+
+The translation keeps mergekit's own semantics equal to evomerge's:
+
+- A per-layer list becomes a mergekit gradient with one point per layer: mergekit reads layer i of n at
+  t = i / (n - 1) and the embeddings at t = 0, where evomerge takes the first layer's value. An evomerge
+  gradient is a mergekit gradient as it is. mergekit also reads the final norm and the head at t = 0, where
+  evomerge takes the last layer's value, so those tensors get a condition of their own, by full name.
+- A per-kind map becomes a list of `{filter, value}` conditions, the `default` entry last without a filter.
+  mergekit matches a filter as a substring of the tensor name, first match wins, so each kind is written with
+  the filter of Llama-style names (`self_attn`, `mlp`, `embed_tokens`, `lm_head`, `norm`) and the
+  translation is checked against the models' real tensor names: a recipe whose conditions would pick other
+  tensors than evomerge's kinds cannot be expressed.
+- DARE's `drop` is mergekit's `density` = 1 - drop, evomerge's `scale` is mergekit's `lambda`.
+
+What cannot be expressed raises UsageError: sources mergekit cannot read (GGUF files), and per-kind values on
+models whose tensor names mergekit's filters cannot tell apart. mergekit draws DARE's random masks from its
+own generator, so a DARE merge made by mergekit is a close sibling of evomerge's, not the same tensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evomerge.errors import UsageError
+from evomerge.recipe import Recipe, resolve_value
+from evomerge.sources import ZOO_PREFIX, resolve_ref, tensor_info
+
+#: evomerge method -> mergekit `merge_method` (mergekit implements each under this name).
+METHODS = {
+    "linear": "linear",
+    "task_arithmetic": "task_arithmetic",
+    "ties": "ties",
+    "dare_linear": "dare_linear",
+    "dare_ties": "dare_ties",
+    "breadcrumbs": "breadcrumbs",
+    "breadcrumbs_ties": "breadcrumbs_ties",
+    "slerp": "slerp",
+    "model_stock": "model_stock",
+}
+#: evomerge module kind -> the mergekit filter (a tensor-name substring) that selects it in Llama-style names.
+FILTERS = {"attention": "self_attn", "mlp": "mlp", "embedding": "embed_tokens", "head": "lm_head", "norm": "norm"}
+RENAMED = {"scale": "lambda", "drop": "density"}
+
+
+def mergekit_config(recipe: Recipe, tensor_names: list[str]) -> dict[str, Any]:
+    """The mergekit configuration of `recipe` over models with these tensor names; UsageError if none exists."""
+    if recipe.method not in METHODS:
+        raise UsageError(
+            f"mergekit has no merge method like evomerge's '{recipe.method}'; export without --format mergekit"
+        )
+    models = [_model_path(source.model) for source in recipe.sources]
+    config: dict[str, Any] = {"merge_method": METHODS[recipe.method]}
+    if recipe.method == "slerp":
+        config["base_model"] = models[0]
+    elif recipe.base is not None:
+        config["base_model"] = _model_path(recipe.base)
+    config["models"] = [
+        {"model": model, **({"parameters": _parameters(s.parameters, tensor_names)} if s.parameters else {})}
+        for model, s in zip(models, recipe.sources)
+    ]
+    # evomerge's default is written out, as mergekit's default may differ (TIES: both true; others vary)
+    method = recipe.method_def
+    normalize = {"normalize": method.param("normalize").default} if "normalize" in method.param_names() else {}
+    parameters = {**normalize, **recipe.parameters}
+    if parameters:
+        config["parameters"] = _parameters(parameters, tensor_names)
+    if recipe.dtype:
+        config["dtype"] = recipe.dtype
+    return config
+
+
+def mergekit_yaml(recipe: Recipe, tensor_names: list[str]) -> str:
+    header = "# mergekit configuration of this merge (mergekit-yaml mergekit.yaml OUT_DIR).\n"
+    if "drop" in recipe.method_def.param_names():
+        header += "# evomerge's recipe.yaml rebuilds the exact tensors; mergekit draws DARE's random drops itself.\n"
+    return header + yaml.safe_dump(mergekit_config(recipe, tensor_names), sort_keys=False)
+
+
+def _model_path(ref: str) -> str:
+    """An absolute path for a zoo or local model (mergekit knows neither `zoo:` nor our working directory)."""
+    if ref.endswith(".gguf"):
+        raise UsageError(f"mergekit cannot read the GGUF model '{ref}'; export without --format mergekit")
+    if ref.startswith(ZOO_PREFIX) or Path(ref).expanduser().exists():
+        return str(resolve_ref(ref).resolve())
+    return ref
+
+
+def _parameters(parameters: dict[str, Any], tensor_names: list[str]) -> dict[str, Any]:
+    return {RENAMED.get(name, name): _setting(name, value, tensor_names) for name, value in parameters.items()}
+
+
+def _setting(name: str, value: Any, tensor_names: list[str]) -> Any:
+    """One parameter's value in mergekit's terms: scalar, gradient list, or a list of filter conditions.
+
+    mergekit reads the final norm and the head (its "post" weights) at the gradient's first point, evomerge at
+    the last layer's value: a value that varies by depth gets a condition naming each of those tensors first.
+    """
+    post = [
+        {"filter": tensor, "value": _value(name, resolve_value(value, None, info.kind, _layers(tensor_names)))}
+        for tensor in tensor_names
+        if (info := tensor_info(tensor)).layer is None and info.kind in ("norm", "head") and _varies(value)
+    ]
+    if isinstance(value, dict) and "gradient" not in value:
+        _check_filters(name, [kind for kind in value if kind != "default"], tensor_names)
+        conditions = [{"filter": FILTERS[k], "value": _value(name, v)} for k, v in value.items() if k != "default"]
+        if "default" in value:
+            conditions.append({"value": _value(name, value["default"])})
+        return post + conditions
+    return post + [{"value": _value(name, value)}] if post else _value(name, value)
+
+
+def _value(name: str, value: Any) -> Any:
+    """A scalar, list or gradient as mergekit writes it (a gradient is a plain list), `drop` as `density`."""
+    if isinstance(value, dict):
+        value = value["gradient"]
+    if name == "drop":
+        return [1.0 - v for v in value] if isinstance(value, list) else 1.0 - value
+    return value
+
+
+def _varies(value: Any) -> bool:
+    """Whether a value can differ from one layer to another (a list or gradient, or a kind map holding one)."""
+    inner = value.values() if isinstance(value, dict) and "gradient" not in value else [value]
+    return any(isinstance(v, (list, dict)) for v in inner)
+
+
+def _layers(tensor_names: list[str]) -> int:
+    return 1 + max((info.layer for info in map(tensor_info, tensor_names) if info.layer is not None), default=0)
+
+
+def _check_filters(name: str, kinds: list[str], tensor_names: list[str]) -> None:
+    """Raise UsageError unless mergekit's first-match filters give every tensor the entry evomerge gives it."""
+    for tensor in tensor_names:
+        kind = tensor_info(tensor).kind
+        matched = next((k for k in kinds if FILTERS[k] in tensor), None)
+        wanted = kind if kind in kinds else None
+        if matched != wanted:
+            raise UsageError(
+                f"mergekit cannot express the per-kind '{name}' of this recipe: its filters match tensor names, and "
+                f"'{tensor}' ({kind}) would take the {matched or 'default'} value; export without --format mergekit"
+            )

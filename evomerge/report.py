@@ -1,0 +1,252 @@
+"""`evomerge report RUN_DIR`: what a run found, in `RUN_DIR/report.md` with its PNG plots beside it.
+
+The report reads the run's two studies in its storage: the search (`evomerge run`) and, when they were run,
+the baselines (`evomerge baselines`). The best candidate and the Pareto points are scored on the held-out
+split first where the ledger has no held-out record for them yet (and the records are stored), so every number
+in the tables has its held-out twin. Nothing else is computed: the report is cheap to redo during a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from evomerge.config import RunConfig
+from evomerge.errors import UsageError
+from evomerge.model_card import task_description
+from evomerge.evaluate.tasks import Scores
+from evomerge.plots import plot_heatmap, plot_pareto, plot_progress
+from evomerge.recipe import Recipe, resolve_value
+from evomerge.search.baselines import BaselineResult, load_baselines, source_name
+from evomerge.search.held_out import record_held_out
+from evomerge.search.ledger import ELAPSED_ATTR, load_run_study
+from evomerge.search.results import evaluated_trials, pareto_front, reported_trials, trial_recipe
+from evomerge.search.scoring import CandidateScorer
+
+REPORT_FILE = "report.md"
+PROGRESS_PLOT = "progress.png"
+PARETO_PLOT = "pareto.png"
+RECIPE_PLOT = "best_recipe.png"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model of a results table: its objective values on the search split and, if scored, the held-out one."""
+
+    name: str
+    search: list[float]
+    held_out: list[float] | None
+    trial: FrozenTrial | None = None
+
+
+def objective_values(config: RunConfig, scores: Scores) -> list[float]:
+    return [scores[o.task][o.metric] for o in config.objectives]
+
+
+def summary_score(config: RunConfig, values: list[float]) -> float:
+    """One number per model for tables and plots: the weighted mean of the objectives, minimized ones negated
+    (with one maximized objective, its value). Higher is better."""
+    signed = [v if o.direction == "maximize" else -v for o, v in zip(config.objectives, values)]
+    total = sum(o.weight for o in config.objectives)
+    return sum(o.weight * v for o, v in zip(config.objectives, signed)) / total
+
+
+def candidate_rows(
+    config: RunConfig, trials: list[FrozenTrial], front: list[FrozenTrial], held_out: dict[int, Scores]
+) -> list[Row]:
+    """Rows of the reported trials (the best first, then the Pareto points), named as `export --pick` names
+    them: `best`, and `pareto:K` for the K-th point of the front in trial order."""
+    position = {t.number: k for k, t in enumerate(front, start=1)} if config.multi_objective else {}
+    rows = []
+    for index, trial in enumerate(trials):
+        names = ["best"] if index == 0 else []
+        if trial.number in position:
+            names.append(f"pareto:{position[trial.number]}")
+        scores = held_out.get(trial.number)
+        rows.append(Row(f"{' / '.join(names)} (trial {trial.number})", list(trial.values),
+                        objective_values(config, scores) if scores else None, trial))
+    return rows
+
+
+def baseline_rows(config: RunConfig, baselines: list[BaselineResult]) -> list[Row]:
+    return [
+        Row(result.label, list(result.trial.values),
+            objective_values(config, result.held_out) if result.held_out else None, result.trial)
+        for result in baselines
+    ]
+
+
+def results_table(config: RunConfig, rows: list[Row]) -> str:
+    """Markdown: each objective on the held-out split, then the mean on held-out and on search."""
+    names = [f"{o.task} {o.metric}" for o in config.objectives]
+    lines = [
+        "| model | " + " | ".join(f"{n} (held-out)" for n in names) + " | mean (held-out) | mean (search) |",
+        "| --- |" + " ---: |" * (len(names) + 2),
+    ]
+    for row in rows:
+        held = row.held_out
+        cells = [f"{v:.3f}" for v in held] if held else ["–"] * len(names)
+        mean_held = f"{summary_score(config, held):.3f}" if held else "–"
+        mean_search = f"{summary_score(config, row.search):.3f}"
+        lines.append(f"| {row.name} | " + " | ".join(cells) + f" | {mean_held} | {mean_search} |")
+    return "\n".join(lines)
+
+
+def candidates_table(config: RunConfig, rows: list[Row], order: dict[int, int]) -> str:
+    """Markdown: search and held-out value of each objective, merge and evaluation seconds, evaluation number."""
+    names = [o.task for o in config.objectives]
+    lines = [
+        "| candidate | " + " | ".join(f"{n} search / held-out" for n in names)
+        + " | merge s | eval s | found at evaluation |",
+        "| --- |" + " ---: |" * (len(names) + 3),
+    ]
+    for row in rows:
+        held = row.held_out or [None] * len(names)
+        cells = [f"{s:.3f} / " + (f"{h:.3f}" if h is not None else "–") for s, h in zip(row.search, held)]
+        attrs = row.trial.user_attrs
+        lines.append(
+            f"| {row.name} | " + " | ".join(cells)
+            + f" | {attrs.get('merge_seconds', 0):.3f} | {attrs.get('eval_seconds', 0):.3f}"
+            + f" | {order[row.trial.number]} |"
+        )
+    return "\n".join(lines)
+
+
+def recipe_grid(recipe: Recipe) -> tuple[list[str], list[str], list[list[float]]]:
+    """The recipe's numeric parameters resolved per layer: (row labels, column labels, values).
+
+    The layer count is the longest per-layer list in the recipe (one column, "every layer", when it has none).
+    """
+    found: list[tuple[str, Any]] = [
+        (f"{source_name(s.model)} {name}", value) for s in recipe.sources for name, value in s.parameters.items()
+    ]
+    found += list(recipe.parameters.items())
+    found = [(label, value) for label, value in found if not isinstance(value, bool)]
+    layers = max([len(v) for v in _layer_lists(found)], default=1)
+    rows, values = [], []
+    for label, value in found:
+        kinds = sorted(value, key=lambda k: k == "default") if _by_kind(value) else [None]
+        for kind in kinds:
+            rows.append(label if kind is None else f"{label} [{kind}]")
+            inner = value[kind] if kind is not None else value
+            values.append([float(resolve_value(inner, layer, "mlp", layers)) for layer in range(layers)])
+    columns = [f"layer {i}" for i in range(layers)] if layers > 1 else ["every layer"]
+    return rows, columns, values
+
+
+def _by_kind(value: Any) -> bool:
+    return isinstance(value, dict) and "gradient" not in value
+
+
+def _layer_lists(found: list[tuple[str, Any]]) -> list[list]:
+    lists = []
+    for _, value in found:
+        inner = value.values() if _by_kind(value) else [value]
+        lists += [v for v in inner if isinstance(v, list)]
+    return lists
+
+
+def write_report(config: RunConfig, scorer: CandidateScorer | None = None) -> Path:
+    """Write report.md and its plots into the run directory; returns the report's path."""
+    study = load_run_study(config)
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not completed:
+        raise UsageError(f"the run in {config.run_dir} has no completed candidate yet; nothing to report")
+    held_out = record_held_out(config, study, scorer)
+    order = {t.number: i for i, t in enumerate(evaluated_trials(study), start=1)}
+    front = pareto_front(study)
+    candidates = candidate_rows(config, reported_trials(config, study), front, held_out)
+    baselines = baseline_rows(config, load_baselines(config))
+    best_recipe = trial_recipe(candidates[0].trial)
+    directory = config.run_dir
+
+    ylabel = f"{'mean objective' if config.multi_objective else config.objectives[0].task} (search split)"
+    plot_progress(
+        directory / PROGRESS_PLOT, [summary_score(config, list(t.values)) for t in completed],
+        {row.name: summary_score(config, row.search) for row in baselines}, ylabel,
+    )
+    plots = [("Best objective against evaluations (baselines dashed)", PROGRESS_PLOT)]
+    if config.multi_objective:
+        front_held = [objective_values(config, held_out[t.number]) for t in front if t.number in held_out]
+        plot_pareto(
+            directory / PARETO_PLOT, [o.task for o in config.objectives],
+            {
+                "search split": {
+                    "all candidates": [tuple(t.values) for t in completed],
+                    "Pareto front": [tuple(t.values) for t in front],
+                    "baselines": [tuple(row.search) for row in baselines],
+                },
+                "held-out split": {
+                    "Pareto front": [tuple(v) for v in front_held],
+                    "baselines": [tuple(row.held_out) for row in baselines if row.held_out],
+                },
+            },
+        )
+        plots.append(("Pareto front, search and held-out split", PARETO_PLOT))
+    rows, columns, values = recipe_grid(best_recipe)
+    if rows:
+        plot_heatmap(directory / RECIPE_PLOT, rows, columns, values, f"{best_recipe.method}: {candidates[0].name}")
+        plots.append(("Parameters of the best recipe by layer", RECIPE_PLOT))
+
+    text = _report_text(config, study, candidates, baselines, order, best_recipe, plots)
+    path = directory / REPORT_FILE
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _report_text(config, study, candidates, baselines, order, best_recipe, plots) -> str:
+    trials = study.get_trials(deepcopy=False)
+    count = {state: sum(t.state == state for t in trials) for state in TrialState}
+    finished = len(evaluated_trials(study))
+    merge = sum(t.user_attrs.get("merge_seconds", 0.0) for t in trials)
+    evaluate = sum(t.user_attrs.get("eval_seconds", 0.0) for t in trials)
+    elapsed = float(study.user_attrs.get(ELAPSED_ATTR, 0.0))
+    lines = [
+        f"# Run report: {config.run_dir}",
+        "",
+        f"- merge: `{config.recipe.method}` of {', '.join(s.model for s in config.recipe.sources)}"
+        + (f" over base {config.recipe.base}" if config.recipe.base else ""),
+        "- searched: " + ", ".join(f"{g.param} ({g.granularity}, {g.low:g}..{g.high:g})" for g in config.genome),
+        f"- optimizer: {config.optimizer.name}, seed {config.seed}; objectives: "
+        + ", ".join(f"{o.task}.{o.metric} ({o.direction})" for o in config.objectives),
+        *(f"- task `{name}`: {task_description(spec)}" for name, spec in config.tasks.items()),
+        f"- evaluations used: {finished}" + (f" of {config.budget.evaluations}" if config.budget.evaluations else "")
+        + f" ({count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} stopped early, "
+        f"{count[TrialState.FAIL]} failed); search time {elapsed / 60:.1f} min"
+        + f" (merging {merge:.1f} s, scoring {evaluate:.1f} s in all)",
+        "",
+        "Search scores are what the optimizer saw; held-out scores come from the disjoint held-out split, which "
+        "it never saw. The mean is the weighted mean of the objectives.",
+        "",
+        "## Results on the held-out split",
+        "",
+        results_table(config, baselines + candidates[:1]),
+        "",
+        "Baselines: each family's global setting was chosen on the search split from a small grid "
+        "(`evomerge/search/baselines.py`); every grid point is a trial of the study `baselines` in this ledger."
+        if baselines else f"No baselines in this run's ledger yet: `evomerge baselines {config.run_dir}` adds them.",
+        "",
+        "## Best candidate" + (" and Pareto front" if config.multi_objective else ""),
+        "",
+        candidates_table(config, candidates, order),
+        "",
+        "Export one with `evomerge export RUN_DIR --out DIR --pick best` (or `--pick pareto:K`, `--trial N`).",
+        "",
+    ]
+    for title, file in plots:
+        lines += [f"## {title}", "", f"![{title}]({file})", ""]
+    lines += [
+        "## Best recipe",
+        "",
+        "```yaml",
+        best_recipe.to_yaml().rstrip(),
+        "```",
+        "",
+        f"Browse every candidate with `optuna-dashboard {config.storage_url}`"
+        " (studies `evomerge` and `baselines`).",
+        "",
+    ]
+    return "\n".join(lines)
