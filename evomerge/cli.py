@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         "merge",
         help="merge models as a recipe says and write the result",
         description="Merge the models of a recipe YAML (method, base, sources, per-layer parameters; see "
-        "configs/merge_ties.yaml) and write a Hugging Face model directory that "
+        "configs/merge_ties.yaml), or stack the layers a stack recipe lists (sources, embeddings, layers as "
+        "[source, layer, scale]; written by layer-stacking runs), and write a Hugging Face model directory that "
         "AutoModelForCausalLM.from_pretrained loads, with the recipe copied beside it.",
         epilog="example: evomerge merge configs/merge_ties.yaml --out merged-ties",
     )
@@ -159,11 +160,17 @@ def _run_zoo_build(args: argparse.Namespace) -> None:
 
 def _run_merge(args: argparse.Namespace) -> None:
     from evomerge.export import write_merge
-    from evomerge.recipe import load_recipe
+    from evomerge.files import read_yaml
+    from evomerge.search.space import candidate_from_dict
+    from evomerge.dfs import StackRecipe
+    from evomerge.stacking import write_stack
 
-    recipe = load_recipe(args.recipe)
+    recipe = candidate_from_dict(read_yaml(args.recipe, "recipe"), origin=f"recipe '{args.recipe}'")
     started = time.perf_counter()
-    write_merge(recipe, args.out, device=args.device)
+    if isinstance(recipe, StackRecipe):
+        write_stack(recipe, args.out, device=args.device)
+    else:
+        write_merge(recipe, args.out, device=args.device)
     print(f"merged model written to {args.out} in {time.perf_counter() - started:.1f} s")
 
 

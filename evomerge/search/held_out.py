@@ -7,13 +7,11 @@ of `evomerge run` or by `evomerge status --held-out`, and stored in the ledger b
 from __future__ import annotations
 
 import optuna
-import yaml
-
 from evomerge.config import RunConfig
 from evomerge.evaluate.tasks import Scores
-from evomerge.recipe import recipe_from_dict
 from evomerge.search.results import HELD_OUT_PREFIX, held_out_scores, reported_trials
 from evomerge.search.scoring import CandidateScorer
+from evomerge.search.space import candidate_from_yaml
 
 
 def record_held_out(
@@ -29,7 +27,7 @@ def record_held_out(
         if trial.number in recorded:
             continue
         scorer = scorer or CandidateScorer(config)
-        recipe = recipe_from_dict(yaml.safe_load(trial.user_attrs["recipe"]), origin=f"trial {trial.number}")
+        recipe = candidate_from_yaml(trial.user_attrs["recipe"], origin=f"trial {trial.number}")
         recorded[trial.number] = scorer.score(recipe, "held_out")
         study.set_user_attr(f"{HELD_OUT_PREFIX}{trial.number}", recorded[trial.number])
     return recorded
