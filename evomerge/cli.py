@@ -159,10 +159,10 @@ def _run_zoo_build(args: argparse.Namespace) -> None:
 
 
 def _run_merge(args: argparse.Namespace) -> None:
+    from evomerge.dfs import StackRecipe
     from evomerge.export import write_merge
     from evomerge.files import read_yaml
     from evomerge.search.space import candidate_from_dict
-    from evomerge.dfs import StackRecipe
     from evomerge.stacking import write_stack
 
     recipe = candidate_from_dict(read_yaml(args.recipe, "recipe"), origin=f"recipe '{args.recipe}'")

@@ -36,10 +36,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from evomerge.dfs import StackSpace
 from evomerge.errors import UsageError, first_validation_problem
 from evomerge.evaluate.specs import TaskSpec
 from evomerge.files import read_yaml
-from evomerge.dfs import StackSpace
 from evomerge.genome import SearchedParam
 from evomerge.recipe import Recipe, recipe_from_dict
 

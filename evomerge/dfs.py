@@ -62,9 +62,13 @@ class StackSpace(_Frozen):
         if self.scale_low > self.scale_high:
             raise ValueError(f"stack: scale_low {self.scale_low} > scale_high {self.scale_high}")
         if self.max_depth is not None and self.max_depth < self.min_depth:
-            raise ValueError(f"stack: max_depth {self.max_depth} < min_depth {self.min_depth}; no stack can meet both")
+            raise ValueError(
+                f"stack: max_depth {self.max_depth} < min_depth {self.min_depth}; no stack can meet both"
+            )
         if self.embeddings >= len(self.sources):
-            raise ValueError(f"stack: embeddings {self.embeddings} names no source (there are {len(self.sources)})")
+            raise ValueError(
+                f"stack: embeddings {self.embeddings} names no source (there are {len(self.sources)})"
+            )
         return self
 
     @property
@@ -111,11 +115,16 @@ def is_stack_data(data: Any) -> bool:
 def stack_from_dict(data: Any, origin: str = "stack recipe") -> StackRecipe:
     """Validate plain data as a StackRecipe; a layer may be a mapping or a [source, layer, scale] list."""
     if not isinstance(data, dict):
-        raise UsageError(f"{origin}: expected a mapping with 'sources' and 'layers', got {type(data).__name__}")
+        raise UsageError(
+            f"{origin}: expected a mapping with 'sources' and 'layers', got {type(data).__name__}"
+        )
     layers = data.get("layers")
     if isinstance(layers, list):
         keys = ("source", "layer", "scale")
-        data = {**data, "layers": [dict(zip(keys, item)) if isinstance(item, list) else item for item in layers]}
+        data = {
+            **data,
+            "layers": [dict(zip(keys, item)) if isinstance(item, list) else item for item in layers],
+        }
     try:
         return StackRecipe.model_validate(data)
     except UsageError as error:
@@ -135,7 +144,9 @@ class DfsGenome:
     def __init__(self, space: StackSpace, source_layers: Sequence[int]) -> None:
         self.space = space
         self.slots = [
-            (source, layer) for _ in range(space.repeats) for source, count in enumerate(source_layers)
+            (source, layer)
+            for _ in range(space.repeats)
+            for source, count in enumerate(source_layers)
             for layer in range(count)
         ]
         total = len(self.slots)
@@ -187,10 +198,13 @@ class DfsGenome:
         return self.decode({gene.name: gene.value(u) for gene, u in zip(self.genes, unit)})
 
     def encode(self, stack: StackRecipe) -> dict[str, float]:
-        """Gene values that decode to `stack`: each of its layers takes the first free slot of that layer after
-        the previous one's. UsageError when the stack does not fit this layout (order, sources, repeats)."""
+        """Gene values that decode to `stack`: each of its layers takes the first free slot of that layer
+        after the previous one's. UsageError when the stack does not fit this layout (order, sources,
+        repeats)."""
         if stack.sources != self.space.sources:
-            raise UsageError("a seed stack recipe must list the same sources, in the same order, as the search")
+            raise UsageError(
+                "a seed stack recipe must list the same sources, in the same order, as the search"
+            )
         values = {}
         for slot in range(len(self.slots)):
             values[f"slot{slot}.include"] = EXCLUDED
@@ -202,12 +216,14 @@ class DfsGenome:
                 slot += 1
             if slot == len(self.slots):
                 raise UsageError(
-                    f"the seed stack's layer {position} (source {layer.source}, layer {layer.layer}) has no slot "
-                    f"left in this search's layout of {self.space.repeats} repeats"
+                    f"the seed stack's layer {position} (source {layer.source}, layer {layer.layer}) has no "
+                    f"slot left in this search's layout of {self.space.repeats} repeats"
                 )
             values[f"slot{slot}.include"] = INCLUDED
             if self.space.searches_scales:
-                values[f"slot{slot}.scale"] = min(self.space.scale_high, max(self.space.scale_low, layer.scale))
+                values[f"slot{slot}.scale"] = min(
+                    self.space.scale_high, max(self.space.scale_low, layer.scale)
+                )
             slot += 1
         return values
 
@@ -219,6 +235,7 @@ class DfsGenome:
         """The stack of one source as it is: its layers in order, scale 1 (clipped to the scale bounds)."""
         scale = min(self.space.scale_high, max(self.space.scale_low, 1.0))
         return StackRecipe(
-            sources=self.space.sources, embeddings=self.space.embeddings,
+            sources=self.space.sources,
+            embeddings=self.space.embeddings,
             layers=[StackLayer(source=source, layer=layer, scale=scale) for layer in range(layers)],
         )

@@ -34,14 +34,23 @@ from evomerge.recipe import Recipe
 from evomerge.sources import resolve_ref
 
 # what must agree for one source's layer to read another's hidden state and share one rotary embedding
-STACKABLE = ("model_type", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "rope_parameters",
-             "rope_theta", "hidden_act")
+STACKABLE = (
+    "model_type",
+    "hidden_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rope_parameters",
+    "rope_theta",
+    "hidden_act",
+)
 # the projections that write a layer's branch outputs into the residual stream (Llama family names)
 BRANCH_OUTPUTS = ("self_attn.o_proj.", "mlp.down_proj.")
 
 
 class StackSlot(nn.Module):
-    """One position of a stack: a source's decoder layer (shared, not copied), its input scale, its cache slot."""
+    """One position of a stack: a source's decoder layer (shared, not copied), its input scale, its cache
+    slot."""
 
     def __init__(self, layer: nn.Module, slot: int, scale: float) -> None:
         super().__init__()
@@ -54,14 +63,17 @@ class StackSlot(nn.Module):
         own = attention.layer_idx
         attention.layer_idx = self.slot
         try:
-            return self.layer(hidden_states * self.scale if self.scale != 1.0 else hidden_states, *args, **kwargs)
+            return self.layer(
+                hidden_states * self.scale if self.scale != 1.0 else hidden_states, *args, **kwargs
+            )
         finally:
             attention.layer_idx = own
 
 
 @dataclass
 class StackSource:
-    """A resident source: its reference (a model or a merge recipe), the whole model, where its tokenizer is."""
+    """A resident source: its reference (a model or a merge recipe), the whole model, and where its
+    tokenizer is."""
 
     ref: str | Recipe
     model: PreTrainedModel
@@ -70,7 +82,11 @@ class StackSource:
 
     @property
     def name(self) -> str:
-        return self.ref if isinstance(self.ref, str) else f"merge of {', '.join(s.model for s in self.ref.sources)}"
+        return (
+            self.ref
+            if isinstance(self.ref, str)
+            else f"merge of {', '.join(s.model for s in self.ref.sources)}"
+        )
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -129,7 +145,8 @@ class StackEngine:
         with torch.device("meta"):
             model = type(reference)(config)
         state = {
-            name: tensor for name, tensor in reference.state_dict().items()
+            name: tensor
+            for name, tensor in reference.state_dict().items()
             if not name.startswith(f"{reference.base_model_prefix}.layers.")
         }
         cumulative = 1.0
@@ -149,7 +166,9 @@ class StackEngine:
     def _check(self, stack: StackRecipe) -> None:
         given = [source.ref for source in self.sources]
         if stack.sources != given or stack.embeddings != self.embeddings:
-            raise UsageError("the stack recipe names other sources (or embeddings source) than this engine holds")
+            raise UsageError(
+                "the stack recipe names other sources (or embeddings source) than this engine holds"
+            )
         for position, layer in enumerate(stack.layers):
             count = len(self.sources[layer.source].layers)
             if layer.layer >= count:
@@ -203,7 +222,9 @@ def check_stackable(sources: list[StackSource]) -> None:
                     f"{theirs} there but {mine} here"
                 )
         if next(source.model.parameters()).dtype != next(first.model.parameters()).dtype:
-            raise UsageError(f"'{source.name}' and '{first.name}' are stored in different dtypes; convert one first")
+            raise UsageError(
+                f"'{source.name}' and '{first.name}' are stored in different dtypes; convert one first"
+            )
 
 
 def write_stack(stack: StackRecipe, out: Path, device: str = "cpu") -> Path:
@@ -222,7 +243,9 @@ def write_stack_dir(engine: StackEngine, stack: StackRecipe, out: Path) -> None:
     with staging_directory(out) as staging:
         model.save_pretrained(staging)
         reference = engine.reference
-        AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file).save_pretrained(staging)
+        AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file).save_pretrained(
+            staging
+        )
         (staging / "recipe.yaml").write_text(stack.to_yaml(), encoding="utf-8")
         staging.rename(out)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import save_tiny_llama
 from transformers import AutoModelForCausalLM
 
-from conftest import save_tiny_llama
 from evomerge.dfs import DfsGenome, StackLayer, StackRecipe, StackSpace, load_stack, stack_from_dict
 from evomerge.errors import UsageError
 from evomerge.stacking import StackEngine, write_stack
@@ -16,7 +16,9 @@ IDS = torch.tensor([[1, 5, 6, 7, 8, 9]])
 
 @pytest.fixture(scope="module")
 def space(tiny_models) -> StackSpace:
-    return StackSpace(sources=[str(tiny_models["a"]), str(tiny_models["b"])], repeats=2, scale_low=0.5, scale_high=2.0)
+    return StackSpace(
+        sources=[str(tiny_models["a"]), str(tiny_models["b"])], repeats=2, scale_low=0.5, scale_high=2.0
+    )
 
 
 @pytest.fixture(scope="module")

@@ -5,22 +5,26 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
+from conftest import save_tiny_llama
 from optuna.trial import TrialState
+from test_search import ledger, run, write_config
 from transformers import AutoModelForCausalLM
 
-from conftest import save_tiny_llama
 from evomerge.cli import main
 from evomerge.config import config_from_dict
 from evomerge.dfs import load_stack
 from evomerge.search.results import held_out_scores
-from test_search import ledger, run, task_dir, write_config  # noqa: F401 (task_dir is a fixture)
 
 
 def stack_config(tiny_models, task_dir, run_dir, optimizer="cmaes", evaluations=8, **stack):
     return {
         "stack": {
-            "sources": [str(tiny_models["a"]), str(tiny_models["b"])], "repeats": 2, "max_depth": 5,
-            "scale_low": 0.5, "scale_high": 1.5, **stack,
+            "sources": [str(tiny_models["a"]), str(tiny_models["b"])],
+            "repeats": 2,
+            "max_depth": 5,
+            "scale_low": 0.5,
+            "scale_high": 1.5,
+            **stack,
         },
         "tasks": {"t": {"data": str(task_dir), "limit": 4}},
         "objectives": [{"task": "t", "metric": "exact_match"}],
@@ -42,7 +46,9 @@ def test_a_stack_run_starts_from_each_source_and_records_stack_recipes(tiny_mode
 
 
 @pytest.mark.parametrize("optimizer", ["cmaes", "tpe"])
-def test_a_stopped_and_resumed_stack_run_ends_as_an_uninterrupted_one(optimizer, tiny_models, task_dir, tmp_path):
+def test_a_stopped_and_resumed_stack_run_ends_as_an_uninterrupted_one(
+    optimizer, tiny_models, task_dir, tmp_path
+):
     whole = run(stack_config(tiny_models, task_dir, tmp_path / "whole", optimizer))
     run(stack_config(tiny_models, task_dir, tmp_path / "parts", optimizer, evaluations=3))
     resumed = run(stack_config(tiny_models, task_dir, tmp_path / "parts", optimizer))
@@ -50,7 +56,9 @@ def test_a_stopped_and_resumed_stack_run_ends_as_an_uninterrupted_one(optimizer,
 
 
 def test_the_cli_runs_reports_and_exports_a_stack_run(tiny_models, task_dir, tmp_path, capsys):
-    config = write_config(tmp_path / "c.yaml", stack_config(tiny_models, task_dir, tmp_path / "run", evaluations=5))
+    config = write_config(
+        tmp_path / "c.yaml", stack_config(tiny_models, task_dir, tmp_path / "run", evaluations=5)
+    )
     assert main(["run", str(config)]) == 0
     assert "progress: 5/5" in capsys.readouterr().out
     study = run(stack_config(tiny_models, task_dir, tmp_path / "run", evaluations=5))
@@ -76,9 +84,16 @@ def test_the_cli_runs_reports_and_exports_a_stack_run(tiny_models, task_dir, tmp
         ({"sources": ["WIDE"]}, "cannot be stacked"),
     ],
 )
-def test_bad_stack_configs_get_one_line_and_exit_2_before_anything_is_written(change, message, tiny_models, task_dir, tmp_path, capsys):
+def test_bad_stack_configs_get_one_line_and_exit_2_before_anything_is_written(
+    change, message, tiny_models, task_dir, tmp_path, capsys
+):
     if change.get("sources") == ["WIDE"]:
-        change = {"sources": [str(tiny_models["a"]), str(save_tiny_llama(tmp_path / "wide", 3, num_attention_heads=4))]}
+        change = {
+            "sources": [
+                str(tiny_models["a"]),
+                str(save_tiny_llama(tmp_path / "wide", 3, num_attention_heads=4)),
+            ]
+        }
     data = stack_config(tiny_models, task_dir, tmp_path / "run", **change)
     assert main(["run", str(write_config(tmp_path / "c.yaml", data))]) == 2
     error = capsys.readouterr().err.strip()

@@ -7,6 +7,7 @@ of `evomerge run` or by `evomerge status --held-out`, and stored in the ledger b
 from __future__ import annotations
 
 import optuna
+
 from evomerge.config import RunConfig
 from evomerge.evaluate.tasks import Scores
 from evomerge.search.results import HELD_OUT_PREFIX, held_out_scores, reported_trials

@@ -20,8 +20,8 @@ Candidate = Recipe | StackRecipe
 
 
 def search_genome(config: RunConfig, scorer: CandidateScorer) -> tuple[Genome | DfsGenome, list[Candidate]]:
-    """The run's genome over the scorer's resident models, and its seed candidates (evaluated first, in order):
-    the template recipe then the user's seeds; for a stack search, each source as it is then the user's."""
+    """The run's genome over the scorer's resident models, and its seed candidates (evaluated first, in
+    order): the template recipe then the user's seeds; for a stack search, each source as it is then the user's."""
     engine = scorer.engine
     if config.stack is not None:
         genome = DfsGenome(config.stack, engine.source_layers)
