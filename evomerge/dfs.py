@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import UsageError, first_validation_problem
 from evomerge.files import read_yaml
-from evomerge.genome import Gene, SearchedParam
+from evomerge.genome import Gene, GeneSpace, SearchedParam
 from evomerge.recipe import Recipe, recipe_from_dict
 
 INCLUDED, EXCLUDED = 0.75, 0.25  # inclusion values of an encoded stack: a quarter away from the threshold
@@ -35,27 +35,27 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _source_or_recipe(value: Any) -> Any:
-    return recipe_from_dict(value, origin="stack source") if isinstance(value, dict) else value
+def _recipes_read(value: Any) -> Any:
+    """A source given as a mapping is an inline merge recipe, checked as a recipe file is."""
+    if not isinstance(value, list):
+        return value
+    return [recipe_from_dict(item, origin="stack source") if isinstance(item, dict) else item for item in value]
+
+
+#: stack sources: model references, or inline merge recipes whose merged model is a source
+Sources = Annotated[list[str | Recipe], BeforeValidator(_recipes_read), Field(min_length=1)]
 
 
 class StackSpace(_Frozen):
     """The run config's `stack:` section: the sources whose layers are stacked and the shape of the search."""
 
-    sources: list[str | Recipe] = Field(
-        min_length=1, description="model references, or inline merge recipes whose merged model is a source"
-    )
+    sources: Sources
     repeats: int = Field(3, ge=1, description="how many times the sources' layer sequence is laid out")
     min_depth: int = Field(1, ge=1)
     max_depth: int | None = Field(None, ge=1, description="default: every slot")
     scale_low: float = Field(1.0, gt=0, description="bounds of the hidden-state scale of a kept layer")
     scale_high: float = Field(1.0, gt=0)
     embeddings: int = Field(0, ge=0, description="the source whose embeddings, final norm and head are used")
-
-    @field_validator("sources", mode="before")
-    @classmethod
-    def _recipes(cls, value: Any) -> Any:
-        return [_source_or_recipe(item) for item in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> StackSpace:
@@ -85,14 +85,9 @@ class StackLayer(_Frozen):
 class StackRecipe(_Frozen):
     """A stacked model: its layers in order, each a source's decoder layer with the scale of its input."""
 
-    sources: list[str | Recipe] = Field(min_length=1)
+    sources: Sources
     embeddings: int = Field(0, ge=0, description="the source whose embeddings, final norm and head are used")
     layers: list[StackLayer] = Field(min_length=1)
-
-    @field_validator("sources", mode="before")
-    @classmethod
-    def _recipes(cls, value: Any) -> Any:
-        return [_source_or_recipe(item) for item in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _indices(self) -> StackRecipe:
@@ -138,7 +133,7 @@ def load_stack(path: str | Path) -> StackRecipe:
     return stack_from_dict(read_yaml(path, "stack recipe"), origin=f"stack recipe '{path}'")
 
 
-class DfsGenome:
+class DfsGenome(GeneSpace):
     """Inclusion and scale genes over the slots of a StackSpace whose sources have `source_layers` layers."""
 
     def __init__(self, space: StackSpace, source_layers: Sequence[int]) -> None:
@@ -165,14 +160,6 @@ class DfsGenome:
                 genes.append(Gene(f"slot{slot}.scale", scale, source, (layer,), None))
         self.genes = genes
 
-    @property
-    def dimension(self) -> int:
-        return len(self.genes)
-
-    @property
-    def names(self) -> list[str]:
-        return [gene.name for gene in self.genes]
-
     def kept_slots(self, values: Mapping[str, float]) -> list[int]:
         """The slots a genome keeps, in order, after the depth guards."""
         include = [float(values[f"slot{slot}.include"]) for slot in range(len(self.slots))]
@@ -191,11 +178,6 @@ class DfsGenome:
             scale = float(values[f"slot{slot}.scale"]) if self.space.searches_scales else self.space.scale_low
             layers.append(StackLayer(source=source, layer=layer, scale=scale))
         return StackRecipe(sources=self.space.sources, embeddings=self.space.embeddings, layers=layers)
-
-    def decode_unit(self, unit: Sequence[float]) -> StackRecipe:
-        if len(unit) != self.dimension:
-            raise ValueError(f"expected {self.dimension} coordinates, got {len(unit)}")
-        return self.decode({gene.name: gene.value(u) for gene, u in zip(self.genes, unit)})
 
     def encode(self, stack: StackRecipe) -> dict[str, float]:
         """Gene values that decode to `stack`: each of its layers takes the first free slot of that layer
@@ -226,10 +208,6 @@ class DfsGenome:
                 )
             slot += 1
         return values
-
-    def encode_unit(self, stack: StackRecipe) -> list[float]:
-        values = self.encode(stack)
-        return [gene.unit(values[gene.name]) for gene in self.genes]
 
     def source_stack(self, source: int, layers: int) -> StackRecipe:
         """The stack of one source as it is: its layers in order, scale 1 (clipped to the scale bounds)."""
