@@ -7,7 +7,9 @@ scored on the three skills' search splits (mean exact match):
 - `dfs`: the three experts' layers;
 - `merge+dfs`: the layers of the uniform task-arithmetic merge of the three experts (a parameter-space merge,
   given inline as a stack source) and of the three experts (the paper's hybrid, in one run).
-Every source alone is scored too (a stack search's first candidates are its sources as they are). Then the
+Every source's own layers are scored too (a stack search's first candidates), with the embeddings, final
+norm and head of the search's first source: the first source alone is that model exactly, the others are
+their layers under its embeddings (the zoo's experts share a base, so this costs little). Then the
 best stack of each search is exported as a plain checkpoint (scales folded, evomerge/stacking.py), reloaded
 with transformers and scored again on the held-out split: the difference to the ledger's held-out record and
 the largest logit difference measure what folding costs. Prints a table; saves results/stack_zoo.json.
@@ -67,7 +69,7 @@ def one_search(label: str, sources: list, root: Path, args) -> dict:
     scorer = search.scorer
     sources_alone = {}
     for index, seed in enumerate(search.seed_recipes):
-        name = sources[index] if isinstance(sources[index], str) else "task-arithmetic merge"
+        name = (sources[index] if isinstance(sources[index], str) else "task-arithmetic merge") + " layers"
         sources_alone[name] = {"held_out": mean(scorer.score(seed, "held_out"))}
     out = root / f"{label}-export"
     write_stack_dir(scorer.engine, stack, out)
