@@ -19,6 +19,7 @@ import yaml
 
 from evomerge import __version__
 from evomerge.errors import MergeFailure, UsageError
+from evomerge.search.timing import GRACE_HEARTBEATS, HEARTBEAT_SECONDS, PATIENCE_SECONDS
 
 if TYPE_CHECKING:
     from evomerge.config import RunConfig
@@ -95,7 +96,39 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", type=Path, help="run directory (overrides run_dir in the config)")
     run.add_argument("--budget", type=int, help="number of candidates to evaluate in all (overrides budget.evaluations)")
     run.add_argument("--seed", type=int, help="random seed (overrides seed)")
+    run.add_argument("--device", help="device for the models: cpu, cuda, cuda:3, ... (overrides device)")
+    run.add_argument(
+        "--storage", metavar="URL",
+        help="share the run: keep its ledger in this storage (postgresql://USER:PASSWORD@HOST/DB, or "
+        "sqlite:///PATH for workers on one machine) so that `evomerge worker` processes can join it; the "
+        "same command on several GPUs or machines starts one worker each",
+    )
+    run.add_argument("--study", help="the study's name in the storage (overrides study; default: evomerge)")
+    _shared_options(run)
+    run.add_argument(
+        "--heartbeat", type=int, default=HEARTBEAT_SECONDS, metavar="SECONDS",
+        help=f"with --storage: how often each worker records a sign of life (default {HEARTBEAT_SECONDS}); a "
+        f"candidate whose worker is silent for {GRACE_HEARTBEATS} heartbeats is given to another worker",
+    )
     run.set_defaults(run=_run_search)
+
+    worker = commands.add_parser(
+        "worker",
+        help="join a shared run: evaluate candidates of a study in a storage",
+        description="Join the shared run (an Optuna study) NAME in the storage URL, started by `evomerge run "
+        "CONFIG --storage URL --study NAME`, and evaluate its candidates until its budget is spent. The run "
+        "config is read from the study; the models it names must be at the same paths here, with the same "
+        "content (checked). Start one worker per GPU, on as many machines as you like.",
+        epilog="example: evomerge worker --storage postgresql://evo:secret@db-host/evomerge --study night "
+        "--device cuda:3",
+    )
+    worker.add_argument("--storage", required=True, metavar="URL", help="the storage of the shared run")
+    worker.add_argument("--study", required=True, metavar="NAME", help="the study's name in the storage")
+    worker.add_argument("--device", help="device for the models (default: the run config's device)")
+    worker.add_argument("--run-dir", type=Path, help="where this worker writes run.log and config.yaml "
+                        "(default: the run config's run_dir)")
+    _shared_options(worker)
+    worker.set_defaults(run=_run_worker)
 
     resume = commands.add_parser(
         "resume",
@@ -112,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress, best candidate, Pareto front, speed and ETA of a run",
         description="Print the state of the run in RUN_DIR, while it is going or after it ended.",
     )
-    status.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    status.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="the run directory")
+    status.add_argument("--storage", metavar="URL", help="instead of RUN_DIR: the storage of a shared run")
+    status.add_argument("--study", metavar="NAME", help="with --storage: the study's name")
     status.add_argument(
         "--held-out", action="store_true",
         help="first score the best candidate and every Pareto point on the held-out split where the ledger "
@@ -120,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(run=_run_status)
     return parser
+
+
+def _shared_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--patience", type=float, default=PATIENCE_SECONDS, metavar="SECONDS",
+        help="with a storage: how long a worker that lost the database keeps retrying (backing off) before "
+        f"it exits (default {PATIENCE_SECONDS})",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,15 +223,24 @@ def _search_overrides(args: argparse.Namespace) -> dict[str, object]:
         overrides["run_dir"] = str(args.run_dir)
     if args.budget is not None:
         overrides["budget.evaluations"] = args.budget
-    if getattr(args, "seed", None) is not None:
-        overrides["seed"] = args.seed
+    for name in ("seed", "device", "storage", "study"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
     return overrides
 
 
 def _run_search(args: argparse.Namespace) -> None:
     from evomerge.config import load_config
 
-    _search(load_config(args.config, _search_overrides(args)))
+    config = load_config(args.config, _search_overrides(args))
+    _search(config, shared=args.storage is not None, heartbeat=args.heartbeat, patience=args.patience)
+
+
+def _run_worker(args: argparse.Namespace) -> None:
+    from evomerge.search.worker import joined_config
+
+    config = joined_config(args.storage, args.study, args.device, str(args.run_dir) if args.run_dir else None)
+    _search(config, shared=True, patience=args.patience)
 
 
 def _run_resume(args: argparse.Namespace) -> None:
@@ -204,11 +256,21 @@ def _stored_config(run_dir: Path, overrides: dict[str, object]) -> RunConfig:
     return load_config(run_dir / RUN_CONFIG, {**overrides, "run_dir": str(run_dir)})
 
 
-def _search(config: RunConfig) -> None:
+def _search(
+    config: RunConfig,
+    shared: bool = False,
+    heartbeat: int = HEARTBEAT_SECONDS,
+    patience: float = PATIENCE_SECONDS,
+) -> None:
+    """Run (or resume) a search; a shared one, or a run whose study is shared, as one of its workers."""
     from evomerge.search.loop import Search
     from evomerge.search.status import status_text
+    from evomerge.search.worker import SharedSearch, is_shared
 
-    search = Search(config)
+    if shared or is_shared(config):
+        search = SharedSearch(config, heartbeat_seconds=heartbeat, patience=patience)
+    else:
+        search = Search(config)
     if not (config.run_dir / RUN_CONFIG).is_file():
         (config.run_dir / RUN_CONFIG).write_text(yaml.safe_dump(config.to_json_dict(), sort_keys=False))
     try:
@@ -222,8 +284,14 @@ def _search(config: RunConfig) -> None:
 def _run_status(args: argparse.Namespace) -> None:
     from evomerge.search.ledger import load_run_study
     from evomerge.search.status import status_text
+    from evomerge.search.worker import joined_config
 
-    config = _stored_config(args.run_dir, {})
+    if args.storage is not None and args.study is not None and args.run_dir is None:
+        config = joined_config(args.storage, args.study, worker=False)
+    elif args.storage is None and args.study is None and args.run_dir is not None:
+        config = _stored_config(args.run_dir, {})
+    else:
+        raise UsageError("give either RUN_DIR or both --storage URL and --study NAME")
     if args.held_out:
         from evomerge.search.held_out import record_held_out
 

@@ -12,7 +12,7 @@ tasks:                  # what candidates are scored on (evomerge/evaluate/specs
   add: {data: zoo:add, limit: 64}
 objectives:             # metric and direction default to the task kind's first metric, its natural way
   - {task: add, metric: exact_match, direction: maximize}
-early_stopping: {enabled: true, chunk_size: 32}   # prune hopeless candidates (PRUNED trials)
+early_stopping: {enabled: true, chunk_size: 50}   # prune hopeless candidates (PRUNED trials)
 optimizer: {name: cmaes, population_size: 8, sigma: 0.3}
 budget: {evaluations: 48}
 seed: 0
@@ -65,7 +65,7 @@ class EarlyStopping(_Frozen):
     """Stop scoring a candidate once it cannot, with this confidence, beat the k-th best so far (PRUNED)."""
 
     enabled: bool = False
-    chunk_size: int = Field(32, ge=1, description="examples per task scored between two checks")
+    chunk_size: int = Field(50, ge=1, description="examples per task between two checks")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="one-sided confidence of the bound on the full score")
     top_k: int = Field(1, ge=1, description="prune a candidate that cannot beat the k-th best candidate so far")
 
@@ -101,6 +101,7 @@ class RunConfig(_Frozen):
     budget: Budget
     seed: int = 0
     storage: str | None = Field(None, description="an Optuna RDB URL; default sqlite in the run directory")
+    study: str = Field("evomerge", min_length=1, description="the study's name in the storage")
     run_dir: Path = Path("runs/run")
     device: str = "cpu"
 

@@ -4,8 +4,12 @@ The engine's contract:
 - **Resident.** The base and the sources are loaded once, when the engine is made; materializing a candidate
   reads no file and loads no model.
 - **In place.** `materialize(recipe, model)` writes every merged tensor into the parameters of a model that
-  already exists (the one the evaluator holds); nothing else is allocated per candidate beyond the working
-  tensors of one merge step.
+  already exists (the one the evaluator holds), block by block (methods/blocks.py); nothing else is allocated
+  per candidate beyond the working blocks of one merge step (and DARE's masks of one tensor). A tensor whose
+  parameters did not change since the last materialize into the same model is not written again.
+- **Memory.** Resident: the base and the sources in their own dtype (or `sources_dtype`), on the device or, with
+  `sources_device="cpu"`, in host memory (each tensor then crosses to the device when it is merged); the
+  target; working blocks. `from_recipe` checks this fits before loading and raises UsageError when it cannot.
 - **Bit-reproducible.** The same recipe over the same sources gives bit-identical tensors, whatever was
   materialized before: each tensor's random draws (DARE) come from a generator seeded by the recipe's seed and
   the tensor's name.
@@ -16,6 +20,8 @@ The engine's contract:
 
 from __future__ import annotations
 
+import os
+import weakref
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,25 +43,59 @@ class MergeStep:
     params: dict[str, Any] | None
     seed: int
 
+    def key(self, method: str) -> tuple:
+        """What the merged tensor depends on besides the resident models: equal keys, equal tensors."""
+        params = self.params or {}
+        frozen = tuple((name, tuple(v) if isinstance(v, list) else v) for name, v in sorted(params.items()))
+        return (method if self.params is not None else None, self.seed, frozen)
+
 
 class MergeEngine:
     """Holds the base and sources resident and writes recipes over them into models."""
 
-    def __init__(self, base: LoadedModel | None, sources: list[LoadedModel]) -> None:
+    def __init__(
+        self, base: LoadedModel | None, sources: list[LoadedModel], device: str | torch.device | None = None
+    ) -> None:
+        """`device`: where merges are computed and targets live; by default where the models' tensors are."""
         self.base = base
         self.sources = sources
         self.reference = base if base is not None else sources[0]
         check_compatible([self.reference, *[s for s in sources if s is not self.reference]])
         self.num_layers = self.reference.num_layers
+        self.device = torch.device(device) if device is not None else next(iter(self.reference.tensors.values())).device
+        # per target model: the key of every tensor as last written there (see materialize)
+        self._written: weakref.WeakKeyDictionary[PreTrainedModel, dict[str, tuple]] = weakref.WeakKeyDictionary()
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe, device: str | torch.device = "cpu") -> MergeEngine:
-        """Load the recipe's base and sources onto `device` (each model once, even if named twice)."""
+    def from_recipe(
+        cls,
+        recipe: Recipe,
+        device: str | torch.device = "cpu",
+        sources_device: str | torch.device | None = None,
+        sources_dtype: torch.dtype | None = None,
+    ) -> MergeEngine:
+        """Load the recipe's base and sources (each model once, even if named twice) to merge on `device`.
+
+        They stay resident on `sources_device` (default: `device`; "cpu" keeps them in host memory when the
+        accelerator cannot hold them all), in their own dtype or `sources_dtype`. Raises UsageError, before
+        loading more than one model, when they and a target cannot fit.
+        """
+        device = torch.device(device)
+        resident = torch.device(sources_device) if sources_device is not None else device
+        refs = list(dict.fromkeys(r for r in [recipe.base, *(s.model for s in recipe.sources)] if r is not None))
         loaded: dict[str, LoadedModel] = {}
-        for ref in [recipe.base, *(source.model for source in recipe.sources)]:
-            if ref is not None and ref not in loaded:
-                loaded[ref] = load_model(ref, device)
-        return cls(loaded[recipe.base] if recipe.base else None, [loaded[s.model] for s in recipe.sources])
+        for ref in refs:
+            model = load_model(ref, "cpu")
+            if not loaded:
+                check_fits(model, len(refs), resident, device, sources_dtype, recipe_dtype(recipe))
+            pin = resident.type == "cpu" and device.type == "cuda"  # pinned: copies to the device run at full speed
+            model.tensors = {
+                name: _resident(t.to(resident, sources_dtype if sources_dtype and t.is_floating_point() else t.dtype), pin)
+                for name, t in model.tensors.items()
+            }
+            loaded[ref] = model
+        base = loaded[recipe.base] if recipe.base else None
+        return cls(base, [loaded[s.model] for s in recipe.sources], device)
 
     def plan(self, recipe: Recipe) -> list[MergeStep]:
         """Resolve the recipe for every tensor; raises UsageError if it does not fit these models."""
@@ -76,39 +116,63 @@ class MergeEngine:
     def merged_tensors(self, recipe: Recipe, steps: list[MergeStep] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (name, tensor) for every tensor of the merged model: merged ones in float32, integer ones as stored."""
         method = recipe.method_def
-        base_tensors = self.base.tensors if self.base is not None else None
         for step in steps if steps is not None else self.plan(recipe):
             if step.params is None:
-                yield step.name, self.reference.tensors[step.name]
+                yield step.name, self.reference.tensors[step.name].to(self.device)
                 continue
-            device = self.reference.tensors[step.name].device
-            generator = torch.Generator(device=device).manual_seed(step.seed)
-            merged = method.merge(
-                base_tensors[step.name] if base_tensors is not None else None,
-                [source.tensors[step.name] for source in self.sources],
-                step.params,
-                generator,
-            )
+            base, sources, generator = self._inputs(step)
+            merged = method.merge(base, sources, step.params, generator)
             if not torch.isfinite(merged).all():
                 raise MergeFailure(f"the merge produced NaN or Inf in tensor '{step.name}'")
             yield step.name, merged
 
     def materialize(self, recipe: Recipe, model: PreTrainedModel, progress: bool = False) -> None:
-        """Write the recipe's merge into `model`'s parameters and buffers, in place, in the model's dtype."""
+        """Write the recipe's merge into `model`'s parameters and buffers, in place, in the model's dtype.
+
+        The same tensors as `merged_tensors`, rounded to the model's dtype, written block by block. A tensor
+        whose parameters (and seed) are those it was last written with in this model is skipped: the engine
+        assumes nothing else writes into the model's weights between materializes. A value that is not finite
+        (in the model's dtype: an overflow too) raises MergeFailure, and the next materialize writes everything.
+        """
         steps = self.plan(recipe)
         targets = dict(model.named_parameters())
         targets.update(model.named_buffers())
         missing = [step.name for step in steps if step.name not in targets]
         if missing:
             raise UsageError(f"the target model has no tensor '{missing[0]}' that the sources have")
-        merged = self.merged_tensors(recipe, steps)
+        written = self._written.pop(model, {})
+        todo = [
+            (step, key)
+            for step in steps
+            if written.get(step.name) != (key := (*step.key(recipe.method), targets[step.name].data_ptr()))
+        ]
         if progress:
             from tqdm import tqdm
 
-            merged = tqdm(merged, total=len(steps), desc="merging", unit="tensor", leave=False, disable=None)
+            todo = tqdm(todo, desc="merging", unit="tensor", leave=False, disable=None)
+        method = recipe.method_def
+        finite = []
         with torch.no_grad():
-            for name, tensor in merged:
-                targets[name].copy_(tensor)
+            for step, key in todo:
+                target = targets[step.name]
+                written.pop(step.name, None)
+                if step.params is None:
+                    target.copy_(self.reference.tensors[step.name])
+                else:
+                    base, sources, generator = self._inputs(step)
+                    method.merge_into(target, base, sources, step.params, generator)
+                    finite.append((step.name, torch.isfinite(target).all()))
+                written[step.name] = key
+        if finite and not bool(torch.stack([ok for _, ok in finite]).all()):
+            name = next(name for name, ok in finite if not ok)
+            raise MergeFailure(f"the merge produced NaN or Inf in tensor '{name}'")
+        self._written[model] = written
+
+    def _inputs(self, step: MergeStep) -> tuple[torch.Tensor | None, list[torch.Tensor], torch.Generator]:
+        """The base and source tensors of one step on the merge device, and its seeded generator there."""
+        base = self.base.tensors[step.name].to(self.device, non_blocking=True) if self.base is not None else None
+        sources = [source.tensors[step.name].to(self.device, non_blocking=True) for source in self.sources]
+        return base, sources, torch.Generator(device=self.device).manual_seed(step.seed)
 
     def new_target(self, dtype: torch.dtype | None = None) -> PreTrainedModel:
         """A model of the sources' architecture to materialize into, loaded once from the reference model.
@@ -118,10 +182,9 @@ class MergeEngine:
         """
         if dtype is None:
             dtype = next(t.dtype for t in self.reference.tensors.values() if t.is_floating_point())
-        device = next(iter(self.reference.tensors.values())).device
         ref = self.reference
         model = AutoModelForCausalLM.from_pretrained(ref.directory, gguf_file=ref.gguf_file, dtype=dtype)
-        return model.to(device).eval()
+        return model.to(self.device).eval()
 
     def _check_same_models(self, recipe: Recipe) -> None:
         expected = [source.ref for source in self.sources]
@@ -132,6 +195,10 @@ class MergeEngine:
                 f"the recipe names base {recipe.base} and sources {given}, "
                 f"but this engine holds base {base} and sources {expected}"
             )
+
+
+def _resident(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
+    return tensor.pin_memory() if pin else tensor
 
 
 def _tensor_seed(seed: int, name: str) -> int:
@@ -145,3 +212,59 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def recipe_dtype(recipe: Recipe) -> torch.dtype | None:
     """The dtype the recipe asks the merged model to be stored in, or None for the base model's."""
     return DTYPES[recipe.dtype] if recipe.dtype else None
+
+
+def model_bytes(model: LoadedModel, dtype: torch.dtype | None = None) -> int:
+    """Bytes a model's tensors take, with its floating tensors in `dtype` when given."""
+    return sum(
+        t.numel() * (dtype.itemsize if dtype is not None and t.is_floating_point() else t.element_size())
+        for t in model.tensors.values()
+    )
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory that can still be allocated on `device`: free accelerator memory, or the host's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as meminfo:  # MemAvailable counts reclaimable caches, unlike sysconf's free pages
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits(
+    first: LoadedModel,
+    models: int,
+    resident: torch.device,
+    device: torch.device,
+    sources_dtype: torch.dtype | None,
+    target_dtype: torch.dtype | None,
+) -> None:
+    """Raise UsageError unless `models` models like `first` fit on `resident` and a target plus working memory
+    on `device` (the models' largest tensor, in float32, once per model: DARE's draws and masks, and blocks)."""
+    largest = max(t.numel() for t in first.tensors.values())
+    target = model_bytes(first, target_dtype)
+    sources = models * model_bytes(first, sources_dtype)
+    working = 4 * largest * (models + 2)
+    gib = 2**30
+    if resident == device:
+        need, free = sources + target + working, free_bytes(device)
+        if need > free:
+            hint = (
+                "; keep the sources in host memory (sources_device='cpu') or in a lower precision (sources_dtype)"
+                if device.type != "cpu"
+                else "; use fewer or smaller models, or a lower precision for the sources (sources_dtype)"
+            )
+            raise UsageError(
+                f"the merge needs {need / gib:.1f} GiB on {device} ({models} models, a target and working memory) "
+                f"but only {free / gib:.1f} GiB are free{hint}"
+            )
+        return
+    for what, need, where in (("the models", sources, resident), ("a target and working memory", target + working, device)):
+        free = free_bytes(where)
+        if need > free:
+            raise UsageError(
+                f"{what} of the merge need {need / gib:.1f} GiB on {where} but only {free / gib:.1f} GiB are free; "
+                "use fewer or smaller models, or a lower precision for the sources (sources_dtype)"
+            )

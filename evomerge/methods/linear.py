@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from evomerge.methods.blocks import block_size, write_blocks
 from evomerge.methods.params import WEIGHT, normalize_param
 from evomerge.methods.registry import MergeMethod, register
 
@@ -15,18 +16,27 @@ def linear(
     weight: list[float],
     normalize: bool = True,
     generator: torch.Generator | None = None,
+    out: torch.Tensor | None = None,
+    block: int | None = None,
 ) -> torch.Tensor:
     """result = sum_i w_i * x_i, divided by sum_i w_i when `normalize` (unless |sum_i w_i| < 1e-8); float32.
 
-    The base, if the recipe names one, takes no part.
+    The base, if the recipe names one, takes no part. The sum runs in source order, in float32. The result is
+    written into `out` when given (in its dtype), computed `block` elements at a time (see methods/blocks.py).
     """
-    result = torch.zeros(sources[0].shape, dtype=torch.float32, device=sources[0].device)
-    for w, source in zip(weight, sources, strict=True):
-        result += w * source.float()
+    flats = [source.reshape(-1) for source in sources]
     total = float(sum(weight))
-    if normalize and abs(total) >= 1e-8:
-        result /= total
-    return result
+    divide = normalize and abs(total) >= 1e-8
+    work = torch.empty(2, block_size(sources[0], block), dtype=torch.float32, device=sources[0].device)
+
+    def merged_block(start: int, stop: int) -> torch.Tensor:
+        result, term = work[0, : stop - start].zero_(), work[1, : stop - start]
+        for w, source in zip(weight, flats, strict=True):
+            term.copy_(source[start:stop]).mul_(w)
+            result.add_(term)
+        return result.div_(total) if divide else result
+
+    return write_blocks(sources[0], merged_block, out, block)
 
 
 LINEAR = register(
@@ -36,5 +46,6 @@ LINEAR = register(
         params=(WEIGHT, normalize_param(True)),
         needs_base=False,
         reference="https://arxiv.org/abs/2203.05482",
+        writes_into=True,
     )
 )

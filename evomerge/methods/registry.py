@@ -68,7 +68,8 @@ class MergeMethod:
 
     The function is called as `function(base, sources, generator=..., **params)` where `base` is the base
     tensor (or None), `sources` the source tensors, each per-source parameter a list with one value per source,
-    and each global parameter a scalar. It returns the merged tensor in float32.
+    and each global parameter a scalar. It returns the merged tensor in float32. A method that `writes_into` also
+    takes `out` (a tensor to write the result into, in its dtype) and `block` (elements computed at a time).
     """
 
     name: str
@@ -79,6 +80,7 @@ class MergeMethod:
     max_sources: int | None = None
     reference: str = ""
     fixed: dict[str, object] = field(default_factory=dict)
+    writes_into: bool = False
 
     def param(self, name: str) -> ParamSpec:
         for spec in self.params:
@@ -97,6 +99,25 @@ class MergeMethod:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         return self.function(base, list(sources), generator=generator, **self.fixed, **params)
+
+    def merge_into(
+        self,
+        out: torch.Tensor,
+        base: torch.Tensor | None,
+        sources: Sequence[torch.Tensor],
+        params: dict[str, object],
+        generator: torch.Generator | None = None,
+        block: int | None = None,
+    ) -> None:
+        """Write the merge into `out` (in its dtype): the values `merge` returns, rounded to `out`'s dtype.
+
+        A method that `writes_into` computes block by block straight into `out` (methods/blocks.py); any other
+        makes its float32 result first.
+        """
+        if self.writes_into:
+            self.function(base, list(sources), generator=generator, out=out, block=block, **self.fixed, **params)
+        else:
+            out.copy_(self.merge(base, sources, params, generator))
 
 
 _METHODS: dict[str, MergeMethod] = {}

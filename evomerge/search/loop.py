@@ -68,11 +68,15 @@ class Search:
         self.seed_points = [self.genome.encode(recipe) for recipe in self.seed_recipes]
         early = config.early_stopping
         self.pruner = Pruner(config, self.scorer.evaluator.metrics()) if early.enabled else None
-        self.study, self.resumed = _open_run(config)
+        self.study, self.resumed = self.open_ledger()
         self.log = _file_logger(config)
         self.started = time.monotonic()
         self.elapsed_before = float(self.study.user_attrs.get(ELAPSED_ATTR, 0.0))
         self.bar = None
+
+    def open_ledger(self) -> tuple[optuna.Study, bool]:
+        """The run's study and whether it is resumed (a shared run opens it its own way: search/worker.py)."""
+        return _open_run(self.config)
 
     # ------------------------------------------------------------------ the loop
 
@@ -179,16 +183,19 @@ class Search:
         worst = max(value.values(), default=0.0)
         return [value.get(t.number, worst + 1.0) for t in trials]
 
-    def _add_trial(self, point: dict[str, float], outcome: Outcome, attrs: dict[str, Any]) -> optuna.trial.FrozenTrial:
-        distributions = {
+    def distributions(self) -> dict[str, FloatDistribution]:
+        """The genes as Optuna parameter distributions."""
+        return {
             gene.name: FloatDistribution(gene.param.low, gene.param.high, log=gene.param.log)
             for gene in self.genome.genes
         }
+
+    def _add_trial(self, point: dict[str, float], outcome: Outcome, attrs: dict[str, Any]) -> optuna.trial.FrozenTrial:
         trial = optuna.trial.create_trial(
             state=outcome.state,
             values=outcome.values,
             params=point,
-            distributions=distributions,
+            distributions=self.distributions(),
             user_attrs={**outcome.attrs, **attrs},
         )
         self.study.add_trial(trial)

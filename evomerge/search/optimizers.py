@@ -19,22 +19,28 @@ from optuna.trial import FrozenTrial
 
 from evomerge.config import Objective, OptimizerConfig
 
-def optuna_sampler(config: OptimizerConfig, seed: int) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler a config names, seeded.
+#: Optimizers that workers can share: each ask is independent of the candidates still running elsewhere.
+#: pycma's CMA-ES (`cmaes`) needs a whole generation told at once, in one process.
+SHAREABLE = ("tpe", "nsga2", "nsga3", "optuna-cmaes", "gp", "random")
+
+
+def optuna_sampler(config: OptimizerConfig, seed: int, shared: bool = False) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler a config names, seeded; `shared` when workers ask it concurrently (TPE then lies
+    that running trials scored the worst value seen, so that concurrent asks spread out: constant liar).
 
     A sampler is made for every trial (see the module docstring), so Optuna's "experimental" notice for some
     samplers would repeat on every candidate; it is silenced here, where the choice is the user's config.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _sampler(config, seed)
+        return _sampler(config, seed, shared)
 
 
-def _sampler(config: OptimizerConfig, seed: int) -> optuna.samplers.BaseSampler:
+def _sampler(config: OptimizerConfig, seed: int, shared: bool) -> optuna.samplers.BaseSampler:
     samplers = optuna.samplers
     population = {"population_size": config.population_size} if config.population_size else {}
     if config.name == "tpe":
-        return samplers.TPESampler(seed=seed, multivariate=True)
+        return samplers.TPESampler(seed=seed, multivariate=True, constant_liar=shared)
     if config.name == "optuna-cmaes":
         return samplers.CmaEsSampler(seed=seed, popsize=config.population_size, warn_independent_sampling=False)
     if config.name == "nsga2":

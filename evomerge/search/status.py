@@ -7,7 +7,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig
 from evomerge.evaluate.tasks import Scores
-from evomerge.search.ledger import ELAPSED_ATTR, load_run_study
+from evomerge.search.ledger import ELAPSED_ATTR, counts_toward_budget, load_run_study
 from evomerge.search.results import best_trial, held_out_scores, pareto_front
 
 
@@ -16,7 +16,9 @@ def status_text(config: RunConfig) -> str:
     trials = study.get_trials(deepcopy=False)
     held_out = held_out_scores(study)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
-    finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED] + count[TrialState.FAIL]
+    finished = sum(map(counts_toward_budget, trials))
+    lost = sum(t.state == TrialState.FAIL and not counts_toward_budget(t) for t in trials)
+    failed = count[TrialState.FAIL] - lost
     budget = config.budget.evaluations
     elapsed = float(study.user_attrs.get(ELAPSED_ATTR, 0.0))
     lines = [
@@ -24,7 +26,8 @@ def status_text(config: RunConfig) -> str:
         + ", ".join(f"{o.task}.{o.metric} ({o.direction})" for o in config.objectives),
         f"progress: {finished}" + (f"/{budget}" if budget else "") + f" evaluated ({count[TrialState.COMPLETE]} complete, "
         + (f"{count[TrialState.PRUNED]} stopped early, " if count[TrialState.PRUNED] else "")
-        + f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running)",
+        + f"{failed} failed, {count[TrialState.RUNNING]} running"
+        + (f", {lost} lost with their worker and retried" if lost else "") + ")",
     ]
     if elapsed > 0 and finished:
         rate = finished / elapsed * 3600

@@ -1,0 +1,285 @@
+"""Shared search: several worker processes on one study, over a real PostgreSQL server and over SQLite.
+
+The PostgreSQL server is a throwaway cluster on loopback (tests/postgres.py); without PostgreSQL installed
+these tests fail unless EVOMERGE_SKIP_POSTGRES=1 says to skip them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import save_tiny_llama
+from optuna.trial import FrozenTrial, TrialState
+from postgres import PASSWORD, Postgres
+
+from evomerge.cli import main
+from evomerge.fingerprint import BLOCK, SAMPLES, file_fingerprint, model_fingerprint
+from evomerge.search.ledger import counts_toward_budget
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    server = Postgres()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def numbers_task(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("task")
+    for split, numbers in (("search", range(0, 6)), ("held_out", range(6, 10))):
+        (data / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"prompt": f"n{i}=", "answer": str(i)}) + "\n" for i in numbers)
+        )
+    return data
+
+
+def tiny_config(
+    path: Path, models: dict[str, Path], task: Path, optimizer: str = "random", evaluations: int = 3
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": {
+                    "method": "task_arithmetic",
+                    "base": str(models["base"]),
+                    "sources": [{"model": str(models["a"])}, {"model": str(models["b"])}],
+                },
+                "genome": [{"param": "weight", "granularity": "layer", "low": 0.0, "high": 1.5}],
+                "tasks": {"t": {"data": str(task), "limit": 2}},
+                "objectives": [{"task": "t"}],
+                "optimizer": {"name": optimizer},
+                "budget": {"evaluations": evaluations},
+                "run_dir": str(path.parent / "run"),
+            }
+        )
+    )
+    return path
+
+
+def evomerge(*args: object, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "evomerge.cli", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def cli(*args: object) -> int:
+    return main([str(arg) for arg in args])
+
+
+def trials(url: str, study: str) -> list[FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=url).get_trials()
+
+
+def wait_for(condition, what: str, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def study_exists(url: str, study: str) -> bool:
+    return study in [s.study_name for s in optuna.get_all_study_summaries(url)]
+
+
+def assert_exactly_the_budget_with_every_lost_candidate_retried(
+    ledger: list[FrozenTrial], budget: int
+) -> list[FrozenTrial]:
+    """Exactly `budget` complete trials, none running, no candidate evaluated twice, and every trial lost with
+    its worker evaluated again (same parameters) by a trial that names it. Returns the lost trials."""
+    complete = [t for t in ledger if t.state == TrialState.COMPLETE]
+    assert len(complete) == budget and sum(map(counts_toward_budget, ledger)) == budget
+    assert not [t for t in ledger if t.state in (TrialState.RUNNING, TrialState.WAITING) and t.params], (
+        "left running"
+    )
+    params = [json.dumps(t.params, sort_keys=True) for t in complete]
+    assert len(set(params)) == len(params), "a candidate was evaluated twice"
+    lost = [t for t in ledger if t.state == TrialState.FAIL and not counts_toward_budget(t)]
+    for trial in lost:
+        retries = [t for t in complete if trial.number in t.system_attrs.get("retry_history", [])]
+        assert len(retries) == 1 and retries[0].params == trial.params != {}, (
+            f"trial {trial.number} was not retried once"
+        )
+    return lost
+
+
+@pytest.mark.slow
+def test_three_workers_on_the_zoo_one_killed_mid_candidate_end_with_exactly_the_budget(
+    zoo_dir, postgres, tmp_path
+):
+    budget = 12
+    data = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
+    data["tasks"] = {name: {**task, "limit": 8} for name, task in data["tasks"].items()}
+    data.update(optimizer={"name": "tpe"}, budget={"evaluations": budget}, run_dir=str(tmp_path / "run"))
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump(data))
+
+    first = evomerge("run", config, "--storage", postgres.url, "--study", "zoo", "--heartbeat", "1")
+    wait_for(lambda: study_exists(postgres.url, "zoo") or first.poll() is not None, "the study")
+    workers = [
+        evomerge("worker", "--storage", postgres.url, "--study", "zoo", "--run-dir", tmp_path / f"w{i}")
+        for i in (1, 2)
+    ]
+    victim = f"{socket.gethostname()}:{workers[1].pid}"
+    wait_for(
+        lambda: any(
+            t.state == TrialState.RUNNING and t.user_attrs.get("worker") == victim
+            for t in trials(postgres.url, "zoo")
+        ),
+        "the victim's first candidate",
+    )
+    time.sleep(random.uniform(0.2, 1.0))
+    os.kill(workers[1].pid, signal.SIGKILL)
+    for process in (first, workers[0]):
+        _, errors = process.communicate(timeout=300)
+        assert process.returncode == 0, errors
+    assert workers[1].wait() == -signal.SIGKILL
+
+    ledger = trials(postgres.url, "zoo")
+    lost = assert_exactly_the_budget_with_every_lost_candidate_retried(ledger, budget)
+    assert [t.user_attrs["worker"] for t in lost if t.user_attrs["worker"] == victim], (
+        "the killed candidate is not lost"
+    )
+    workers_that_completed = {t.user_attrs["worker"] for t in ledger if t.state == TrialState.COMPLETE}
+    assert len(workers_that_completed) >= 2
+    assert cli("status", "--storage", postgres.url, "--study", "zoo") == 0
+
+
+def test_workers_on_one_machine_share_a_sqlite_ledger_without_lock_errors(
+    tiny_models, numbers_task, tmp_path
+):
+    budget = 24
+    config = tiny_config(tmp_path / "c.yaml", tiny_models, numbers_task, "tpe", evaluations=budget)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    processes = [
+        evomerge("run", config, "--storage", url, "--study", "s", "--heartbeat", "1") for _ in range(3)
+    ]
+    for process in processes:
+        _, errors = process.communicate(timeout=300)
+        assert process.returncode == 0 and "locked" not in errors, errors
+    ledger = trials(url, "s")
+    assert assert_exactly_the_budget_with_every_lost_candidate_retried(ledger, budget) == []
+    assert len({t.user_attrs["worker"] for t in ledger}) == 3
+    assert [t.params for t in ledger[:1]] == [
+        {
+            "sources.0.weight@layer0": 1.0,
+            "sources.0.weight@layer1": 1.0,
+            "sources.1.weight@layer0": 1.0,
+            "sources.1.weight@layer1": 1.0,
+        }
+    ]
+
+
+def test_a_worker_that_loses_the_database_gives_up_with_one_line_and_the_study_goes_on(
+    tiny_models, numbers_task, postgres, tmp_path, capsys
+):
+    budget = 12
+    config = tiny_config(tmp_path / "c.yaml", tiny_models, numbers_task, evaluations=budget)
+    process = evomerge(
+        "run", config, "--storage", postgres.url, "--study", "lost", "--heartbeat", "1", "--patience", "4"
+    )
+    wait_for(
+        lambda: (
+            study_exists(postgres.url, "lost")
+            and sum(map(counts_toward_budget, trials(postgres.url, "lost"))) >= 3
+        ),
+        "three candidates",
+    )
+    postgres.stop()
+    try:
+        _, errors = process.communicate(timeout=120)
+    finally:
+        postgres.start()
+    assert process.returncode == 2, errors
+    last = errors.strip().splitlines()[-1]
+    assert (
+        last.startswith("evomerge: error: lost the storage")
+        and "gave up after" in last
+        and PASSWORD not in errors
+    )
+
+    assert cli("worker", "--storage", postgres.url, "--study", "lost", "--run-dir", tmp_path / "w") == 0
+    assert (
+        assert_exactly_the_budget_with_every_lost_candidate_retried(trials(postgres.url, "lost"), budget)
+        is not None
+    )
+    assert f"progress: {budget}/{budget}" in capsys.readouterr().out
+
+
+def test_bad_storages_studies_models_and_optimizers_get_one_line_and_exit_2(
+    tiny_models, numbers_task, postgres, tmp_path, capsys
+):
+    models = {name: shutil.copytree(tiny_models[name], tmp_path / name) for name in ("base", "a", "b")}
+    config = tiny_config(tmp_path / "c.yaml", models, numbers_task, evaluations=1)
+    assert cli("run", config, "--storage", postgres.url, "--study", "known", "--heartbeat", "1") == 0
+    serial = yaml.safe_load(config.read_text()) | {
+        "storage": postgres.url,
+        "study": "serial",
+        "run_dir": str(tmp_path / "s"),
+    }
+    (tmp_path / "serial.yaml").write_text(yaml.safe_dump(serial))
+    assert cli("run", tmp_path / "serial.yaml") == 0
+    capsys.readouterr()
+
+    def refused(*args: object) -> str:
+        assert cli(*args) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1, error
+        return error
+
+    wrong_password = postgres.url.replace(PASSWORD, "not-the-password")
+    error = refused("worker", "--storage", wrong_password, "--study", "known")
+    assert "password authentication failed" in error and "not-the-password" not in error
+    assert "cannot open the storage 'postgresql://evomerge:***@127.0.0.1:1/postgres'" in refused(
+        "worker", "--storage", postgres.url.replace(str(postgres.port), "1"), "--study", "known"
+    )
+    assert "no study 'nope'" in (error := refused("worker", "--storage", postgres.url, "--study", "nope"))
+    assert "it has: known" in error and "serial" in error
+    assert "one-process run" in refused("worker", "--storage", postgres.url, "--study", "serial")
+    assert "tpe, nsga2, nsga3, optuna-cmaes, gp, random" in refused(
+        "run",
+        tiny_config(tmp_path / "cma" / "c.yaml", models, numbers_task, "cmaes"),
+        "--storage",
+        postgres.url,
+    )
+
+    save_tiny_llama(models["b"], seed=99)  # same architecture, other weights, at the path the study knows
+    error = refused("worker", "--storage", postgres.url, "--study", "known")
+    assert f"model '{models['b']}' here differs from the one the study 'known'" in error
+    assert cli("status", "--storage", postgres.url, "--study", "known") == 0
+    assert "progress: 1/1" in capsys.readouterr().out
+
+
+def test_a_fingerprint_samples_big_files_and_tells_fine_tunes_apart(tiny_models, tmp_path):
+    big = tmp_path / "big.bin"
+    data = bytearray(random.Random(0).randbytes(3 * SAMPLES * BLOCK))
+    big.write_bytes(data)
+    before = file_fingerprint(big)
+    data[-1] ^= 1  # in the last sampled block
+    big.write_bytes(data)
+    changed = file_fingerprint(big)
+    data[BLOCK + 10] ^= 1  # between the first and second samples: not seen, by design
+    big.write_bytes(data)
+    assert before != changed == file_fingerprint(big)
+    assert model_fingerprint(str(tiny_models["a"])) != model_fingerprint(str(tiny_models["b"]))
+    copy = shutil.copytree(tiny_models["a"], tmp_path / "copy")
+    assert model_fingerprint(str(copy)) == model_fingerprint(str(tiny_models["a"]))
