@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "merge",
         help="merge models as a recipe says and write the result",
         description="Merge the models of a recipe YAML (method, base, sources, per-layer parameters; see "
-        "configs/merge_ties.yaml) and write a Hugging Face model directory that "
+        "configs/merge_ties.yaml), or stack the layers a stack recipe lists (sources, embeddings, layers as "
+        "[source, layer, scale]; written by layer-stacking runs), and write a Hugging Face model directory that "
         "AutoModelForCausalLM.from_pretrained loads, with the recipe copied beside it.",
         epilog="example: evomerge merge configs/merge_ties.yaml --out merged-ties",
     )
@@ -264,12 +265,18 @@ def _run_zoo_build(args: argparse.Namespace) -> None:
 
 
 def _run_merge(args: argparse.Namespace) -> None:
+    from evomerge.dfs import StackRecipe
     from evomerge.export import write_merge
-    from evomerge.recipe import load_recipe
+    from evomerge.files import read_yaml
+    from evomerge.search.space import candidate_from_dict
+    from evomerge.stacking import write_stack
 
-    recipe = load_recipe(args.recipe)
+    recipe = candidate_from_dict(read_yaml(args.recipe, "recipe"), origin=f"recipe '{args.recipe}'")
     started = time.perf_counter()
-    write_merge(recipe, args.out, device=args.device)
+    if isinstance(recipe, StackRecipe):
+        write_stack(recipe, args.out, device=args.device)
+    else:
+        write_merge(recipe, args.out, device=args.device)
     print(f"merged model written to {args.out} in {time.perf_counter() - started:.1f} s")
 
 
@@ -361,17 +368,27 @@ def _run_status(args: argparse.Namespace) -> None:
     print(status_text(config))
 
 
+def _parameter_space_run(config: RunConfig, command: str) -> RunConfig:
+    """The config, if it is a merge-parameter search: `command` does not handle layer-stacking runs yet."""
+    if config.stack is not None:
+        raise UsageError(
+            f"evomerge {command} does not handle layer-stacking (stack:) runs yet; `evomerge status` shows its "
+            "best trial, and `evomerge merge` writes a trial's stack recipe (its `recipe` in the ledger)"
+        )
+    return config
+
+
 def _run_report(args: argparse.Namespace) -> None:
     from evomerge.report import write_report
 
-    print(f"report written to {write_report(_stored_config(args.run_dir, {}))}")
+    print(f"report written to {write_report(_parameter_space_run(_stored_config(args.run_dir, {}), 'report'))}")
 
 
 def _run_export(args: argparse.Namespace) -> None:
     from evomerge.search.export import export_candidate, pick_trial
     from evomerge.search.ledger import load_run_study
 
-    config = _stored_config(args.run_dir, {})
+    config = _parameter_space_run(_stored_config(args.run_dir, {}), "export")
     study = load_run_study(config)
     trial, chosen_as = pick_trial(config, study, args.trial, args.pick)
     export_candidate(config, study, trial, chosen_as, args.out, force=args.force, fmt=args.format)
@@ -387,7 +404,7 @@ def _run_baselines(args: argparse.Namespace) -> None:
         config = _stored_config(args.config, {})
     else:
         config = load_config(args.config, {} if args.run_dir is None else {"run_dir": str(args.run_dir)})
-    baselines = run_baselines(config)
+    baselines = run_baselines(_parameter_space_run(config, "baselines"))
     _write_run_config(config)
     print(results_table(config, baseline_rows(config, baselines)))
 

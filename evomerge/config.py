@@ -19,6 +19,13 @@ seed: 0
 run_dir: runs/demo      # the ledger (ledger.db), the log and the config live here
 ```
 
+A layer-stacking (data-flow space) run has a `stack:` section instead of `recipe` and `genome`
+(evomerge/dfs.py: StackSpace):
+
+```yaml
+stack: {sources: [zoo:expert_add, zoo:expert_reverse], repeats: 2, max_depth: 6, scale_low: 0.5, scale_high: 1.5}
+```
+
 Every mistake is reported as one line naming the field (`load_config`).
 """
 
@@ -29,6 +36,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from evomerge.dfs import StackSpace
 from evomerge.errors import UsageError, first_validation_problem
 from evomerge.evaluate.specs import TaskSpec
 from evomerge.files import read_yaml
@@ -82,8 +90,9 @@ class Budget(_Frozen):
 
 
 class RunConfig(_Frozen):
-    recipe: Recipe
-    genome: list[SearchedParam] = Field(min_length=1)
+    recipe: Recipe | None = None
+    genome: list[SearchedParam] = Field(default_factory=list)
+    stack: StackSpace | None = None
     seed_recipes: list[Path] = Field(default_factory=list)
     tasks: dict[str, TaskSpec] = Field(min_length=1)
     objectives: list[Objective] = Field(min_length=1)
@@ -103,6 +112,14 @@ class RunConfig(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        if (self.recipe is None) == (self.stack is None):
+            raise ValueError(
+                "give either 'recipe' and 'genome' (a merge-parameter search) or 'stack' (a layer-stacking search)"
+            )
+        if self.recipe is not None and not self.genome:
+            raise ValueError("genome: no parameter is searched; list at least one under 'genome'")
+        if self.stack is not None and self.genome:
+            raise ValueError("genome: a layer-stacking run searches its 'stack' section; remove 'genome'")
         resolved = []
         for objective in self.objectives:
             if objective.task not in self.tasks:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from evomerge.recipe import Recipe
 from evomerge.sources import resolve_ref
+
+if TYPE_CHECKING:
+    from evomerge.config import RunConfig
 
 SAMPLES = 16
 BLOCK = 64 * 1024
@@ -46,7 +49,15 @@ def model_fingerprint(ref: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def recipe_fingerprints(recipe: Recipe) -> dict[str, str]:
-    """The fingerprint of every model a recipe names, by its reference."""
-    refs = ([recipe.base] if recipe.base else []) + [source.model for source in recipe.sources]
+def config_fingerprints(config: RunConfig) -> dict[str, str]:
+    """The fingerprint of every model a run config names (its recipe's, or its stack's and theirs), by reference."""
+    recipes = [config.recipe] if config.recipe is not None else []
+    refs: list[str] = []
+    for source in config.stack.sources if config.stack is not None else []:
+        if isinstance(source, str):
+            refs.append(source)
+        else:
+            recipes.append(source)
+    for recipe in recipes:
+        refs += ([recipe.base] if recipe.base else []) + [source.model for source in recipe.sources]
     return {ref: model_fingerprint(ref) for ref in dict.fromkeys(refs)}

@@ -84,7 +84,38 @@ class Gene:
         return min(1.0, max(0.0, u))
 
 
-class Genome:
+class GeneSpace:
+    """What the loop needs of a search space: its genes, `decode` (gene values -> candidate) and `encode`
+    (candidate -> gene values); the unit-cube views follow from them."""
+
+    genes: list[Gene]
+
+    def decode(self, values: Mapping[str, float]) -> Any:
+        raise NotImplementedError
+
+    def encode(self, candidate: Any) -> dict[str, float]:
+        raise NotImplementedError
+
+    @property
+    def dimension(self) -> int:
+        return len(self.genes)
+
+    @property
+    def names(self) -> list[str]:
+        return [gene.name for gene in self.genes]
+
+    def decode_unit(self, unit: Sequence[float]) -> Any:
+        """The candidate of a point of the unit cube, one coordinate per gene in `names` order."""
+        if len(unit) != self.dimension:
+            raise ValueError(f"expected {self.dimension} coordinates, got {len(unit)}")
+        return self.decode({gene.name: gene.value(u) for gene, u in zip(self.genes, unit)})
+
+    def encode_unit(self, candidate: Any) -> list[float]:
+        values = self.encode(candidate)
+        return [gene.unit(values[gene.name]) for gene in self.genes]
+
+
+class Genome(GeneSpace):
     """The genes of a search over one template recipe and one set of models."""
 
     def __init__(self, template: Recipe, searched: Sequence[SearchedParam], num_layers: int, kinds: set[str]):
@@ -110,14 +141,6 @@ class Genome:
             raise UsageError("genome: no parameter is searched; list at least one under 'genome'")
         self.genes = genes
 
-    @property
-    def dimension(self) -> int:
-        return len(self.genes)
-
-    @property
-    def names(self) -> list[str]:
-        return [gene.name for gene in self.genes]
-
     def decode(self, values: Mapping[str, float]) -> Recipe:
         """The recipe whose searched parameters take `values` (gene name -> parameter value)."""
         data = self.template.model_dump(exclude_none=True)
@@ -137,12 +160,6 @@ class Genome:
             target = data["sources"][source] if source is not None else data.setdefault("parameters", {})
             target[name] = value
         return recipe_from_dict(data, origin="genome")
-
-    def decode_unit(self, unit: Sequence[float]) -> Recipe:
-        """The recipe of a point of the unit cube, one coordinate per gene in `names` order."""
-        if len(unit) != self.dimension:
-            raise ValueError(f"expected {self.dimension} coordinates, got {len(unit)}")
-        return self.decode({gene.name: gene.value(u) for gene, u in zip(self.genes, unit)})
 
     def encode(self, recipe: Recipe) -> dict[str, float]:
         """Gene values that reproduce `recipe` as closely as this genome can, clipped to the bounds.
@@ -165,10 +182,6 @@ class Genome:
             value = float(resolve_value(raw, layer, kind, self.num_layers, f"seed recipe {gene.name}"))
             values[gene.name] = gene.value(gene.unit(value))
         return values
-
-    def encode_unit(self, recipe: Recipe) -> list[float]:
-        values = self.encode(recipe)
-        return [gene.unit(values[gene.name]) for gene in self.genes]
 
 
 def reflect_into_unit(u: float) -> float:

@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -39,6 +40,16 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """A base and three sources: tiny random Llamas of one architecture."""
     root = tmp_path_factory.mktemp("tiny")
     return {name: save_tiny_llama(root / name, seed) for seed, name in enumerate(["base", "a", "b", "c"])}
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> Path:
+    """A generate task on numbers (n3= -> 3): 12 search and 8 held-out rows."""
+    data = tmp_path_factory.mktemp("task")
+    for split, numbers in (("search", range(12)), ("held_out", range(12, 20))):
+        rows = "".join(json.dumps({"prompt": f"n{i}=", "answer": str(i)}) + "\n" for i in numbers)
+        (data / f"{split}.jsonl").write_text(rows)
+    return data
 
 
 @pytest.fixture(scope="session")

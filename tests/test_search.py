@@ -20,15 +20,6 @@ from evomerge.search.scoring import CandidateScorer
 from evomerge.search.status import status_text
 
 
-@pytest.fixture(scope="module")
-def task_dir(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("task")
-    for split, numbers in (("search", range(0, 12)), ("held_out", range(12, 20))):
-        rows = "".join(json.dumps({"prompt": f"n{i}=", "answer": str(i)}) + "\n" for i in numbers)
-        (data / f"{split}.jsonl").write_text(rows)
-    return data
-
-
 def config_data(tiny_models, task_dir, run_dir, optimizer="cmaes", evaluations=9, **changes):
     data = {
         "recipe": {

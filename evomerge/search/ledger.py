@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig
 from evomerge.errors import UsageError
-from evomerge.fingerprint import recipe_fingerprints
+from evomerge.fingerprint import config_fingerprints
 from evomerge.search.storage import open_storage, safe_url, study_names
 
 CONFIG_ATTR = "config"
@@ -52,7 +52,7 @@ def create_study(
     directions = [objective.direction for objective in config.objectives]
     study = optuna.create_study(storage=storage, study_name=config.study, directions=directions)
     study.set_user_attr(CONFIG_ATTR, stored_config(config))
-    study.set_user_attr(MODELS_ATTR, recipe_fingerprints(config.recipe))
+    study.set_user_attr(MODELS_ATTR, config_fingerprints(config))
     if heartbeat_seconds is not None:
         study.set_user_attr(HEARTBEAT_ATTR, heartbeat_seconds)
     return study
@@ -98,7 +98,7 @@ def run_place(config: RunConfig) -> str:
 def check_models(study: optuna.Study, config: RunConfig) -> None:
     """Refuse models whose files here differ from the ones the study was made with."""
     recorded = study.user_attrs.get(MODELS_ATTR, {})
-    for ref, fingerprint in recipe_fingerprints(config.recipe).items():
+    for ref, fingerprint in config_fingerprints(config).items():
         if recorded.get(ref, fingerprint) != fingerprint:
             raise UsageError(
                 f"model '{ref}' here differs from the one {run_place(config)} was started with (content "

@@ -11,6 +11,7 @@ Guarantees (DESIGN.md decision 2):
   failures in a row stop the run with the last reason.
 - **Seeds first.** The first candidates are the template recipe with every searched parameter at the method's
   default (equal weights: the uniform merge) and then each of `seed_recipes`; CMA-ES starts from the best.
+  A layer-stacking search (evomerge/dfs.py) starts from each source as it is.
 """
 
 from __future__ import annotations
@@ -30,13 +31,12 @@ from optuna.trial import TrialState
 from evomerge.config import RunConfig
 from evomerge.errors import MergeFailure, UsageError
 from evomerge.evaluate.tasks import Partial
-from evomerge.genome import Genome
-from evomerge.recipe import load_recipe
 from evomerge.search.held_out import record_held_out
 from evomerge.search.ledger import ELAPSED_ATTR, open_study
 from evomerge.search.optimizers import losses, optuna_sampler, pycma_options, scalarize, scalarized, trial_seed
 from evomerge.search.pruning import Pruner
 from evomerge.search.scoring import CandidateScorer
+from evomerge.search.space import search_genome
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SEEDED_ATTR = "seeded"
@@ -64,11 +64,8 @@ class Search:
         self.config = config
         self.progress = progress
         self.scorer = CandidateScorer(config)
-        engine = self.scorer.engine
-        self.genome = Genome(config.recipe, config.genome, engine.num_layers, engine.reference.module_kinds)
-        self.seed_recipes = [config.recipe, *(load_recipe(path) for path in config.seed_recipes)]
+        self.genome, self.seed_recipes = search_genome(config, self.scorer)
         self.seed_points = [self.genome.encode(recipe) for recipe in self.seed_recipes]
-        engine.plan(self.genome.decode(self.seed_points[0]))
         early = config.early_stopping
         self.pruner = Pruner(config, self.scorer.evaluator.metrics()) if early.enabled else None
         self.study, self.resumed = self.open_ledger()

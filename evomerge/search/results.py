@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import optuna
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig
 from evomerge.evaluate.tasks import Scores
-from evomerge.recipe import Recipe, recipe_from_dict
 from evomerge.search.optimizers import scalarized
+from evomerge.search.space import Candidate, candidate_from_yaml
 
 #: Held-out scores live in study user attributes `held_out.N` for trial N: Optuna refuses changes to a
 #: finished trial's own attributes, and they are computed after the trial finished (search/held_out.py).
@@ -46,9 +45,9 @@ def held_out_scores(study: optuna.Study) -> dict[int, Scores]:
     }
 
 
-def trial_recipe(trial: FrozenTrial) -> Recipe:
-    """The recipe a trial recorded (user attribute `recipe`, YAML)."""
-    return recipe_from_dict(yaml.safe_load(trial.user_attrs["recipe"]), origin=f"trial {trial.number}")
+def trial_recipe(trial: FrozenTrial) -> Candidate:
+    """The recipe (or stack recipe) a trial recorded (user attribute `recipe`, YAML)."""
+    return candidate_from_yaml(trial.user_attrs["recipe"], origin=f"trial {trial.number}")
 
 
 def evaluated_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -9,18 +9,23 @@ from __future__ import annotations
 from transformers import AutoTokenizer
 
 from evomerge.config import RunConfig
+from evomerge.dfs import StackRecipe
 from evomerge.engine import MergeEngine, recipe_dtype
 from evomerge.errors import UsageError
 from evomerge.evaluate.tasks import Evaluator, Scores, load_task
 from evomerge.recipe import Recipe
+from evomerge.stacking import StackEngine
 
 
 class CandidateScorer:
-    """Materializes recipes over a run's resident sources and scores them on its tasks."""
+    """Materializes recipes (or stack recipes) over a run's resident sources and scores them on its tasks."""
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
-        self.engine = MergeEngine.from_recipe(config.recipe, device=config.device)
+        if config.stack is not None:
+            self.engine = StackEngine.from_space(config.stack, device=config.device)
+        else:
+            self.engine = MergeEngine.from_recipe(config.recipe, device=config.device)
         reference = self.engine.reference
         self.tokenizer = AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file)
         self.evaluator = Evaluator([load_task(name, spec) for name, spec in config.tasks.items()], self.tokenizer)
@@ -31,9 +36,12 @@ class CandidateScorer:
                     f"objective on task '{objective.task}': it has no metric '{objective.metric}' "
                     f"(it has: {', '.join(metrics[objective.task])})"
                 )
-        self.model = self.engine.new_target(recipe_dtype(config.recipe))
+        if config.stack is not None:
+            self.model = self.engine.new_target()
+        else:
+            self.model = self.engine.new_target(recipe_dtype(config.recipe))
 
-    def score(self, recipe: Recipe, split: str = "search") -> Scores:
+    def score(self, recipe: Recipe | StackRecipe, split: str = "search") -> Scores:
         """The recipe's `{task: {metric: value}}` on one split (materialized into the target model first)."""
         self.engine.materialize(recipe, self.model)
         return self.evaluator.score(self.model, split)
