@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_search import config_data, task_dir  # noqa: F401  (task_dir is a fixture)
+from test_search import config_data
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from evomerge.cli import main
