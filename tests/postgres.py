@@ -70,7 +70,8 @@ class Postgres:
             raise
 
     def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
+        # max_connections: the test process itself opens a storage (a connection pool) per scenario step
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off -c max_connections=300"
         self._as_server_user(
             "pg_ctl", "-D", self.data, "-l", self.root / "server.log", "-o", options, "-w", "start"
         )

@@ -103,7 +103,7 @@ def run_baselines(
     only if something is left to score. Rerunning scores nothing twice.
     """
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    study, _ = open_study(config, BASELINES_STUDY)
+    study, _ = open_study(config.model_copy(update={"study": BASELINES_STUDY}))
     done = {t.user_attrs[LABEL_ATTR] for t in study.get_trials(deepcopy=False)}
     todo = [b for b in baseline_grid(config.recipe) if b.label not in done]
     for baseline in tqdm(todo, desc="baselines", unit="merge", disable=not progress or None):
