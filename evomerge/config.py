@@ -34,10 +34,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from evomerge.dfs import StackSpace
-from evomerge.errors import UsageError, first_validation_problem
+from evomerge.errors import UsageError, validated
 from evomerge.evaluate.specs import TaskSpec
 from evomerge.files import read_yaml
 from evomerge.genome import SearchedParam
@@ -107,8 +107,10 @@ class RunConfig(_Frozen):
 
     @field_validator("recipe", mode="before")
     @classmethod
-    def _recipe(cls, value: Any) -> Recipe:
-        return value if isinstance(value, Recipe) else recipe_from_dict(value, origin="recipe")
+    def _recipe(cls, value: Any) -> Recipe | None:
+        if value is None or isinstance(value, Recipe):  # None: a layer-stacking run (its config as stored)
+            return value
+        return recipe_from_dict(value, origin="recipe")
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -167,12 +169,7 @@ def _resolved(objective: Objective, task: TaskSpec) -> Objective:
 def config_from_dict(data: Any, origin: str = "config") -> RunConfig:
     if not isinstance(data, dict):
         raise UsageError(f"{origin}: expected a mapping of settings, got {type(data).__name__}")
-    try:
-        return RunConfig.model_validate(data)
-    except UsageError as error:
-        raise UsageError(f"{origin}: {error}") from None
-    except ValidationError as error:
-        raise UsageError(f"{origin}: {first_validation_problem(error)}") from None
+    return validated(RunConfig, data, origin)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:

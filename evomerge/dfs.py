@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from evomerge.errors import UsageError, first_validation_problem
+from evomerge.errors import UsageError, validated
 from evomerge.files import read_yaml
 from evomerge.genome import Gene, GeneSpace, SearchedParam
 from evomerge.recipe import Recipe, recipe_from_dict
@@ -120,12 +120,7 @@ def stack_from_dict(data: Any, origin: str = "stack recipe") -> StackRecipe:
             **data,
             "layers": [dict(zip(keys, item)) if isinstance(item, list) else item for item in layers],
         }
-    try:
-        return StackRecipe.model_validate(data)
-    except UsageError as error:
-        raise UsageError(f"{origin}: {error}") from None
-    except ValidationError as error:
-        raise UsageError(f"{origin}: {first_validation_problem(error)}") from None
+    return validated(StackRecipe, data, origin)
 
 
 def load_stack(path: str | Path) -> StackRecipe:

@@ -8,7 +8,11 @@ treats it like a usage error.
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class UsageError(Exception):
@@ -26,3 +30,13 @@ def first_validation_problem(error: ValidationError) -> str:
     message = first["msg"].removeprefix("Value error, ")
     return f"{where}: {message}" if where else message
 
+
+
+def validated(model: type[Model], data: Any, origin: str) -> Model:
+    """`model` validated from plain data; any problem is one UsageError line that starts with `origin`."""
+    try:
+        return model.model_validate(data)
+    except UsageError as error:
+        raise UsageError(f"{origin}: {error}") from None
+    except ValidationError as error:
+        raise UsageError(f"{origin}: {first_validation_problem(error)}") from None

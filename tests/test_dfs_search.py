@@ -69,6 +69,11 @@ def test_the_cli_runs_reports_and_exports_a_stack_run(tiny_models, task_dir, tmp
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "best")
     stack = load_stack(tmp_path / "best" / "recipe.yaml")
     assert exported.config.num_hidden_layers == len(stack.layers)
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "run")]) == 0 and "progress: 5/5" in capsys.readouterr().out
+    for command in (["report"], ["export", "--out", str(tmp_path / "e")], ["baselines"]):
+        assert main([command[0], str(tmp_path / "run"), *command[1:]]) == 2
+        assert "does not handle layer-stacking (stack:) runs yet" in capsys.readouterr().err
     from evomerge.search.scoring import CandidateScorer
 
     scorer = CandidateScorer(config_from_dict(stack_config(tiny_models, task_dir, tmp_path / "run")))

@@ -90,7 +90,7 @@ def trials(url: str, study: str) -> list[FrozenTrial]:
     return optuna.load_study(study_name=study, storage=url).get_trials()
 
 
-def wait_for(condition, what: str, timeout: float = 180.0) -> None:
+def wait_for(condition, what: str, timeout: float = 420.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
