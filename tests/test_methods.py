@@ -97,7 +97,9 @@ def test_ties_density_one_with_one_source_equals_task_arithmetic():
     base, source = torch.randn(16, 8), torch.randn(16, 8)
     ties = merge("ties", [source], base=base, weight=[0.7], density=1.0, normalize=False, scale=1.3)
     ta = merge("task_arithmetic", [source], base=base, weight=[0.7], scale=1.3)
-    assert torch.equal(ties, ta)
+    # the same definition; TIES' path scales the weighted delta after the sign election, task arithmetic folds
+    # weight and scale into one coefficient: equal up to float32 rounding
+    torch.testing.assert_close(ties, ta, rtol=1e-6, atol=1e-6)
 
 
 def test_dare_with_drop_zero_equals_task_arithmetic():

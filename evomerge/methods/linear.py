@@ -19,22 +19,23 @@ def linear(
     out: torch.Tensor | None = None,
     block: int | None = None,
 ) -> torch.Tensor:
-    """result = sum_i w_i * x_i, divided by sum_i w_i when `normalize` (unless |sum_i w_i| < 1e-8); float32.
+    """result = sum_i c_i * x_i, with c_i = w_i / sum_j w_j when `normalize` (unless |sum_j w_j| < 1e-8), else
+    c_i = w_i; float32.
 
-    The base, if the recipe names one, takes no part. The sum runs in source order, in float32. The result is
-    written into `out` when given (in its dtype), computed `block` elements at a time (see methods/blocks.py).
+    The base, if the recipe names one, takes no part. Each term is added in source order, in float32 (x_i
+    converted exactly, then result + c_i * x_i in one fused step). The result is written into `out` when given
+    (in its dtype), computed `block` elements at a time (see methods/blocks.py).
     """
     flats = [source.reshape(-1) for source in sources]
     total = float(sum(weight))
-    divide = normalize and abs(total) >= 1e-8
-    work = torch.empty(2, block_size(sources[0], block), dtype=torch.float32, device=sources[0].device)
+    coefficients = [w / total for w in weight] if normalize and abs(total) >= 1e-8 else list(weight)
+    work = torch.empty(block_size(sources[0], block), dtype=torch.float32, device=sources[0].device)
 
     def merged_block(start: int, stop: int) -> torch.Tensor:
-        result, term = work[0, : stop - start].zero_(), work[1, : stop - start]
-        for w, source in zip(weight, flats, strict=True):
-            term.copy_(source[start:stop]).mul_(w)
-            result.add_(term)
-        return result.div_(total) if divide else result
+        result = work[: stop - start].zero_()
+        for c, source in zip(coefficients, flats, strict=True):
+            result.add_(source[start:stop], alpha=c)  # one pass: converts, scales and adds
+        return result
 
     return write_blocks(sources[0], merged_block, out, block)
 

@@ -60,12 +60,15 @@ def generalized_task_arithmetic(
 
     The result is written into `out` when given (in its dtype), computed `block` elements at a time; the
     magnitude cuts are found without sorting (see `_top_cut`). Neither changes a single bit of the result.
+    Without sparsification and sign consensus (task arithmetic) it is computed as
+    (1 - sum_i c_i) * base + sum_i c_i * x_i with c_i = scale * w_i (/ sum_j w_j): one fused pass per source,
+    equal to the definition up to float32 rounding.
     """
     base_flat = base.reshape(-1)
     flats = [source.reshape(-1) for source in sources]
     step = block_size(base, block)
-    work = torch.empty(len(sources) + 3, step, dtype=torch.float32, device=base.device)
-    deltas, base_block, scratch, mixed = work[: len(sources)], work[-3], work[-2], work[-1]
+    work = torch.empty(len(sources) + 4, step, dtype=torch.float32, device=base.device)
+    deltas, base_block, scratch, spare, mixed = work[: len(sources)], work[-4], work[-3], work[-2], work[-1]
 
     def delta_block(i: int, start: int, stop: int) -> torch.Tensor:
         base_part = base_block[: stop - start].copy_(base_flat[start:stop])
@@ -76,54 +79,69 @@ def generalized_task_arithmetic(
                 base_flat, flats[i], step)
         for i in range(len(sources))
     ]
+    # what each kept delta is multiplied by: its weight, and DARE's rescaling of the kept entries
+    factors = [w * (keeper.rescale if keeper is not None else 1.0) for w, keeper in zip(weight, keepers, strict=True)]
+    total = float(sum(weight))
+    divisor = total if normalize and abs(total) >= 1e-8 else 1.0
+    coefficients = [scale * f / divisor for f in factors]  # without sign consensus: base + sum_i c_i kept_i
+    whole = consensus is None and all(keeper is None for keeper in keepers)
 
     def merged_block(start: int, stop: int) -> torch.Tensor:
         size = stop - start
         base_part = base_block[:size].copy_(base_flat[start:stop])
-        weighted = deltas[:, :size]
-        for i, (w, keeper) in enumerate(zip(weight, keepers, strict=True)):
-            torch.sub(flats[i][start:stop], base_part, out=weighted[i])
+        result = mixed[:size]
+        if whole:  # base + sum_i c_i (x_i - base) = (1 - sum_i c_i) base + sum_i c_i x_i: one pass per source
+            torch.mul(base_part, 1.0 - sum(coefficients), out=result)
+            for c, flat in zip(coefficients, flats, strict=True):
+                result.add_(flat[start:stop], alpha=c)
+            return result
+        kept = deltas[:, :size]
+        for i, keeper in enumerate(keepers):
+            torch.sub(flats[i][start:stop], base_part, out=kept[i])
             if keeper is not None:
-                keeper.apply(weighted[i], scratch[:size], start, stop)
-            weighted[i].mul_(w)
-        result = mixed[:size].copy_(weighted[0])
-        for row in weighted[1:]:
-            result.add_(row)
-        if consensus == "sign":
-            _disjoint_mix(weighted, weight, normalize, result, scratch[:size])
-        elif normalize:
-            total = float(sum(weight))
-            result.div_(total if abs(total) >= 1e-8 else 1.0)
+                keeper.apply(kept[i], scratch[:size], start, stop)
+        if consensus is None:
+            result.copy_(base_part)
+            for c, row in zip(coefficients, kept, strict=True):
+                result.add_(row, alpha=c)
+            return result
+        for f, row in zip(factors, kept, strict=True):
+            row.mul_(f)
+        _disjoint_mix(kept, weight, normalize, result, scratch[:size], spare[:size])
         return result.mul_(scale).add_(base_part)
 
     return write_blocks(base, merged_block, out, block)
 
 
 def _disjoint_mix(
-    weighted: torch.Tensor, weight: list[float], normalize: bool, result: torch.Tensor, scratch: torch.Tensor
+    weighted: torch.Tensor, weight: list[float], normalize: bool, result: torch.Tensor, elected: torch.Tensor,
+    divisor: torch.Tensor,
 ) -> None:
-    """TIES' elect + disjoint merge over one block: `result` holds sum_i d_i on entry, the mix on return."""
-    positive = result >= 0
-    agrees = [torch.where(positive, row > 0, row < 0) for row in weighted]
-    result.zero_()
-    for row, agree in zip(weighted, agrees, strict=True):
-        result.add_(torch.mul(row, agree, out=scratch))
+    """TIES' elect + disjoint merge over one block of the weighted deltas d_i (rows of `weighted`, overwritten):
+    `result` gets the mix. With s = the elected sign (+1 or -1), d_i agrees where s * d_i > 0, so the sum of the
+    agreeing d_i is s * sum_i max(s * d_i, 0)."""
+    torch.sum(weighted, dim=0, out=elected).sign_().add_(0.5).sign_()  # -1, 0, +1 -> -1, +1, +1: a zero sum elects +1
+    agreeing = weighted.mul_(elected).clamp_min_(0.0)  # s * d_i where it agrees, else 0
     if normalize:
-        divisor = torch.zeros_like(result)
-        for w, agree in zip(weight, agrees, strict=True):
-            divisor.add_(torch.mul(agree, w, out=scratch))
-        result.div_(divisor.masked_fill_(divisor == 0, 1.0))
+        divisor.zero_()
+        for w, row in zip(weight, agreeing, strict=True):
+            divisor.add_(row > 0, alpha=w)
+        divisor.masked_fill_(divisor == 0, 1.0)
+    torch.sum(agreeing, dim=0, out=result).mul_(elected)
+    if normalize:
+        result.div_(divisor)
 
 
 class _RandomKeep:
-    """DARE: a drawn 0/1 mask with keep probability `keep`; kept entries are rescaled by 1 / keep."""
+    """DARE: a drawn 0/1 mask with keep probability `keep`; the kept entries are rescaled by `rescale` = 1 / keep
+    (with the weight, by the caller)."""
 
     def __init__(self, size: int, keep: float, generator: torch.Generator | None, device: torch.device) -> None:
-        self.keep = keep
+        self.rescale = 1.0 / keep
         self.mask = torch.rand(size, generator=generator, device=device) < keep
 
     def apply(self, delta: torch.Tensor, scratch: torch.Tensor, start: int, stop: int) -> None:
-        delta.mul_(self.mask[start:stop]).div_(self.keep)
+        delta.mul_(self.mask[start:stop])
 
 
 class _Cut:
@@ -145,6 +163,8 @@ class _Cut:
 
 class _MagnitudeBand:
     """Keep the entries ranked [skip, skip + k) by descending |delta| (TIES: skip = 0; breadcrumbs: outliers)."""
+
+    rescale = 1.0
 
     def __init__(self, upper: _Cut | None, lower: _Cut | None) -> None:
         self.upper, self.lower = upper, lower  # the top skip + k, and the top skip (None: nothing to drop)
