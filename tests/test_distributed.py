@@ -74,11 +74,14 @@ def tiny_config(
 
 
 def evomerge(*args: object, **popen) -> subprocess.Popen:
+    """An `evomerge` process with one torch thread: several share the 2 cores of CI, and two threads each
+    would make every one of them wait for a descheduled thread."""
     return subprocess.Popen(
         [sys.executable, "-m", "evomerge.cli", *map(str, args)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         **popen,
     )
 

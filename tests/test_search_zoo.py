@@ -1,4 +1,5 @@
-"""The search on the real zoo: kill -9 and resume, the demo search paying off, a Pareto front."""
+"""The search on the real zoo: the demo search paying off, a Pareto front, Ctrl-C, early stopping (kill -9 and
+resume: tests/test_hybrid.py, in both phases of a hybrid run)."""
 
 from __future__ import annotations
 
@@ -65,29 +66,6 @@ def kill_9_after(config: Path, run_dir: Path, trials: int, seed: int) -> bool:
         os.kill(process.pid, signal.SIGKILL)
     process.wait()
     return killed
-
-
-def test_kill_9_at_random_points_then_resume_ends_exactly_like_an_uninterrupted_run(zoo_dir, tmp_path):
-    evaluations = 14
-    whole_config = small_demo_config(tmp_path / "whole.yaml", tmp_path / "whole", evaluations)
-    assert subprocess.run([sys.executable, "-m", "evomerge.cli", "run", str(whole_config)], capture_output=True).returncode == 0
-
-    killed_dir = tmp_path / "killed"
-    config = small_demo_config(tmp_path / "killed.yaml", killed_dir, evaluations)
-    kills = [kill_9_after(config, killed_dir, logged_trials(killed_dir) + 1, seed) for seed in range(3)]
-    assert sum(kills) >= 2, "the run finished before it could be killed; raise the budget"
-    finish = subprocess.run([sys.executable, "-m", "evomerge.cli", "run", str(config)], capture_output=True, text=True)
-    assert finish.returncode == 0, finish.stderr
-
-    assert ledger(killed_dir) == ledger(tmp_path / "whole")
-    states = [state for state, _, _ in ledger(killed_dir)]
-    assert states == [TrialState.COMPLETE] * evaluations
-    best = [
-        best_trial(load_config(c), [t for t in optuna.load_study(
-            study_name="evomerge", storage=f"sqlite:///{d / 'ledger.db'}").get_trials() if t.state == TrialState.COMPLETE])
-        for c, d in ((whole_config, tmp_path / "whole"), (config, killed_dir))
-    ]
-    assert best[0].user_attrs["recipe"] == best[1].user_attrs["recipe"]
 
 
 def test_the_demo_search_beats_its_start_and_the_uniform_average_on_the_search_split(zoo_dir, tmp_path, capsys):
