@@ -90,13 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="start (or resume) a merge search from a run config",
         description="Search the merge parameters that a run config lists (see configs/demo.yaml): each "
         "candidate is merged in place, scored on the search split of the tasks, and recorded in the run "
-        "directory's ledger (an Optuna study in ledger.db). If the run directory already holds this run, "
-        "it resumes; a run directory of another config is refused.",
+        "directory's ledger (an Optuna study in ledger.db). A config with a `stack:` section instead searches "
+        "layer stacks; one with recipe, genome and stack is a hybrid: the merge search, then a stacking "
+        "search over its best merge (stack source search:best), in one run directory. If the run directory "
+        "already holds this run, it resumes; a run directory of another config is refused.",
         epilog="example: evomerge run configs/demo.yaml --run-dir runs/demo --budget 64",
     )
     run.add_argument("config", type=Path, metavar="CONFIG", help="the run config YAML")
     run.add_argument("--run-dir", type=Path, help="run directory (overrides run_dir in the config)")
     run.add_argument("--budget", type=int, help="number of candidates to evaluate in all (overrides budget.evaluations)")
+    _stack_budget_option(run)
     run.add_argument("--seed", type=int, help="random seed (overrides seed)")
     run.add_argument("--device", help="device for the models: cpu, cuda, cuda:3, ... (overrides device)")
     run.add_argument(
@@ -139,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluated again, and the candidate that was in flight is evaluated first.",
     )
     resume.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
-    resume.add_argument("--budget", type=int, help="raise the number of candidates to evaluate in all")
+    resume.add_argument("--budget", type=int, help="raise the number of candidates to evaluate in all (a "
+                        "hybrid run: in its merge phase, until its layer-stacking phase starts)")
+    _stack_budget_option(resume)
     resume.set_defaults(run=_run_resume)
 
     status = commands.add_parser(
@@ -158,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(run=_run_status)
     _add_result_commands(commands)
     return parser
+
+
+def _stack_budget_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--stack-budget", type=int, metavar="N",
+        help="a hybrid run: candidates for its layer-stacking phase (overrides stack_budget.evaluations)",
+    )
 
 
 def _shared_options(command: argparse.ArgumentParser) -> None:
@@ -292,6 +304,8 @@ def _search_overrides(args: argparse.Namespace) -> dict[str, object]:
         overrides["run_dir"] = str(args.run_dir)
     if args.budget is not None:
         overrides["budget.evaluations"] = args.budget
+    if args.stack_budget is not None:
+        overrides["stack_budget.evaluations"] = args.stack_budget
     for name in ("seed", "device", "storage", "study"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
@@ -332,11 +346,15 @@ def _search(
     patience: float = PATIENCE_SECONDS,
 ) -> None:
     """Run (or resume) a search; a shared one, or a run whose study is shared, as one of its workers."""
+    from evomerge.search.hybrid import HybridSearch, run_status_text
     from evomerge.search.loop import Search
-    from evomerge.search.status import status_text
     from evomerge.search.worker import SharedSearch, is_shared
 
-    if shared or is_shared(config):
+    if config.hybrid:
+        if shared:
+            raise UsageError("a hybrid run (recipe, genome and stack) runs in one process; drop --storage")
+        search = HybridSearch(config)
+    elif shared or is_shared(config):
         search = SharedSearch(config, heartbeat_seconds=heartbeat, patience=patience)
     else:
         search = Search(config)
@@ -346,7 +364,7 @@ def _search(
     except KeyboardInterrupt:
         print(f"evomerge: stopped; nothing is lost: evomerge resume {config.run_dir}", file=sys.stderr)
         raise SystemExit(130) from None
-    print(status_text(config))
+    print(run_status_text(config))
 
 
 def _write_run_config(config: RunConfig) -> None:
@@ -357,8 +375,8 @@ def _write_run_config(config: RunConfig) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> None:
+    from evomerge.search.hybrid import phase_configs, run_status_text
     from evomerge.search.ledger import load_run_study
-    from evomerge.search.status import status_text
     from evomerge.search.worker import joined_config
 
     if args.storage is not None and args.study is not None and args.run_dir is None:
@@ -370,21 +388,32 @@ def _run_status(args: argparse.Namespace) -> None:
     if args.held_out:
         from evomerge.search.held_out import record_held_out
 
-        record_held_out(config, load_run_study(config))
-    print(status_text(config))
+        for _, phase in phase_configs(config):
+            record_held_out(phase, load_run_study(phase))
+    print(run_status_text(config))
+
+
+def _one_study_run(config: RunConfig, command: str) -> RunConfig:
+    """The config, unless it is a hybrid run (two studies, one per phase), which `command` does not handle yet."""
+    if config.hybrid:
+        raise UsageError(
+            f"evomerge {command} does not handle hybrid runs (recipe, genome and stack) yet; `evomerge status` "
+            "shows both phases' best candidates"
+        )
+    return config
 
 
 def _run_report(args: argparse.Namespace) -> None:
     from evomerge.report import write_report
 
-    print(f"report written to {write_report(_stored_config(args.run_dir, {}))}")
+    print(f"report written to {write_report(_one_study_run(_stored_config(args.run_dir, {}), 'report'))}")
 
 
 def _run_export(args: argparse.Namespace) -> None:
     from evomerge.search.export import export_candidate, pick_trial
     from evomerge.search.ledger import load_run_study
 
-    config = _stored_config(args.run_dir, {})
+    config = _one_study_run(_stored_config(args.run_dir, {}), "export")
     study = load_run_study(config)
     trial, chosen_as = pick_trial(config, study, args.trial, args.pick)
     export_candidate(config, study, trial, chosen_as, args.out, force=args.force, fmt=args.format)
@@ -400,12 +429,13 @@ def _run_baselines(args: argparse.Namespace) -> None:
         config = _stored_config(args.config, {})
     else:
         config = load_config(args.config, {} if args.run_dir is None else {"run_dir": str(args.run_dir)})
-    if config.stack is not None:
+    searched = config.merge_phase() if config.hybrid else config  # a hybrid's baselines: its merge phase's
+    if searched.stack is not None:
         raise UsageError(
             "evomerge baselines does not handle layer-stacking (stack:) runs: its baselines are merges of a "
             "run's recipe; `evomerge report RUN_DIR` compares the best stack with each source alone"
         )
-    baselines = run_baselines(config)
+    baselines = run_baselines(searched)
     _write_run_config(config)
     print(results_table(config, baseline_rows(config, baselines)))
 

@@ -26,6 +26,15 @@ A layer-stacking (data-flow space) run has a `stack:` section instead of `recipe
 stack: {sources: [zoo:expert_add, zoo:expert_reverse], repeats: 2, max_depth: 6, scale_low: 0.5, scale_high: 1.5}
 ```
 
+A hybrid run has all three: it searches the merge parameters first, then stacks the layers of its best merge
+(the stack source `search:best`) and of the other stack sources, in one run directory with one ledger
+(two studies: NAME and NAME-stack; evomerge/search/hybrid.py):
+
+```yaml
+stack: {sources: [search:best, zoo:expert_add], repeats: 2, max_depth: 8}
+stack_budget: {evaluations: 32}   # the layer-stacking phase's budget (default: the same as `budget`)
+```
+
 Every mistake is reported as one line naming the field (`load_config`).
 """
 
@@ -43,6 +52,10 @@ from evomerge.files import read_yaml
 from evomerge.genome import SearchedParam
 from evomerge.recipe import Recipe, recipe_from_dict
 
+#: The stack source that stands for the best merge of a hybrid run's parameter-space phase.
+SEARCH_BEST = "search:best"
+#: The study of a hybrid run's layer-stacking phase is the run's study name with this suffix.
+STACK_STUDY_SUFFIX = "-stack"
 OPTIMIZERS = ("cmaes", "tpe", "optuna-cmaes", "nsga2", "nsga3", "gp", "random")
 MULTI_OBJECTIVE = ("nsga2", "nsga3", "tpe", "gp", "random")
 
@@ -93,6 +106,7 @@ class RunConfig(_Frozen):
     recipe: Recipe | None = None
     genome: list[SearchedParam] = Field(default_factory=list)
     stack: StackSpace | None = None
+    stack_budget: Budget | None = Field(None, description="a hybrid run's layer-stacking phase (default: budget)")
     seed_recipes: list[Path] = Field(default_factory=list)
     tasks: dict[str, TaskSpec] = Field(min_length=1)
     objectives: list[Objective] = Field(min_length=1)
@@ -114,14 +128,30 @@ class RunConfig(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        if (self.recipe is None) == (self.stack is None):
+        if self.recipe is None and self.stack is None:
             raise ValueError(
-                "give either 'recipe' and 'genome' (a merge-parameter search) or 'stack' (a layer-stacking search)"
+                "give 'recipe' and 'genome' (a merge-parameter search), 'stack' (a layer-stacking search), "
+                "or all three (a hybrid: the merge search, then stacking its best merge's layers)"
             )
         if self.recipe is not None and not self.genome:
             raise ValueError("genome: no parameter is searched; list at least one under 'genome'")
-        if self.stack is not None and self.genome:
+        if self.recipe is None and self.genome:
             raise ValueError("genome: a layer-stacking run searches its 'stack' section; remove 'genome'")
+        best_stacked = self.stack is not None and SEARCH_BEST in self.stack.sources
+        if self.hybrid and not best_stacked:
+            raise ValueError(
+                f"stack.sources: a hybrid run (recipe, genome and stack) stacks the layers of its best merge; "
+                f"list '{SEARCH_BEST}' among the stack sources"
+            )
+        if best_stacked and not self.hybrid:
+            raise ValueError(
+                f"stack.sources: '{SEARCH_BEST}' is the best merge of a hybrid run's merge search; add "
+                "'recipe' and 'genome' for one, or name a model instead"
+            )
+        if self.stack_budget is not None and not self.hybrid:
+            raise ValueError("stack_budget: only a hybrid run (recipe, genome and stack) has a stacking phase")
+        if self.hybrid and self.seed_recipes:
+            raise ValueError("seed_recipes: a hybrid run starts from its template recipe; remove seed_recipes")
         resolved = []
         for objective in self.objectives:
             if objective.task not in self.tasks:
@@ -138,8 +168,39 @@ class RunConfig(_Frozen):
         return self
 
     @property
+    def hybrid(self) -> bool:
+        """A merge-parameter search followed by a layer-stacking search over its best merge."""
+        return self.recipe is not None and self.stack is not None
+
+    @property
+    def stack_study(self) -> str:
+        """The study of a hybrid run's layer-stacking phase."""
+        return self.study + STACK_STUDY_SUFFIX
+
+    def merge_phase(self) -> RunConfig:
+        """A hybrid run's first phase: the merge-parameter search, as a run config of its own."""
+        return config_from_dict({**self.to_json_dict(), "stack": None, "stack_budget": None}, "merge phase")
+
+    def stack_phase(self, best: Recipe) -> RunConfig:
+        """A hybrid run's second phase: the layer-stacking search with `best` (the first phase's best merge)
+        as the stack source `search:best`, in the study `stack_study` of the same storage."""
+        data = self.to_json_dict()
+        stack = data["stack"]
+        stack["sources"] = [best.model_dump(mode="json") if s == SEARCH_BEST else s for s in stack["sources"]]
+        data.update(
+            recipe=None, genome=[], stack=stack, stack_budget=None, budget=data["stack_budget"] or data["budget"],
+            study=self.stack_study,
+        )
+        return config_from_dict(data, "stack phase")
+
+    @property
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{(self.run_dir / 'ledger.db').resolve()}"
+        return self.storage or f"sqlite:///{self.ledger_path.resolve()}"
+
+    @property
+    def ledger_path(self) -> Path:
+        """The run directory's SQLite ledger (used when no storage URL is given)."""
+        return self.run_dir / "ledger.db"
 
     @property
     def multi_objective(self) -> bool:

@@ -52,6 +52,21 @@ def evomerge_run(config: Path) -> subprocess.Popen:
     )
 
 
+def kill_9_after(config: Path, run_dir: Path, trials: int, seed: int) -> bool:
+    """Start `evomerge run config`, wait until run.log has logged `trials` trials, kill -9 it somewhere inside
+    a later candidate (merging, scoring or recording: a seeded random delay); whether it was still running."""
+    process = evomerge_run(config)
+    deadline = time.monotonic() + 120
+    while logged_trials(run_dir) < trials and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random(seed).uniform(0.0, 1.0))
+    killed = process.poll() is None
+    if killed:
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return killed
+
+
 def test_kill_9_at_random_points_then_resume_ends_exactly_like_an_uninterrupted_run(zoo_dir, tmp_path):
     evaluations = 14
     whole_config = small_demo_config(tmp_path / "whole.yaml", tmp_path / "whole", evaluations)
@@ -59,20 +74,8 @@ def test_kill_9_at_random_points_then_resume_ends_exactly_like_an_uninterrupted_
 
     killed_dir = tmp_path / "killed"
     config = small_demo_config(tmp_path / "killed.yaml", killed_dir, evaluations)
-    rng = random.Random(1234)
-    kills = 0
-    for _ in range(3):
-        before = logged_trials(killed_dir)
-        process = evomerge_run(config)
-        deadline = time.monotonic() + 120
-        while logged_trials(killed_dir) == before and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.0))  # somewhere inside a later candidate: merging, scoring or recording
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            kills += 1
-        process.wait()
-    assert kills >= 2, "the run finished before it could be killed; raise the budget"
+    kills = [kill_9_after(config, killed_dir, logged_trials(killed_dir) + 1, seed) for seed in range(3)]
+    assert sum(kills) >= 2, "the run finished before it could be killed; raise the budget"
     finish = subprocess.run([sys.executable, "-m", "evomerge.cli", "run", str(config)], capture_output=True, text=True)
     assert finish.returncode == 0, finish.stderr
 

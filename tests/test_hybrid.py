@@ -1,0 +1,138 @@
+"""Hybrid runs: the merge-parameter search, then a layer-stacking search over its best merge, in one ledger."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from test_search import config_data, ledger, write_config
+from test_search_zoo import kill_9_after, small_demo_config
+
+from evomerge.cli import main
+from evomerge.config import config_from_dict
+from evomerge.search.hybrid import HybridSearch, best_merge
+from evomerge.search.loop import Search
+from evomerge.search.results import held_out_scores
+
+
+def hybrid_data(tiny_models, task_dir, run_dir, evaluations=5, stack_evaluations=6, **changes):
+    data = config_data(tiny_models, task_dir, run_dir, evaluations=evaluations)
+    data["stack"] = {
+        "sources": ["search:best", str(tiny_models["c"])], "repeats": 2, "max_depth": 5,
+        "scale_low": 0.5, "scale_high": 1.5,
+    }
+    data["stack_budget"] = {"evaluations": stack_evaluations}
+    data.update(changes)
+    return data
+
+
+def studies(run_dir) -> dict[str, optuna.Study]:
+    storage = f"sqlite:///{run_dir / 'ledger.db'}"
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage)}
+
+
+def test_a_hybrid_run_stacks_the_layers_of_its_best_merge_in_the_same_ledger(tiny_models, task_dir, tmp_path):
+    config = config_from_dict(hybrid_data(tiny_models, task_dir, tmp_path / "run"))
+    stacked = HybridSearch(config, progress=False).run()
+    found = studies(tmp_path / "run")
+    assert set(found) == {"evomerge", "evomerge-stack"} and stacked.study_name == "evomerge-stack"
+    merge, stack = found["evomerge"].get_trials(), found["evomerge-stack"].get_trials()
+    assert len(merge) == 5 and len(stack) == 6
+    assert all(t.state == TrialState.COMPLETE for t in merge + stack)
+    best = best_merge(config.merge_phase())
+    first_stack = yaml.safe_load(stack[0].user_attrs["recipe"])
+    assert first_stack["sources"][0] == yaml.safe_load(best.to_yaml())  # the best merge, inline
+    assert first_stack["sources"][1] == str(tiny_models["c"])
+    assert first_stack["layers"] == [[0, 0, 1.0], [0, 1, 1.0]]  # the best merge's own layers first
+    # the stacking phase starts from the best merge as it is: the same model, so the same search scores
+    best_number = next(t.number for t in merge if t.user_attrs["recipe"] == best.to_yaml())
+    assert stack[0].values == merge[best_number].values
+    assert {"held_out.0"} <= set(found["evomerge-stack"].user_attrs)  # each phase records its held-out scores
+
+
+def test_a_stopped_and_resumed_hybrid_run_ends_as_an_uninterrupted_one(tiny_models, task_dir, tmp_path):
+    whole = HybridSearch(config_from_dict(hybrid_data(tiny_models, task_dir, tmp_path / "whole")), progress=False)
+    whole.run()
+    stopped_in_merge_phase = hybrid_data(tiny_models, task_dir, tmp_path / "parts", evaluations=3)
+    Search(config_from_dict(stopped_in_merge_phase).merge_phase(), progress=False).run()
+    assert set(studies(tmp_path / "parts")) == {"evomerge"}
+    for stack_evaluations in (1, 3, 6):  # the merge phase finished, then stopped in the stacking phase
+        data = hybrid_data(tiny_models, task_dir, tmp_path / "parts", stack_evaluations=stack_evaluations)
+        HybridSearch(config_from_dict(data), progress=False).run()
+    parts, uninterrupted = studies(tmp_path / "parts"), studies(tmp_path / "whole")
+    for name in ("evomerge", "evomerge-stack"):
+        assert ledger(parts[name]) == ledger(uninterrupted[name])
+
+
+def test_the_cli_runs_and_resumes_a_hybrid_and_shows_both_phases(tiny_models, task_dir, tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", hybrid_data(tiny_models, task_dir, tmp_path / "run", 3, 2))
+    assert main(["run", str(config), "--budget", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "== merge phase ==" in out and "progress: 2/2" in out and "layer-stacking phase" in out
+    assert main(["resume", str(tmp_path / "run"), "--stack-budget", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "progress: 2/2" in out and "progress: 3/3" in out  # the merge phase's 2, the stacking phase's 3
+    assert main(["status", str(tmp_path / "run")]) == 0
+    assert "== layer-stacking phase ==\nrun:" in capsys.readouterr().out
+    assert main(["resume", str(tmp_path / "run"), "--budget", "4"]) == 2
+    assert "the merge phase cannot be extended; raise the stacking phase's budget" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"stack": {"sources": ["A"]}}, "list 'search:best' among the stack sources"),
+        ({"recipe": None, "genome": [], "stack": {"sources": ["search:best"]}},
+         "'search:best' is the best merge of a hybrid run's merge search"),
+        ({"stack": None}, "stack_budget: only a hybrid run"),
+        ({"seed_recipes": ["x.yaml"]}, "seed_recipes: a hybrid run starts from its template recipe"),
+    ],
+)
+def test_bad_hybrid_configs_get_one_line_and_exit_2(change, message, tiny_models, task_dir, tmp_path, capsys):
+    data = hybrid_data(tiny_models, task_dir, tmp_path / "run", **change)
+    if data["stack"] and data["stack"]["sources"] == ["A"]:
+        data["stack"]["sources"] = [str(tiny_models["a"])]
+    assert main(["run", str(write_config(tmp_path / "c.yaml", data))]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error, error
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_hybrid_run_is_not_shared_by_workers(tiny_models, task_dir, tmp_path, capsys):
+    data = hybrid_data(tiny_models, task_dir, tmp_path / "run")
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    assert main(["run", str(write_config(tmp_path / "c.yaml", data)), "--storage", storage]) == 2
+    assert "a hybrid run (recipe, genome and stack) runs in one process" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_hybrid_run_on_the_zoo_killed_9_in_both_phases_resumes_to_the_uninterrupted_ledger(zoo_dir, tmp_path):
+    def zoo_config(name: str) -> Path:
+        data = yaml.safe_load(small_demo_config(tmp_path / f"{name}.yaml", tmp_path / name, 6).read_text())
+        data["tasks"] = {skill: {**task, "limit": 12} for skill, task in data["tasks"].items()}
+        data["stack"] = {"sources": ["search:best", "zoo:expert_shift"], "repeats": 2, "max_depth": 8,
+                         "scale_low": 0.5, "scale_high": 1.5}
+        data["stack_budget"] = {"evaluations": 8}
+        return write_config(tmp_path / f"{name}.yaml", data)
+
+    whole = subprocess.run([sys.executable, "-m", "evomerge.cli", "run", str(zoo_config("whole"))], capture_output=True)
+    assert whole.returncode == 0, whole.stderr
+    config, killed_dir = zoo_config("killed"), tmp_path / "killed"
+    killed_in = {"merge phase": 0, "stacking phase": 0}
+    for seed, trials in enumerate((2, 5, 8, 11)):  # 6 merge candidates, then 8 stacks (one log line each)
+        if kill_9_after(config, killed_dir, trials, seed):
+            killed_in["stacking phase" if "evomerge-stack" in studies(killed_dir) else "merge phase"] += 1
+    assert all(killed_in.values()), killed_in
+    finish = subprocess.run([sys.executable, "-m", "evomerge.cli", "resume", str(killed_dir)], capture_output=True)
+    assert finish.returncode == 0, finish.stderr
+    resumed, uninterrupted = studies(killed_dir), studies(tmp_path / "whole")
+    for name, count in (("evomerge", 6), ("evomerge-stack", 8)):
+        assert [t.state for t in resumed[name].get_trials()] == [TrialState.COMPLETE] * count
+        assert ledger(resumed[name]) == ledger(uninterrupted[name])
+        assert held_out_scores(resumed[name]) == held_out_scores(uninterrupted[name]) != {}
