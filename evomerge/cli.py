@@ -394,11 +394,11 @@ def _run_status(args: argparse.Namespace) -> None:
 
 
 def _one_study_run(config: RunConfig, command: str) -> RunConfig:
-    """The config, unless it is a hybrid run (two studies, one per phase), which `command` does not handle yet."""
+    """The config, unless it is a hybrid run (a study per phase), which `command` does not handle yet."""
     if config.hybrid:
         raise UsageError(
-            f"evomerge {command} does not handle hybrid runs (recipe, genome and stack) yet; `evomerge status` "
-            "shows both phases' best candidates"
+            f"evomerge {command} does not handle hybrid runs (recipe, genome and stack) yet; `evomerge "
+            "status` shows both phases' best candidates"
         )
     return config
 

@@ -135,8 +135,8 @@ def _stack_parts(config: RunConfig, stack: StackRecipe) -> tuple[str, str, str]:
     else:
         fold = (
             "The scales are folded into the weights: each layer's attention output projection (`o_proj`) "
-            "and MLP down projection (`down_proj`) are multiplied by its folded factor, 1 over the product of "
-            "the scales up to and including that layer. As RMSNorm(s h) = RMSNorm(h) but for the epsilon "
+            "and MLP down projection (`down_proj`) are multiplied by its folded factor, 1 over the product "
+            "of the scales up to and including that layer. As RMSNorm(s h) = RMSNorm(h) but for the epsilon "
             "inside the norm, this computes the scaled stack exactly up to RMSNorm's epsilon "
             "(evomerge/stacking.py derives it). The scores below were measured on the searched stack (scales "
             "applied to the hidden states), not on this checkpoint."

@@ -160,25 +160,33 @@ def _layer_lists(found: list[tuple[str, Any]]) -> list[list]:
     return lists
 
 
-def source_rows(config: RunConfig, seeds: dict[int, FrozenTrial], held_out: dict[int, Scores]) -> list[Row]:
-    """Rows of a layer-stacking run's first candidates: each source alone (its own layers in order)."""
+def sources_alone(config: RunConfig, study: optuna.Study) -> dict[int, FrozenTrial]:
+    """A layer-stacking run's completed trial of each source alone (its first seeds), by source index; none
+    for a merge run."""
+    if config.stack is None:
+        return {}
+    return {index: t for index, t in seed_trials(config, study).items() if index < len(config.stack.sources)}
+
+
+def source_rows(config: RunConfig, alone: dict[int, FrozenTrial], held_out: dict[int, Scores]) -> list[Row]:
+    """Rows of each source alone (`sources_alone`) in a layer-stacking run."""
     rows = []
-    for index, ref in enumerate(config.stack.sources):
-        if index in seeds:
-            trial, scores = seeds[index], held_out.get(seeds[index].number)
-            rows.append(Row(f"{source_label(ref, short=True)} alone (trial {trial.number})", list(trial.values),
-                            objective_values(config, scores) if scores else None, trial))
+    for index, trial in sorted(alone.items()):
+        scores = held_out.get(trial.number)
+        name = f"{source_label(config.stack.sources[index], short=True)} alone (trial {trial.number})"
+        held = objective_values(config, scores) if scores else None
+        rows.append(Row(name, list(trial.values), held, trial))
     return rows
 
 
 def write_report(config: RunConfig, scorer: CandidateScorer | None = None) -> Path:
     """Write report.md and its plots into the run directory; returns the report's path."""
-    baselines = " and `baselines`" if config.stack is None else ""
+    studies = f"`{config.study}`" + (" and `baselines`" if config.stack is None else "")
     text = "\n".join([
         f"# Run report: {config.run_dir}",
         "",
         report_section(config, load_run_study(config), config.run_dir, scorer=scorer),
-        f"Browse every candidate with `optuna-dashboard {config.storage_url}` (studies `{config.study}`{baselines}).",
+        f"Browse every candidate with `optuna-dashboard {config.storage_url}` (studies {studies}).",
         "",
     ])
     path = config.run_dir / REPORT_FILE
@@ -203,15 +211,19 @@ def report_section(
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not completed:
         raise UsageError(f"the run in {config.run_dir} has no completed candidate yet; nothing to report")
-    stack = config.stack
     reported = reported_trials(config, study)
-    seeds = {} if stack is None else {i: t for i, t in seed_trials(config, study).items() if i < len(stack.sources)}
-    held_out = record_held_out(config, study, scorer, [*reported, *seeds.values()])
+    alone = sources_alone(config, study)
+    held_out = record_held_out(config, study, scorer, [*reported, *alone.values()])
+    if config.stack is None:
+        references = baseline_rows(config, load_baselines(config))
+    else:
+        references = source_rows(config, alone, held_out)
     front = pareto_front(study)
     candidates = candidate_rows(config, reported, front, held_out)
-    references = baseline_rows(config, load_baselines(config)) if stack is None else source_rows(config, seeds, held_out)
     best = trial_recipe(candidates[0].trial)
-    plots = _plots(config, directory, plot_prefix, completed, front, held_out, references, candidates[0], best)
+    plots = _plots(
+        config, directory, plot_prefix, completed, front, held_out, references, candidates[0], best
+    )
     order = {t.number: i for i, t in enumerate(evaluated_trials(study), start=1)}
     return _section_text(config, study, candidates, references, order, best, plots, "#" * level)
 
@@ -230,15 +242,17 @@ def _plots(
     """Draw the section's plots; returns (title, file name) of each."""
     kind = "each source alone" if config.stack is not None else "baselines"
     ylabel = f"{'mean objective' if config.multi_objective else config.objectives[0].task} (search split)"
+    progress = f"{prefix}{PROGRESS_PLOT}"
     plot_progress(
-        directory / f"{prefix}{PROGRESS_PLOT}", [summary_score(config, list(t.values)) for t in completed],
+        directory / progress, [summary_score(config, list(t.values)) for t in completed],
         {row.name: summary_score(config, row.search) for row in references}, ylabel,
     )
-    plots = [(f"Best objective against evaluations ({kind} dashed)", f"{prefix}{PROGRESS_PLOT}")]
+    plots = [(f"Best objective against evaluations ({kind} dashed)", progress)]
     if config.multi_objective:
         front_held = [objective_values(config, held_out[t.number]) for t in front if t.number in held_out]
+        pareto = f"{prefix}{PARETO_PLOT}"
         plot_pareto(
-            directory / f"{prefix}{PARETO_PLOT}", [o.task for o in config.objectives],
+            directory / pareto, [o.task for o in config.objectives],
             {
                 "search split": {
                     "all candidates": [tuple(t.values) for t in completed],
@@ -251,37 +265,41 @@ def _plots(
                 },
             },
         )
-        plots.append(("Pareto front, search and held-out split", f"{prefix}{PARETO_PLOT}"))
+        plots.append(("Pareto front, search and held-out split", pareto))
     if isinstance(best, StackRecipe):
-        plot_stack(
-            directory / f"{prefix}{STACK_PLOT}", [(layer.source, layer.layer, layer.scale) for layer in best.layers],
-            [source_label(ref, short=True) for ref in best.sources], f"{len(best.layers)} layers: {best_row.name}",
-        )
-        plots.append(("The best stack: each layer's source, source layer and input scale", f"{prefix}{STACK_PLOT}"))
-        return plots
+        drawn = f"{prefix}{STACK_PLOT}"
+        layers = [(layer.source, layer.layer, layer.scale) for layer in best.layers]
+        names = [source_label(ref, short=True) for ref in best.sources]
+        plot_stack(directory / drawn, layers, names, f"{len(best.layers)} layers: {best_row.name}")
+        return [*plots, ("The best stack: each layer's source, source layer and input scale", drawn)]
     rows, columns, values = recipe_grid(best)
     if rows:
-        plot_heatmap(directory / f"{prefix}{RECIPE_PLOT}", rows, columns, values, f"{best.method}: {best_row.name}")
-        plots.append(("Parameters of the best recipe by layer", f"{prefix}{RECIPE_PLOT}"))
+        drawn = f"{prefix}{RECIPE_PLOT}"
+        plot_heatmap(directory / drawn, rows, columns, values, f"{best.method}: {best_row.name}")
+        plots.append(("Parameters of the best recipe by layer", drawn))
     return plots
 
 
 def _settings(config: RunConfig) -> list[str]:
     """The lines saying what the study searched: the merge and its genome, or the stack's layout."""
     if config.stack is None:
+        recipe = config.recipe
         return [
-            f"- merge: `{config.recipe.method}` of {', '.join(s.model for s in config.recipe.sources)}"
-            + (f" over base {config.recipe.base}" if config.recipe.base else ""),
-            "- searched: " + ", ".join(f"{g.param} ({g.granularity}, {g.low:g}..{g.high:g})" for g in config.genome),
+            f"- merge: `{recipe.method}` of {', '.join(s.model for s in recipe.sources)}"
+            + (f" over base {recipe.base}" if recipe.base else ""),
+            "- searched: "
+            + ", ".join(f"{g.param} ({g.granularity}, {g.low:g}..{g.high:g})" for g in config.genome),
         ]
     space = config.stack
+    sources = ", ".join(f"source {index} {source_label(ref)}" for index, ref in enumerate(space.sources))
+    scales = (
+        f"input scale of each layer {space.scale_low:g}..{space.scale_high:g}" if space.searches_scales
+        else f"no scale searched (every scale {space.scale_low:g})"
+    )
     return [
-        "- layer stack of: " + ", ".join(f"source {i} {source_label(ref)}" for i, ref in enumerate(space.sources))
-        + f"; embeddings, final norm and head of source {space.embeddings}",
+        f"- layer stack of: {sources}; embeddings, final norm and head of source {space.embeddings}",
         f"- searched: which layers, in order, of the sources' layers laid out {space.repeats} times; depth "
-        f"{space.min_depth}..{space.max_depth or 'every slot'}; "
-        + (f"input scale of each layer {space.scale_low:g}..{space.scale_high:g}" if space.searches_scales
-           else f"no scale searched (every scale {space.scale_low:g})"),
+        f"{space.min_depth}..{space.max_depth or 'every slot'}; {scales}",
     ]
 
 
@@ -294,16 +312,19 @@ def _section_text(config, study, candidates, references, order, best, plots, h: 
     elapsed = float(study.user_attrs.get(ELAPSED_ATTR, 0.0))
     if config.stack is not None:
         references_text = (
-            "Each source alone: the search's first candidates, each source's own layers in order (scale 1) under "
-            f"the embeddings, final norm and head of source {config.stack.embeddings}."
+            "Each source alone: the search's first candidates, each source's own layers in order (scale 1) "
+            f"under the embeddings, final norm and head of source {config.stack.embeddings}."
         )
     elif references:
         references_text = (
             "Baselines: each family's global setting was chosen on the search split from a small grid "
-            "(`evomerge/search/baselines.py`); every grid point is a trial of the study `baselines` in this ledger."
+            "(`evomerge/search/baselines.py`); every grid point is a trial of the study `baselines` in this "
+            "ledger."
         )
     else:
-        references_text = f"No baselines in this run's ledger yet: `evomerge baselines {config.run_dir}` adds them."
+        references_text = (
+            f"No baselines in this run's ledger yet: `evomerge baselines {config.run_dir}` adds them."
+        )
     lines = [
         *_settings(config),
         f"- optimizer: {config.optimizer.name}, seed {config.seed}; objectives: "

@@ -1,5 +1,5 @@
-"""Layer-stacking runs through the search loop and after it: the ledger, exact resume, held-out scores, status,
-report, export (as a checkpoint and as a mergekit config), bad input."""
+"""Layer-stacking runs through the search loop and after it: the ledger, exact resume, held-out scores,
+status, report, export (as a checkpoint and as a mergekit config), bad input."""
 
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ def stack_run(tiny_models, task_dir, tmp_path_factory) -> Path:
     candidate even on random models."""
     root = tmp_path_factory.mktemp("stack")
     data = stack_config(tiny_models, task_dir, root / "run", "nsga2", 6, scale_low=1.0, scale_high=1.0)
-    data["tasks"]["p"] = {"kind": "perplexity", "data": str(task_dir), "template": "{prompt}{answer}", "limit": 4}
+    data["tasks"]["p"] = {"kind": "perplexity", "data": str(task_dir), "template": "{prompt}{answer}",
+                          "limit": 4}
     data["objectives"].append({"task": "p"})
     assert main(["run", str(write_config(root / "c.yaml", data))]) == 0
     return root / "run"
@@ -125,7 +126,8 @@ def test_the_report_of_a_stack_run_compares_each_source_alone_and_draws_the_best
     assert main(["report", str(stack_run)]) == 0
     text = (stack_run / "report.md").read_text()
     for expected in ("- layer stack of: source 0", "## Results on the held-out split", "a alone (trial 0)",
-                     "b alone (trial 1)", "pareto:1", "found at evaluation", "## Best stack recipe", "layers:"):
+                     "b alone (trial 1)", "pareto:1", "found at evaluation", "## Best stack recipe",
+                     "layers:"):
         assert expected in text, expected
     for plot in ("progress.png", "pareto.png", "best_stack.png"):
         assert (stack_run / plot).read_bytes()[:8] == PNG_MAGIC
@@ -200,9 +202,10 @@ def test_a_scaled_stack_exports_with_its_scales_folded_and_says_so(scaled_stack,
 
 
 def test_mergekit_writes_the_same_tensors_as_the_stack_export(scaled_stack, tmp_path):
-    mergekit_yaml = Path(os.environ.get("MERGEKIT_YAML", Path(__file__).parents[1] / ".mergekit-venv/bin/mergekit-yaml"))
+    default = Path(__file__).parents[1] / ".mergekit-venv" / "bin" / "mergekit-yaml"
+    mergekit_yaml = Path(os.environ.get("MERGEKIT_YAML", default))
     if not mergekit_yaml.is_file():
-        pytest.skip(f"no mergekit at {mergekit_yaml} (bash experiments/setup_mergekit.sh, or set MERGEKIT_YAML)")
+        pytest.skip(f"no mergekit at {mergekit_yaml} (see experiments/setup_mergekit.sh, or MERGEKIT_YAML)")
     _, out = scaled_stack
     subprocess.run([str(mergekit_yaml), str(out / "mergekit.yaml"), str(tmp_path / "mk")], check=True,
                    capture_output=True)
@@ -212,7 +215,7 @@ def test_mergekit_writes_the_same_tensors_as_the_stack_export(scaled_stack, tmp_
 
 
 def test_mergekit_cannot_read_a_stack_over_an_inline_merge(tiny_models):
-    merge = {"method": "linear", "sources": [{"model": str(tiny_models["a"])}, {"model": str(tiny_models["b"])}]}
+    merge = {"method": "linear", "sources": [{"model": str(tiny_models[name])} for name in ("a", "b")]}
     stack = stack_from_dict({"sources": [str(tiny_models["a"]), merge], "layers": [[1, 0, 1.0]]})
     with pytest.raises(UsageError, match="mergekit cannot read stack source 1, an inline merge"):
         stack_mergekit_config(stack)

@@ -66,9 +66,11 @@ def export_candidate(
     stack = isinstance(candidate, StackRecipe)
     files = {}
     if fmt == "mergekit":
-        files["mergekit.yaml"] = mergekit_yaml(candidate, [] if stack else list(scorer.engine.reference.tensors))
+        tensor_names = [] if stack else list(scorer.engine.reference.tensors)
+        files["mergekit.yaml"] = mergekit_yaml(candidate, tensor_names)
     held_out = record_held_out(config, study, scorer, [trial])[trial.number]
-    files["README.md"] = model_card(config, trial, candidate, held_out, chosen_as, len(evaluated_trials(study)))
+    evaluations = len(evaluated_trials(study))
+    files["README.md"] = model_card(config, trial, candidate, held_out, chosen_as, evaluations)
     if stack:
         write_stack_dir(scorer.engine, candidate, out, files, replace=force)
     else:
