@@ -188,8 +188,10 @@ def _add_result_commands(commands: argparse._SubParsersAction) -> None:
         description="Write RUN_DIR/report.md with PNG plots beside it: the best objective against evaluations "
         "(baselines as horizontal lines), the Pareto front on the search and held-out splits, a heat map of the "
         "best recipe's per-layer parameters, and a table of the best and Pareto candidates with search and "
-        "held-out scores, merge and evaluation time. Held-out scores missing from the ledger are computed and "
-        "stored first. The run directory also opens in optuna-dashboard as it is.",
+        "held-out scores, merge and evaluation time. For a layer-stacking run, each source alone takes the "
+        "baselines' place and a bar chart of the best stack (each layer's source, source layer and scale) "
+        "the heat map's. Held-out scores missing from the ledger are computed and stored first. The run "
+        "directory also opens in optuna-dashboard as it is.",
         epilog="example: evomerge report runs/demo",
     )
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
@@ -201,8 +203,10 @@ def _add_result_commands(commands: argparse._SubParsersAction) -> None:
         description="Merge one candidate of the run in RUN_DIR (the best by default) and write it to --out: "
         "safetensors, config, generation config and tokenizer that AutoModelForCausalLM.from_pretrained "
         "loads, recipe.yaml (`evomerge merge recipe.yaml` rebuilds the same tensors bit for bit) and README.md, "
-        "a model card with the sources, method, search settings and scores. The candidate's held-out scores "
-        "are computed and stored in the ledger if it has none.",
+        "a model card with the sources, method, search settings and scores. A layer-stacking run's candidate "
+        "is written as an ordinary checkpoint of the new depth, each layer's scale folded into its attention "
+        "and MLP output projections (exact up to RMSNorm's epsilon), its card listing the layers. The "
+        "candidate's held-out scores are computed and stored in the ledger if it has none.",
         epilog="examples: evomerge export runs/demo --out merged; evomerge export runs/pareto --pick pareto:2 "
         "--out merged-p2 --format mergekit",
     )
@@ -219,7 +223,8 @@ def _add_result_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--format", choices=("hf", "mergekit"), default="hf",
         help="hf (default): the model directory; mergekit: also mergekit.yaml, the same merge as a mergekit "
-        "config (an error if mergekit cannot express the recipe)",
+        "config (a layer stack as a passthrough merge of one slice per layer; an error if mergekit cannot "
+        "express the recipe)",
     )
     export.set_defaults(run=_run_export)
 
@@ -230,7 +235,8 @@ def _add_result_commands(commands: argparse._SubParsersAction) -> None:
         "average, and task arithmetic, TIES and DARE-TIES with one global setting each, chosen by a small grid "
         "on the search split; score the chosen ones on the held-out split. Every merge is a trial of the "
         "study 'baselines' in the run's ledger, apart from the search (it uses none of the search's budget); "
-        "`evomerge report` shows them. Nothing is scored twice.",
+        "`evomerge report` shows them. Nothing is scored twice. For merge-parameter runs only: a "
+        "layer-stacking run's report compares its stacks with each source alone.",
         epilog="examples: evomerge baselines configs/demo.yaml; evomerge baselines runs/demo",
     )
     baselines.add_argument("config", type=Path, metavar="CONFIG", help="a run config YAML, or a run directory")
@@ -387,12 +393,12 @@ def _run_status(args: argparse.Namespace) -> None:
     print(run_status_text(config))
 
 
-def _parameter_space_run(config: RunConfig, command: str) -> RunConfig:
-    """The config, if it is a merge-parameter search: `command` does not handle layer-stacking runs yet."""
-    if config.stack is not None:
+def _one_study_run(config: RunConfig, command: str) -> RunConfig:
+    """The config, unless it is a hybrid run (a study per phase), which `command` does not handle yet."""
+    if config.hybrid:
         raise UsageError(
-            f"evomerge {command} does not handle layer-stacking (stack:) runs yet; `evomerge status` shows its "
-            "best trial, and `evomerge merge` writes a trial's stack recipe (its `recipe` in the ledger)"
+            f"evomerge {command} does not handle hybrid runs (recipe, genome and stack) yet; `evomerge "
+            "status` shows both phases' best candidates"
         )
     return config
 
@@ -400,14 +406,14 @@ def _parameter_space_run(config: RunConfig, command: str) -> RunConfig:
 def _run_report(args: argparse.Namespace) -> None:
     from evomerge.report import write_report
 
-    print(f"report written to {write_report(_parameter_space_run(_stored_config(args.run_dir, {}), 'report'))}")
+    print(f"report written to {write_report(_one_study_run(_stored_config(args.run_dir, {}), 'report'))}")
 
 
 def _run_export(args: argparse.Namespace) -> None:
     from evomerge.search.export import export_candidate, pick_trial
     from evomerge.search.ledger import load_run_study
 
-    config = _parameter_space_run(_stored_config(args.run_dir, {}), "export")
+    config = _one_study_run(_stored_config(args.run_dir, {}), "export")
     study = load_run_study(config)
     trial, chosen_as = pick_trial(config, study, args.trial, args.pick)
     export_candidate(config, study, trial, chosen_as, args.out, force=args.force, fmt=args.format)
@@ -424,7 +430,12 @@ def _run_baselines(args: argparse.Namespace) -> None:
     else:
         config = load_config(args.config, {} if args.run_dir is None else {"run_dir": str(args.run_dir)})
     searched = config.merge_phase() if config.hybrid else config  # a hybrid's baselines: its merge phase's
-    baselines = run_baselines(_parameter_space_run(searched, "baselines"))
+    if searched.stack is not None:
+        raise UsageError(
+            "evomerge baselines does not handle layer-stacking (stack:) runs: its baselines are merges of a "
+            "run's recipe; `evomerge report RUN_DIR` compares the best stack with each source alone"
+        )
+    baselines = run_baselines(searched)
     _write_run_config(config)
     print(results_table(config, baseline_rows(config, baselines)))
 

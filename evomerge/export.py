@@ -9,17 +9,17 @@ killed write leaves nothing at the output path.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
+from typing import Protocol
 
 from transformers import AutoTokenizer, PreTrainedModel
 
+from evomerge.dfs import StackRecipe
 from evomerge.engine import MergeEngine, recipe_dtype
 from evomerge.errors import UsageError
-from evomerge.files import staging_directory
+from evomerge.files import written_directory
 from evomerge.recipe import Recipe
-from evomerge.sources import LoadedModel
 
 
 def check_output_dir(out: Path, replace: bool = False) -> None:
@@ -51,17 +51,29 @@ def write_merge(recipe: Recipe, out: Path, device: str = "cpu", progress: bool =
     return out
 
 
+class TokenizerSource(Protocol):
+    """Where the tokenizer of an exported model comes from (a merge's reference model, a stack's embeddings
+    source)."""
+
+    @property
+    def directory(self) -> Path: ...
+
+    @property
+    def gguf_file(self) -> str | None: ...
+
+
 def write_model_dir(
     model: PreTrainedModel,
-    reference: LoadedModel,
-    recipe: Recipe,
+    reference: TokenizerSource,
+    recipe: Recipe | StackRecipe,
     out: Path,
     files: dict[str, str] | None = None,
     replace: bool = False,
 ) -> None:
-    """Save model, tokenizer, recipe and any extra text `files` (name -> text) into a temporary sibling of
-    `out`, then rename it to `out`; with `replace`, a directory already at `out` is swapped out and deleted."""
-    with staging_directory(out) as staging:
+    """Save model, the reference's tokenizer, the recipe and any extra text `files` (name -> text) into a
+    temporary sibling of `out`, then rename it to `out`; with `replace`, a directory already at `out` is
+    swapped out and deleted."""
+    with written_directory(out, replace=replace) as staging:
         model.save_pretrained(staging)
         tokenizer = _reference_tokenizer(reference)
         if tokenizer is not None:
@@ -69,19 +81,13 @@ def write_model_dir(
         (staging / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
         for name, text in (files or {}).items():
             (staging / name).write_text(text, encoding="utf-8")
-        if replace and out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            staging.rename(out)
-            shutil.rmtree(old)
-        else:
-            staging.rename(out)
 
 
-def _reference_tokenizer(reference: LoadedModel):
+def _reference_tokenizer(reference: TokenizerSource):
+    where = reference.gguf_file or reference.directory
     try:
         return AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file)
     except (OSError, ValueError, TypeError) as error:
-        print(f"evomerge: warning: no tokenizer written: cannot load one from '{reference.ref}' ({error})",
+        print(f"evomerge: warning: no tokenizer written: cannot load one from '{where}' ({error})",
               file=sys.stderr)
         return None

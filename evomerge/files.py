@@ -40,3 +40,19 @@ def staging_directory(out: Path) -> Iterator[Path]:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def written_directory(out: Path, replace: bool = False) -> Iterator[Path]:
+    """A staging directory to fill (`staging_directory`); once the block ends without an error it becomes
+    `out`. With `replace`, a directory already at `out` is renamed aside first and deleted after the swap, so
+    `out` is the old directory or the new one, never a mixture."""
+    with staging_directory(out) as staging:
+        yield staging
+        if replace and out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old)
+        else:
+            staging.rename(out)

@@ -13,9 +13,17 @@ The translation keeps mergekit's own semantics equal to evomerge's:
   tensors than evomerge's kinds cannot be expressed.
 - DARE's `drop` is mergekit's `density` = 1 - drop, evomerge's `scale` is mergekit's `lambda`.
 
-What cannot be expressed raises UsageError: sources mergekit cannot read (GGUF files), and per-kind values on
-models whose tensor names mergekit's filters cannot tell apart. mergekit draws DARE's random masks from its
-own generator, so a DARE merge made by mergekit is a close sibling of evomerge's, not the same tensors.
+A layer stack (evomerge/dfs.py) is a `passthrough` merge with one slice per layer, its scale folded as the
+export folds it (evomerge/stacking.py: the attention and MLP output projections multiplied by the layer's
+factor, through mergekit's per-tensor `scale` filtered on their names). mergekit takes the embeddings from
+the first slice and the final norm and head from the last, so a slice of no layers from the embeddings source
+opens and closes the list. `mergekit-yaml` on such a config writes the tensors of evomerge's export exactly
+(tests/test_dfs_search.py, with the mergekit that experiments/setup_mergekit.sh installs).
+
+What cannot be expressed raises UsageError: sources mergekit cannot read (GGUF files, a stack's inline merge
+recipes), and per-kind values on models whose tensor names mergekit's filters cannot tell apart. mergekit
+draws DARE's random masks from its own generator, so a DARE merge made by mergekit is a close sibling of
+evomerge's, not the same tensors.
 """
 
 from __future__ import annotations
@@ -25,9 +33,11 @@ from typing import Any
 
 import yaml
 
+from evomerge.dfs import StackRecipe
 from evomerge.errors import UsageError
 from evomerge.recipe import Recipe, resolve_value
 from evomerge.sources import ZOO_PREFIX, resolve_ref, tensor_info
+from evomerge.stacking import BRANCH_OUTPUTS, folded_factors, source_label
 
 #: evomerge method -> mergekit `merge_method` (mergekit implements each under this name).
 METHODS = {
@@ -73,11 +83,41 @@ def mergekit_config(recipe: Recipe, tensor_names: list[str]) -> dict[str, Any]:
     return config
 
 
-def mergekit_yaml(recipe: Recipe, tensor_names: list[str]) -> str:
+def stack_mergekit_config(stack: StackRecipe) -> dict[str, Any]:
+    """The mergekit `passthrough` configuration that writes `stack` as evomerge exports it; UsageError if a
+    source is not a model file mergekit reads."""
+    models = []
+    for index, ref in enumerate(stack.sources):
+        if not isinstance(ref, str):
+            raise UsageError(
+                f"mergekit cannot read stack source {index}, an inline merge ({source_label(ref)}); export "
+                "without --format mergekit, or export that merge first and name its directory as the source"
+            )
+        models.append(_model_path(ref))
+    slices = [_no_layers(models[stack.embeddings])]
+    for layer, factor in zip(stack.layers, folded_factors(stack)):
+        layers = [layer.layer, layer.layer + 1]
+        source: dict[str, Any] = {"model": models[layer.source], "layer_range": layers}
+        if factor != 1.0:
+            scales = [{"filter": name, "value": factor} for name in BRANCH_OUTPUTS]
+            source["parameters"] = {"scale": [*scales, {"value": 1.0}]}
+        slices.append({"sources": [source]})
+    return {"merge_method": "passthrough", "slices": [*slices, _no_layers(models[stack.embeddings])]}
+
+
+def _no_layers(model: str) -> dict[str, Any]:
+    """A slice of no layers: where mergekit takes the embeddings (first slice), final norm and head (last)."""
+    return {"sources": [{"model": model, "layer_range": [0, 0]}]}
+
+
+def mergekit_yaml(candidate: Recipe | StackRecipe, tensor_names: list[str]) -> str:
+    """The mergekit config of a merge recipe over models with these tensor names, or of a stack, as YAML."""
     header = "# mergekit configuration of this merge (mergekit-yaml mergekit.yaml OUT_DIR).\n"
-    if "drop" in recipe.method_def.param_names():
+    if isinstance(candidate, StackRecipe):
+        return header + yaml.safe_dump(stack_mergekit_config(candidate), sort_keys=False)
+    if "drop" in candidate.method_def.param_names():
         header += "# evomerge's recipe.yaml rebuilds the exact tensors; mergekit draws DARE's random drops itself.\n"
-    return header + yaml.safe_dump(mergekit_config(recipe, tensor_names), sort_keys=False)
+    return header + yaml.safe_dump(mergekit_config(candidate, tensor_names), sort_keys=False)
 
 
 def _model_path(ref: str) -> str:

@@ -1,9 +1,14 @@
 """`evomerge report RUN_DIR`: what a run found, in `RUN_DIR/report.md` with its PNG plots beside it.
 
-The report reads the run's two studies in its storage: the search (`evomerge run`) and, when they were run,
-the baselines (`evomerge baselines`). The best candidate and the Pareto points are scored on the held-out
-split first where the ledger has no held-out record for them yet (and the records are stored), so every number
-in the tables has its held-out twin. Nothing else is computed: the report is cheap to redo during a run.
+`report_section` reports one search study, of merge parameters or of a layer stack: its settings, the
+held-out table against what it is measured by (the baselines of `evomerge baselines`, when they were run, or
+each source alone for a layer stack: the stack search's first candidates), the best candidate and Pareto
+points, the plots (written beside the report, their file names prefixed so that sections of several studies
+share one directory) and the best recipe. `write_report` writes a run's report.md from it.
+
+The rows shown are scored on the held-out split first where the ledger has no held-out record for them yet
+(and the records are stored), so every number in the tables has its held-out twin. Nothing else is computed:
+the report is cheap to redo during a run.
 """
 
 from __future__ import annotations
@@ -12,24 +17,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig
+from evomerge.dfs import StackRecipe
 from evomerge.errors import UsageError
-from evomerge.model_card import task_description
 from evomerge.evaluate.tasks import Scores
-from evomerge.plots import plot_heatmap, plot_pareto, plot_progress
+from evomerge.model_card import task_description
+from evomerge.plots import plot_heatmap, plot_pareto, plot_progress, plot_stack
 from evomerge.recipe import Recipe, resolve_value
-from evomerge.search.baselines import BaselineResult, load_baselines, source_name
+from evomerge.search.baselines import BaselineResult, load_baselines
 from evomerge.search.held_out import record_held_out
 from evomerge.search.ledger import ELAPSED_ATTR, load_run_study
-from evomerge.search.results import evaluated_trials, pareto_front, reported_trials, trial_recipe
+from evomerge.search.results import evaluated_trials, pareto_front, reported_trials, seed_trials, trial_recipe
 from evomerge.search.scoring import CandidateScorer
+from evomerge.search.space import Candidate
+from evomerge.sources import source_name
+from evomerge.stacking import source_label
 
 REPORT_FILE = "report.md"
 PROGRESS_PLOT = "progress.png"
 PARETO_PLOT = "pareto.png"
 RECIPE_PLOT = "best_recipe.png"
+STACK_PLOT = "best_stack.png"
 
 
 @dataclass(frozen=True)
@@ -149,67 +160,173 @@ def _layer_lists(found: list[tuple[str, Any]]) -> list[list]:
     return lists
 
 
+def sources_alone(config: RunConfig, study: optuna.Study) -> dict[int, FrozenTrial]:
+    """A layer-stacking run's completed trial of each source alone (its first seeds), by source index; none
+    for a merge run."""
+    if config.stack is None:
+        return {}
+    return {index: t for index, t in seed_trials(config, study).items() if index < len(config.stack.sources)}
+
+
+def source_rows(config: RunConfig, alone: dict[int, FrozenTrial], held_out: dict[int, Scores]) -> list[Row]:
+    """Rows of each source alone (`sources_alone`) in a layer-stacking run."""
+    rows = []
+    for index, trial in sorted(alone.items()):
+        scores = held_out.get(trial.number)
+        name = f"{source_label(config.stack.sources[index], short=True)} alone (trial {trial.number})"
+        held = objective_values(config, scores) if scores else None
+        rows.append(Row(name, list(trial.values), held, trial))
+    return rows
+
+
 def write_report(config: RunConfig, scorer: CandidateScorer | None = None) -> Path:
     """Write report.md and its plots into the run directory; returns the report's path."""
-    study = load_run_study(config)
-    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not completed:
-        raise UsageError(f"the run in {config.run_dir} has no completed candidate yet; nothing to report")
-    held_out = record_held_out(config, study, scorer)
-    order = {t.number: i for i, t in enumerate(evaluated_trials(study), start=1)}
-    front = pareto_front(study)
-    candidates = candidate_rows(config, reported_trials(config, study), front, held_out)
-    baselines = baseline_rows(config, load_baselines(config))
-    best_recipe = trial_recipe(candidates[0].trial)
-    directory = config.run_dir
-
-    ylabel = f"{'mean objective' if config.multi_objective else config.objectives[0].task} (search split)"
-    plot_progress(
-        directory / PROGRESS_PLOT, [summary_score(config, list(t.values)) for t in completed],
-        {row.name: summary_score(config, row.search) for row in baselines}, ylabel,
-    )
-    plots = [("Best objective against evaluations (baselines dashed)", PROGRESS_PLOT)]
-    if config.multi_objective:
-        front_held = [objective_values(config, held_out[t.number]) for t in front if t.number in held_out]
-        plot_pareto(
-            directory / PARETO_PLOT, [o.task for o in config.objectives],
-            {
-                "search split": {
-                    "all candidates": [tuple(t.values) for t in completed],
-                    "Pareto front": [tuple(t.values) for t in front],
-                    "baselines": [tuple(row.search) for row in baselines],
-                },
-                "held-out split": {
-                    "Pareto front": [tuple(v) for v in front_held],
-                    "baselines": [tuple(row.held_out) for row in baselines if row.held_out],
-                },
-            },
-        )
-        plots.append(("Pareto front, search and held-out split", PARETO_PLOT))
-    rows, columns, values = recipe_grid(best_recipe)
-    if rows:
-        plot_heatmap(directory / RECIPE_PLOT, rows, columns, values, f"{best_recipe.method}: {candidates[0].name}")
-        plots.append(("Parameters of the best recipe by layer", RECIPE_PLOT))
-
-    text = _report_text(config, study, candidates, baselines, order, best_recipe, plots)
-    path = directory / REPORT_FILE
+    studies = f"`{config.study}`" + (" and `baselines`" if config.stack is None else "")
+    text = "\n".join([
+        f"# Run report: {config.run_dir}",
+        "",
+        report_section(config, load_run_study(config), config.run_dir, scorer=scorer),
+        f"Browse every candidate with `optuna-dashboard {config.storage_url}` (studies {studies}).",
+        "",
+    ])
+    path = config.run_dir / REPORT_FILE
     path.write_text(text, encoding="utf-8")
     return path
 
 
-def _report_text(config, study, candidates, baselines, order, best_recipe, plots) -> str:
+def report_section(
+    config: RunConfig,
+    study: optuna.Study,
+    directory: Path,
+    plot_prefix: str = "",
+    scorer: CandidateScorer | None = None,
+    level: int = 2,
+) -> str:
+    """The report of one search study (merge parameters or layer stacking) as Markdown whose headings are of
+    `level`, its plots written into `directory` with file names starting with `plot_prefix`.
+
+    Held-out scores the ledger lacks for the rows shown are computed first (with `scorer`, else one built
+    for the purpose) and stored.
+    """
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not completed:
+        raise UsageError(f"the run in {config.run_dir} has no completed candidate yet; nothing to report")
+    reported = reported_trials(config, study)
+    alone = sources_alone(config, study)
+    held_out = record_held_out(config, study, scorer, [*reported, *alone.values()])
+    if config.stack is None:
+        references = baseline_rows(config, load_baselines(config))
+    else:
+        references = source_rows(config, alone, held_out)
+    front = pareto_front(study)
+    candidates = candidate_rows(config, reported, front, held_out)
+    best = trial_recipe(candidates[0].trial)
+    plots = _plots(
+        config, directory, plot_prefix, completed, front, held_out, references, candidates[0], best
+    )
+    order = {t.number: i for i, t in enumerate(evaluated_trials(study), start=1)}
+    return _section_text(config, study, candidates, references, order, best, plots, "#" * level)
+
+
+def _plots(
+    config: RunConfig,
+    directory: Path,
+    prefix: str,
+    completed: list[FrozenTrial],
+    front: list[FrozenTrial],
+    held_out: dict[int, Scores],
+    references: list[Row],
+    best_row: Row,
+    best: Candidate,
+) -> list[tuple[str, str]]:
+    """Draw the section's plots; returns (title, file name) of each."""
+    kind = "each source alone" if config.stack is not None else "baselines"
+    ylabel = f"{'mean objective' if config.multi_objective else config.objectives[0].task} (search split)"
+    progress = f"{prefix}{PROGRESS_PLOT}"
+    plot_progress(
+        directory / progress, [summary_score(config, list(t.values)) for t in completed],
+        {row.name: summary_score(config, row.search) for row in references}, ylabel,
+    )
+    plots = [(f"Best objective against evaluations ({kind} dashed)", progress)]
+    if config.multi_objective:
+        front_held = [objective_values(config, held_out[t.number]) for t in front if t.number in held_out]
+        pareto = f"{prefix}{PARETO_PLOT}"
+        plot_pareto(
+            directory / pareto, [o.task for o in config.objectives],
+            {
+                "search split": {
+                    "all candidates": [tuple(t.values) for t in completed],
+                    "Pareto front": [tuple(t.values) for t in front],
+                    kind: [tuple(row.search) for row in references],
+                },
+                "held-out split": {
+                    "Pareto front": [tuple(v) for v in front_held],
+                    kind: [tuple(row.held_out) for row in references if row.held_out],
+                },
+            },
+        )
+        plots.append(("Pareto front, search and held-out split", pareto))
+    if isinstance(best, StackRecipe):
+        drawn = f"{prefix}{STACK_PLOT}"
+        layers = [(layer.source, layer.layer, layer.scale) for layer in best.layers]
+        names = [source_label(ref, short=True) for ref in best.sources]
+        plot_stack(directory / drawn, layers, names, f"{len(best.layers)} layers: {best_row.name}")
+        return [*plots, ("The best stack: each layer's source, source layer and input scale", drawn)]
+    rows, columns, values = recipe_grid(best)
+    if rows:
+        drawn = f"{prefix}{RECIPE_PLOT}"
+        plot_heatmap(directory / drawn, rows, columns, values, f"{best.method}: {best_row.name}")
+        plots.append(("Parameters of the best recipe by layer", drawn))
+    return plots
+
+
+def _settings(config: RunConfig) -> list[str]:
+    """The lines saying what the study searched: the merge and its genome, or the stack's layout."""
+    if config.stack is None:
+        recipe = config.recipe
+        return [
+            f"- merge: `{recipe.method}` of {', '.join(s.model for s in recipe.sources)}"
+            + (f" over base {recipe.base}" if recipe.base else ""),
+            "- searched: "
+            + ", ".join(f"{g.param} ({g.granularity}, {g.low:g}..{g.high:g})" for g in config.genome),
+        ]
+    space = config.stack
+    sources = ", ".join(f"source {index} {source_label(ref)}" for index, ref in enumerate(space.sources))
+    scales = (
+        f"input scale of each layer {space.scale_low:g}..{space.scale_high:g}" if space.searches_scales
+        else f"no scale searched (every scale {space.scale_low:g})"
+    )
+    return [
+        f"- layer stack of: {sources}; embeddings, final norm and head of source {space.embeddings}",
+        f"- searched: which layers, in order, of the sources' layers laid out {space.repeats} times; depth "
+        f"{space.min_depth}..{space.max_depth or 'every slot'}; {scales}",
+    ]
+
+
+def _section_text(config, study, candidates, references, order, best, plots, h: str) -> str:
     trials = study.get_trials(deepcopy=False)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
     finished = len(evaluated_trials(study))
     merge = sum(t.user_attrs.get("merge_seconds", 0.0) for t in trials)
     evaluate = sum(t.user_attrs.get("eval_seconds", 0.0) for t in trials)
     elapsed = float(study.user_attrs.get(ELAPSED_ATTR, 0.0))
+    if config.stack is not None:
+        references_text = (
+            "Each source alone: the search's first candidates, each source's own layers in order (scale 1) "
+            f"under the embeddings, final norm and head of source {config.stack.embeddings}."
+        )
+    elif references:
+        references_text = (
+            "Baselines: each family's global setting was chosen on the search split from a small grid "
+            "(`evomerge/search/baselines.py`); every grid point is a trial of the study `baselines` in this "
+            "ledger."
+        )
+    else:
+        references_text = (
+            f"No baselines in this run's ledger yet: `evomerge baselines {config.run_dir}` adds them."
+        )
     lines = [
-        f"# Run report: {config.run_dir}",
-        "",
-        f"- merge: `{config.recipe.method}` of {', '.join(s.model for s in config.recipe.sources)}"
-        + (f" over base {config.recipe.base}" if config.recipe.base else ""),
-        "- searched: " + ", ".join(f"{g.param} ({g.granularity}, {g.low:g}..{g.high:g})" for g in config.genome),
+        *_settings(config),
         f"- optimizer: {config.optimizer.name}, seed {config.seed}; objectives: "
         + ", ".join(f"{o.task}.{o.metric} ({o.direction})" for o in config.objectives),
         *(f"- task `{name}`: {task_description(spec)}" for name, spec in config.tasks.items()),
@@ -221,15 +338,13 @@ def _report_text(config, study, candidates, baselines, order, best_recipe, plots
         "Search scores are what the optimizer saw; held-out scores come from the disjoint held-out split, which "
         "it never saw. The mean is the weighted mean of the objectives.",
         "",
-        "## Results on the held-out split",
+        f"{h} Results on the held-out split",
         "",
-        results_table(config, baselines + candidates[:1]),
+        results_table(config, references + candidates[:1]),
         "",
-        "Baselines: each family's global setting was chosen on the search split from a small grid "
-        "(`evomerge/search/baselines.py`); every grid point is a trial of the study `baselines` in this ledger."
-        if baselines else f"No baselines in this run's ledger yet: `evomerge baselines {config.run_dir}` adds them.",
+        references_text,
         "",
-        "## Best candidate" + (" and Pareto front" if config.multi_objective else ""),
+        f"{h} Best candidate" + (" and Pareto front" if config.multi_objective else ""),
         "",
         candidates_table(config, candidates, order),
         "",
@@ -237,16 +352,13 @@ def _report_text(config, study, candidates, baselines, order, best_recipe, plots
         "",
     ]
     for title, file in plots:
-        lines += [f"## {title}", "", f"![{title}]({file})", ""]
+        lines += [f"{h} {title}", "", f"![{title}]({file})", ""]
     lines += [
-        "## Best recipe",
+        f"{h} Best {'stack ' if isinstance(best, StackRecipe) else ''}recipe",
         "",
         "```yaml",
-        best_recipe.to_yaml().rstrip(),
+        best.to_yaml().rstrip(),
         "```",
-        "",
-        f"Browse every candidate with `optuna-dashboard {config.storage_url}`"
-        " (studies `evomerge` and `baselines`).",
         "",
     ]
     return "\n".join(lines)

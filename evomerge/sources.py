@@ -83,6 +83,11 @@ class LoadedModel:
         return self.path.parent if self.gguf_file else self.path
 
 
+def source_name(ref: str) -> str:
+    """A short name for a model reference: `zoo:expert_add` -> expert_add, `/models/x/` -> x."""
+    return ref.split(":", 1)[1] if ref.startswith(ZOO_PREFIX) else Path(ref).name or ref
+
+
 def resolve_ref(ref: str) -> Path:
     """The local path of a model reference, downloading a hub model when the hub is reachable."""
     if ref.startswith(ZOO_PREFIX):

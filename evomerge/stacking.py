@@ -12,8 +12,9 @@ Export writes an ordinary checkpoint of the same architecture with the new layer
 for a pre-norm layer, out = s*h + f(h) since RMSNorm(s*h) = RMSNorm(h) (up to its epsilon). Writing
 x_k = h_k / C_k with C_0 = 1 and C_{k+1} = s_k C_k, the stack x_{k+1} = x_k + f_k(x_k) / C_{k+1} computes the
 scaled model exactly, and the final norm removes C_T. So each exported layer has its attention output and MLP
-down projections divided by C_{k+1}; the only difference is the epsilon inside the norms, measured by
-experiments/stack_export_fold.py.
+down projections multiplied by 1 / C_{k+1} (`folded_factors`; a product, as mergekit's passthrough `scale`
+computes it, so that the mergekit config of a stack writes the same tensors); the only difference is the
+epsilon inside the norms, measured by experiments/stack_zoo.py.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from evomerge.dfs import StackRecipe, StackSpace
 from evomerge.engine import MergeEngine, recipe_dtype
 from evomerge.errors import UsageError
-from evomerge.files import staging_directory
+from evomerge.export import check_output_dir, write_model_dir
 from evomerge.recipe import Recipe
-from evomerge.sources import resolve_ref
+from evomerge.sources import resolve_ref, source_name
 
 # what must agree for one source's layer to read another's hidden state and share one rotary embedding
 STACKABLE = (
@@ -82,11 +83,7 @@ class StackSource:
 
     @property
     def name(self) -> str:
-        return (
-            self.ref
-            if isinstance(self.ref, str)
-            else f"merge of {', '.join(s.model for s in self.ref.sources)}"
-        )
+        return source_label(self.ref)
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -149,11 +146,9 @@ class StackEngine:
             for name, tensor in reference.state_dict().items()
             if not name.startswith(f"{reference.base_model_prefix}.layers.")
         }
-        cumulative = 1.0
-        for index, layer in enumerate(stack.layers):
-            cumulative *= layer.scale
+        for index, (layer, factor) in enumerate(zip(stack.layers, folded_factors(stack))):
             for name, tensor in self.sources[layer.source].layers[layer.layer].state_dict().items():
-                folded = tensor / cumulative if name.startswith(BRANCH_OUTPUTS) else tensor
+                folded = tensor * factor if name.startswith(BRANCH_OUTPUTS) else tensor
                 state[f"{reference.base_model_prefix}.layers.{index}.{name}"] = folded.clone()
         model.load_state_dict(state, strict=True, assign=True)
         if getattr(config, "tie_word_embeddings", False):
@@ -175,6 +170,23 @@ class StackEngine:
                 raise UsageError(
                     f"stack layer {position}: source {layer.source} has {count} layers, no layer {layer.layer}"
                 )
+
+
+def source_label(ref: str | Recipe, short: bool = False) -> str:
+    """A stack source in words: its model reference (`short`: its short name), or `merge of A, B` for an
+    inline merge recipe."""
+    name = source_name if short else str
+    return name(ref) if isinstance(ref, str) else f"merge of {', '.join(name(s.model) for s in ref.sources)}"
+
+
+def folded_factors(stack: StackRecipe) -> list[float]:
+    """Per layer of the stack, the factor 1 / C_{k+1} (C_{k+1}: the product of the scales up to and including
+    layer k) by which the export multiplies its BRANCH_OUTPUTS projections (see the module docstring)."""
+    factors, cumulative = [], 1.0
+    for layer in stack.layers:
+        cumulative *= layer.scale
+        factors.append(1.0 / cumulative)
+    return factors
 
 
 def load_sources(refs: list[str | Recipe], device: str | torch.device = "cpu") -> list[StackSource]:
@@ -229,8 +241,6 @@ def check_stackable(sources: list[StackSource]) -> None:
 
 def write_stack(stack: StackRecipe, out: Path, device: str = "cpu") -> Path:
     """Build `stack` from its sources and write it to `out` as an ordinary HF directory with its recipe."""
-    from evomerge.export import check_output_dir
-
     out = Path(out)
     check_output_dir(out)
     engine = StackEngine(load_sources(stack.sources, device), stack.embeddings)
@@ -238,16 +248,16 @@ def write_stack(stack: StackRecipe, out: Path, device: str = "cpu") -> Path:
     return out
 
 
-def write_stack_dir(engine: StackEngine, stack: StackRecipe, out: Path) -> None:
-    model = engine.exported_model(stack)
-    with staging_directory(out) as staging:
-        model.save_pretrained(staging)
-        reference = engine.reference
-        AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file).save_pretrained(
-            staging
-        )
-        (staging / "recipe.yaml").write_text(stack.to_yaml(), encoding="utf-8")
-        staging.rename(out)
+def write_stack_dir(
+    engine: StackEngine,
+    stack: StackRecipe,
+    out: Path,
+    files: dict[str, str] | None = None,
+    replace: bool = False,
+) -> None:
+    """Write `stack` (scales folded) as `write_model_dir` writes a merge: all or nothing, with the embeddings
+    source's tokenizer, the stack recipe as `recipe.yaml` and any extra text `files`."""
+    write_model_dir(engine.exported_model(stack), engine.reference, stack, out, files, replace=replace)
 
 
 def _shallow(module: nn.Module) -> nn.Module:

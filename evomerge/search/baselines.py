@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -25,6 +24,7 @@ from evomerge.recipe import Recipe, recipe_from_dict
 from evomerge.search.ledger import open_storage, open_study
 from evomerge.search.results import HELD_OUT_PREFIX, best_trial, held_out_scores, trial_recipe
 from evomerge.search.scoring import CandidateScorer
+from evomerge.sources import source_name
 
 BASELINES_STUDY = "baselines"
 FAMILY_ATTR = "family"
@@ -53,11 +53,6 @@ class BaselineResult:
     label: str
     trial: FrozenTrial
     held_out: Scores | None
-
-
-def source_name(ref: str) -> str:
-    """A short name for a model reference: `zoo:expert_add` -> expert_add, `/models/x/` -> x."""
-    return ref.split(":", 1)[1] if ref.startswith("zoo:") else Path(ref).name or ref
 
 
 def baseline_grid(template: Recipe) -> list[Baseline]:

@@ -1,7 +1,8 @@
 """`evomerge export RUN_DIR --out DIR`: one candidate of a run as a model directory with its card.
 
 The directory is what `evomerge.export.write_model_dir` writes (safetensors, config, generation config,
-tokenizer, `recipe.yaml`), plus `README.md` (the model card) and, with `--format mergekit`, `mergekit.yaml`.
+tokenizer, `recipe.yaml`) for a merge, or `evomerge.stacking.write_stack_dir` for a layer stack (an ordinary
+checkpoint, scales folded), plus `README.md` (the model card) and, with `--format mergekit`, `mergekit.yaml`.
 The candidate's held-out scores are computed and stored in the ledger first if the ledger has none.
 Everything the user could get wrong is checked before anything is written.
 """
@@ -14,19 +15,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig
+from evomerge.dfs import StackRecipe
 from evomerge.errors import UsageError
 from evomerge.export import check_output_dir, write_model_dir
 from evomerge.mergekit import mergekit_yaml
 from evomerge.model_card import model_card
-from evomerge.search.results import (
-    HELD_OUT_PREFIX,
-    best_trial,
-    evaluated_trials,
-    held_out_scores,
-    pareto_front,
-    trial_recipe,
-)
+from evomerge.search.held_out import record_held_out
+from evomerge.search.results import best_trial, evaluated_trials, pareto_front, trial_recipe
 from evomerge.search.scoring import CandidateScorer
+from evomerge.stacking import write_stack_dir
 
 FORMATS = ("hf", "mergekit")
 
@@ -62,18 +59,21 @@ def export_candidate(
     config: RunConfig, study: optuna.Study, trial: FrozenTrial, chosen_as: str, out: Path,
     force: bool = False, fmt: str = "hf",
 ) -> Path:
-    """Write the trial's merge to `out`; returns `out`."""
+    """Write the trial's merge or layer stack to `out`; returns `out`."""
     check_output_dir(out, replace=force)
-    recipe = trial_recipe(trial)
+    candidate = trial_recipe(trial)
     scorer = CandidateScorer(config)
+    stack = isinstance(candidate, StackRecipe)
     files = {}
     if fmt == "mergekit":
-        files["mergekit.yaml"] = mergekit_yaml(recipe, list(scorer.engine.reference.tensors))
-    held_out = held_out_scores(study).get(trial.number)
-    if held_out is None:
-        held_out = scorer.score(recipe, "held_out")
-        study.set_user_attr(f"{HELD_OUT_PREFIX}{trial.number}", held_out)
-    scorer.engine.materialize(recipe, scorer.model)
-    files["README.md"] = model_card(config, trial, recipe, held_out, chosen_as, len(evaluated_trials(study)))
-    write_model_dir(scorer.model, scorer.engine.reference, recipe, out, files, replace=force)
+        tensor_names = [] if stack else list(scorer.engine.reference.tensors)
+        files["mergekit.yaml"] = mergekit_yaml(candidate, tensor_names)
+    held_out = record_held_out(config, study, scorer, [trial])[trial.number]
+    evaluations = len(evaluated_trials(study))
+    files["README.md"] = model_card(config, trial, candidate, held_out, chosen_as, evaluations)
+    if stack:
+        write_stack_dir(scorer.engine, candidate, out, files, replace=force)
+    else:
+        scorer.engine.materialize(candidate, scorer.model)
+        write_model_dir(scorer.model, scorer.engine.reference, candidate, out, files, replace=force)
     return out

@@ -8,7 +8,7 @@ from optuna.trial import FrozenTrial, TrialState
 from evomerge.config import RunConfig
 from evomerge.evaluate.tasks import Scores
 from evomerge.search.optimizers import scalarized
-from evomerge.search.space import Candidate, candidate_from_yaml
+from evomerge.search.space import Candidate, candidate_from_yaml, seed_count
 
 #: Held-out scores live in study user attributes `held_out.N` for trial N: Optuna refuses changes to a
 #: finished trial's own attributes, and they are computed after the trial finished (search/held_out.py).
@@ -34,6 +34,24 @@ def reported_trials(config: RunConfig, study: optuna.Study) -> list[FrozenTrial]
     if config.multi_objective:
         trials += [t for t in pareto_front(study) if t.number != trials[0].number]
     return trials
+
+
+def seed_trials(config: RunConfig, study: optuna.Study) -> dict[int, FrozenTrial]:
+    """The completed trial of each seed candidate, by its index in `search_genome`'s seed list (for a
+    layer-stacking run, index i < number of sources is source i alone).
+
+    Seeds are the first trials of a study: the loop adds them (pycma, user attribute `seed_index`) or
+    enqueues them (Optuna samplers, also a shared run's creator) before anything else, so trial N is seed N
+    for N below `seed_count`. A shared run's retry of a lost seed names it in Optuna's `failed_trial` system
+    attribute.
+    """
+    count = seed_count(config)
+    found: dict[int, FrozenTrial] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        index = trial.user_attrs.get("seed_index", trial.system_attrs.get("failed_trial", trial.number))
+        if index < count:
+            found.setdefault(index, trial)
+    return found
 
 
 def held_out_scores(study: optuna.Study) -> dict[int, Scores]:

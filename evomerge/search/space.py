@@ -33,6 +33,12 @@ def search_genome(config: RunConfig, scorer: CandidateScorer) -> tuple[Genome | 
     return genome, seeds
 
 
+def seed_count(config: RunConfig) -> int:
+    """How many seed candidates `search_genome` gives the run (without loading a model)."""
+    own = len(config.stack.sources) if config.stack is not None else 1
+    return own + len(config.seed_recipes)
+
+
 def candidate_from_yaml(text: str, origin: str) -> Candidate:
     """A candidate as the ledger stores it (a trial's `recipe` attribute), or a recipe file's data."""
     return candidate_from_dict(yaml.safe_load(text), origin)

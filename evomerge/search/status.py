@@ -8,7 +8,8 @@ from optuna.trial import FrozenTrial, TrialState
 from evomerge.config import RunConfig
 from evomerge.evaluate.tasks import Scores
 from evomerge.search.ledger import ELAPSED_ATTR, counts_toward_budget, load_run_study
-from evomerge.search.results import best_trial, held_out_scores, pareto_front
+from evomerge.search.results import best_trial, held_out_scores, pareto_front, seed_trials
+from evomerge.stacking import source_label
 
 
 def status_text(config: RunConfig) -> str:
@@ -39,9 +40,20 @@ def status_text(config: RunConfig) -> str:
     if completed:
         best = best_trial(config, completed)
         lines.append(f"best: trial {best.number}: " + _values_text(config, best, held_out.get(best.number)))
-        seed = next((t for t in completed if t.user_attrs.get("seed_index") == 0 or t.number == 0), None)
-        if seed is not None and seed.number != best.number:
-            lines.append(f"first candidate (uniform merge): trial {seed.number}: " + _values_text(config, seed, None))
+        seeds = seed_trials(config, study)
+        if config.stack is not None:
+            lines.append("each source alone (its own layers, the first candidates):")
+            lines.extend(
+                f"  source {index} ({source_label(ref)}): trial {seeds[index].number}: "
+                + _values_text(config, seeds[index], held_out.get(seeds[index].number))
+                for index, ref in enumerate(config.stack.sources)
+                if index in seeds
+            )
+        elif 0 in seeds and seeds[0].number != best.number:
+            lines.append(
+                f"first candidate (the template at the method's defaults): trial {seeds[0].number}: "
+                + _values_text(config, seeds[0], None)
+            )
     if config.multi_objective and completed:
         front = pareto_front(study)
         lines.append(f"Pareto front ({len(front)} candidates):")
