@@ -226,6 +226,11 @@ def _add_result_commands(commands: argparse._SubParsersAction) -> None:
         "config (a layer stack as a passthrough merge of one slice per layer; an error if mergekit cannot "
         "express the recipe)",
     )
+    export.add_argument(
+        "--phase", choices=("merge", "stack"),
+        help="a hybrid run: the phase whose candidate is exported (default: stack, the final models; merge: "
+        "the merge phase's, as --pick and --trial select them there)",
+    )
     export.set_defaults(run=_run_export)
 
     baselines = commands.add_parser(
@@ -393,31 +398,39 @@ def _run_status(args: argparse.Namespace) -> None:
     print(run_status_text(config))
 
 
-def _one_study_run(config: RunConfig, command: str) -> RunConfig:
-    """The config, unless it is a hybrid run (a study per phase), which `command` does not handle yet."""
-    if config.hybrid:
-        raise UsageError(
-            f"evomerge {command} does not handle hybrid runs (recipe, genome and stack) yet; `evomerge "
-            "status` shows both phases' best candidates"
-        )
-    return config
-
-
 def _run_report(args: argparse.Namespace) -> None:
     from evomerge.report import write_report
 
-    print(f"report written to {write_report(_one_study_run(_stored_config(args.run_dir, {}), 'report'))}")
+    print(f"report written to {write_report(_stored_config(args.run_dir, {}))}")
 
 
 def _run_export(args: argparse.Namespace) -> None:
     from evomerge.search.export import export_candidate, pick_trial
     from evomerge.search.ledger import load_run_study
 
-    config = _one_study_run(_stored_config(args.run_dir, {}), "export")
+    config = _exported_phase(_stored_config(args.run_dir, {}), args.phase)
     study = load_run_study(config)
     trial, chosen_as = pick_trial(config, study, args.trial, args.pick)
     export_candidate(config, study, trial, chosen_as, args.out, force=args.force, fmt=args.format)
     print(f"trial {trial.number} ({chosen_as}) written to {args.out}")
+
+
+def _exported_phase(config: RunConfig, phase: str | None) -> RunConfig:
+    """The run config of the study to export from: the run's, or the chosen phase's of a hybrid run."""
+    from evomerge.search.hybrid import phase_configs
+
+    if not config.hybrid:
+        if phase is not None:
+            raise UsageError("--phase: only a hybrid run (recipe, genome and stack) has phases; drop it")
+        return config
+    phases = dict(phase_configs(config))
+    name = "merge phase" if phase == "merge" else "layer-stacking phase"
+    if name not in phases:
+        raise UsageError(
+            f"the layer-stacking phase of the run in {config.run_dir} has not started yet; export the merge "
+            "phase's best with --phase merge"
+        )
+    return phases[name]
 
 
 def _run_baselines(args: argparse.Namespace) -> None:

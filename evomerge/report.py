@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from evomerge.config import RunConfig
+from evomerge.config import SEARCH_BEST, RunConfig
 from evomerge.dfs import StackRecipe
 from evomerge.errors import UsageError
 from evomerge.evaluate.tasks import Scores
@@ -180,17 +180,31 @@ def source_rows(config: RunConfig, alone: dict[int, FrozenTrial], held_out: dict
 
 
 def write_report(config: RunConfig, scorer: CandidateScorer | None = None) -> Path:
-    """Write report.md and its plots into the run directory; returns the report's path."""
-    studies = f"`{config.study}`" + (" and `baselines`" if config.stack is None else "")
-    text = "\n".join([
-        f"# Run report: {config.run_dir}",
-        "",
-        report_section(config, load_run_study(config), config.run_dir, scorer=scorer),
-        f"Browse every candidate with `optuna-dashboard {config.storage_url}` (studies {studies}).",
-        "",
-    ])
+    """Write report.md and its plots into the run directory (a section per phase for a hybrid run); returns the
+    report's path."""
+    from evomerge.search.hybrid import phase_configs
+
+    lines = [f"# Run report: {config.run_dir}", ""]
+    if config.hybrid:
+        phases = phase_configs(config)
+        lines += [
+            "A hybrid run: a merge-parameter search, then a layer-stacking search over its best merge "
+            f"(`{SEARCH_BEST}`) and the other stack sources, in one ledger.",
+            "",
+        ]
+        for (name, phase), prefix in zip(phases, ("merge_", "stack_"), strict=False):
+            lines += [f"## {name.capitalize()}", "",
+                      report_section(phase, load_run_study(phase), config.run_dir, prefix, level=3)]
+        if len(phases) == 1:
+            lines += ["## Layer-stacking phase", "", "Not started yet: it begins when the merge phase has used "
+                      "its budget.", ""]
+        studies = f"`{config.study}`, `{config.stack_study}` and `baselines`"
+    else:
+        lines.append(report_section(config, load_run_study(config), config.run_dir, scorer=scorer))
+        studies = f"`{config.study}`" + (" and `baselines`" if config.stack is None else "")
+    lines += [f"Browse every candidate with `optuna-dashboard {config.storage_url}` (studies {studies}).", ""]
     path = config.run_dir / REPORT_FILE
-    path.write_text(text, encoding="utf-8")
+    path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
 

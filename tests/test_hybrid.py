@@ -10,6 +10,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from transformers import AutoModelForCausalLM
 from test_search import config_data, ledger, write_config
 from test_search_zoo import kill_9_after, small_demo_config
 
@@ -82,6 +83,19 @@ def test_the_cli_runs_and_resumes_a_hybrid_and_shows_both_phases(tiny_models, ta
     assert "== layer-stacking phase ==\nrun:" in capsys.readouterr().out
     assert main(["resume", str(tmp_path / "run"), "--budget", "4"]) == 2
     assert "the merge phase cannot be extended; raise the stacking phase's budget" in capsys.readouterr().err
+
+    assert main(["report", str(tmp_path / "run")]) == 0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Merge phase" in report and "## Layer-stacking phase" in report
+    assert (tmp_path / "run" / "merge_progress.png").is_file() and (tmp_path / "run" / "stack_progress.png").is_file()
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "stacked")]) == 0
+    assert main(["export", str(tmp_path / "run"), "--phase", "merge", "--out", str(tmp_path / "merged")]) == 0
+    stacked = yaml.safe_load((tmp_path / "stacked" / "recipe.yaml").read_text())
+    merged = yaml.safe_load((tmp_path / "merged" / "recipe.yaml").read_text())
+    assert stacked["sources"][0] == merged and "layers" in stacked  # the stack over the merge phase's best
+    for directory in ("stacked", "merged"):
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / directory)
+        assert model.config.num_hidden_layers == (len(stacked["layers"]) if directory == "stacked" else 2)
 
 
 @pytest.mark.parametrize(
