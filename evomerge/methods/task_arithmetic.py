@@ -126,7 +126,7 @@ def _disjoint_mix(
         divisor.zero_()
         for w, row in zip(weight, agreeing, strict=True):
             divisor.add_(row > 0, alpha=w)
-        divisor.masked_fill_(divisor == 0, 1.0)
+        divisor.add_(divisor == 0)  # no agreeing source: divide by 1 (the sum is 0 there)
     torch.sum(agreeing, dim=0, out=result).mul_(elected)
     if normalize:
         result.div_(divisor)
@@ -155,9 +155,15 @@ class _Cut:
         """Which entries of this block (blocks visited in order, from the first) are among the k largest."""
         if self.all_ties:
             return magnitude >= self.threshold
+        if self.seen >= self.ties:  # the ties to keep were all in earlier blocks
+            return magnitude > self.threshold
         equal = magnitude == self.threshold
-        rank = equal.cumsum(0).add_(self.seen)
-        self.seen = int(rank[-1]) if rank.numel() else self.seen
+        count = int(equal.sum())
+        if self.seen + count <= self.ties:  # every tie of this block is kept
+            self.seen += count
+            return magnitude >= self.threshold
+        rank = equal.cumsum(0).add_(self.seen)  # the block where the ties run out: keep the first ones
+        self.seen += count
         return (magnitude > self.threshold) | (equal & (rank <= self.ties))
 
 
@@ -209,7 +215,7 @@ def _keeper(
 
 
 #: Magnitudes sampled to bracket a cut: the bracket then holds about 8 / sqrt(this) of a tensor's entries.
-CUT_SAMPLE = 1 << 16
+CUT_SAMPLE = 1 << 14
 
 
 def _top_cut(
@@ -228,13 +234,14 @@ def _top_cut(
     if k == 0:
         return _Cut(float("inf"), 0, False)
     stride = max(1, n // CUT_SAMPLE)
-    sample = (source_flat[::stride].float() - base_flat[::stride].float()).abs_().sort().values
+    sample = (source_flat[::stride].float() - base_flat[::stride].float()).abs_()
     m = sample.numel()
     position = (n - k) / n * m  # where the k-th largest sits in the ascending sample
     margin = int(3 * m**0.5) + 8
     low_index, high_index = int(position) - margin, int(position) + 1 + margin
-    low = float(sample[low_index]) if low_index > 0 else float("-inf")
-    high = float(sample[high_index]) if high_index < m - 1 else float("inf")
+    # two selections, not a sort of the sample: kthvalue counts from 1
+    low = float(sample.kthvalue(low_index + 1).values) if low_index > 0 else float("-inf")
+    high = float(sample.kthvalue(high_index + 1).values) if high_index < m - 1 else float("inf")
     above, inside = 0, []
     for start in range(0, n, step):
         magnitude = magnitude_block(start, min(n, start + step))
