@@ -211,15 +211,21 @@ def run_agreement(args: argparse.Namespace) -> dict:
     for file in sorted(Path(args.mergekit_out).glob("*.safetensors")):
         theirs.update(load_file(file))
     engine = MergeEngine.from_recipe(recipe)
-    worst_abs, worst_rel, compared = 0.0, 0.0, 0
+    worst_abs, worst_rel, worst_tensor, compared, differing, elements = 0.0, 0.0, None, 0, 0, 0
     for name, ours in engine.merged_tensors(recipe):
         if name not in theirs:
             continue
-        difference = float((ours - theirs[name].float()).abs().max())
+        gap = (ours - theirs[name].float()).abs()
+        differing += int((gap > 1e-6 * float(ours.abs().max())).sum())
+        elements += gap.numel()
+        difference = float(gap.max())
         worst_abs = max(worst_abs, difference)
-        worst_rel = max(worst_rel, difference / max(float(ours.abs().max()), 1e-30))
+        relative = difference / max(float(ours.abs().max()), 1e-30)
+        if relative > worst_rel:
+            worst_rel, worst_tensor = relative, name
         compared += 1
-    return {"max_abs_diff": worst_abs, "max_rel_diff": worst_rel, "tensors_compared": compared}
+    return {"max_abs_diff": worst_abs, "max_rel_diff": worst_rel, "worst_tensor": worst_tensor,
+            "tensors_compared": compared, "elements_differing": differing, "elements_compared": elements}
 
 
 def worker(args: argparse.Namespace) -> dict:
