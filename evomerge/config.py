@@ -17,6 +17,9 @@ optimizer: {name: cmaes, population_size: 8, sigma: 0.3}
 budget: {evaluations: 48}
 seed: 0
 run_dir: runs/demo      # the ledger (ledger.db), the log and the config live here
+device: cuda            # where candidates are merged and scored (default: cpu)
+sources_device: cpu     # optional: keep base and sources in host memory when the GPU cannot hold them all
+sources_dtype: bfloat16 # optional: keep them in a lower precision
 ```
 
 A layer-stacking (data-flow space) run has a `stack:` section instead of `recipe` and `genome`
@@ -118,6 +121,13 @@ class RunConfig(_Frozen):
     study: str = Field("evomerge", min_length=1, description="the study's name in the storage")
     run_dir: Path = Path("runs/run")
     device: str = "cpu"
+    sources_device: str | None = Field(
+        None, description="where the base and sources stay resident (default: device); cpu keeps them in host "
+        "memory when the accelerator cannot hold them all (each tensor crosses when it is merged)",
+    )
+    sources_dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None, description="the precision the resident base and sources are kept in (default: their own)"
+    )
 
     @field_validator("recipe", mode="before")
     @classmethod
@@ -148,6 +158,8 @@ class RunConfig(_Frozen):
                 f"stack.sources: '{SEARCH_BEST}' is the best merge of a hybrid run's merge search; add "
                 "'recipe' and 'genome' for one, or name a model instead"
             )
+        if self.recipe is None and (self.sources_device or self.sources_dtype):
+            raise ValueError("sources_device, sources_dtype: they apply to merge-parameter runs; remove them")
         if self.stack_budget is not None and not self.hybrid:
             raise ValueError("stack_budget: only a hybrid run (recipe, genome and stack) has a stacking phase")
         if self.hybrid and self.seed_recipes:
@@ -189,7 +201,7 @@ class RunConfig(_Frozen):
         stack["sources"] = [best.model_dump(mode="json") if s == SEARCH_BEST else s for s in stack["sources"]]
         data.update(
             recipe=None, genome=[], stack=stack, stack_budget=None, budget=data["stack_budget"] or data["budget"],
-            study=self.stack_study,
+            study=self.stack_study, sources_device=None, sources_dtype=None,
         )
         return config_from_dict(data, "stack phase")
 

@@ -54,15 +54,22 @@ class MergeEngine:
     """Holds the base and sources resident and writes recipes over them into models."""
 
     def __init__(
-        self, base: LoadedModel | None, sources: list[LoadedModel], device: str | torch.device | None = None
+        self,
+        base: LoadedModel | None,
+        sources: list[LoadedModel],
+        device: str | torch.device | None = None,
+        stored_dtype: torch.dtype | None = None,
     ) -> None:
-        """`device`: where merges are computed and targets live; by default where the models' tensors are."""
+        """`device`: where merges are computed and targets live; by default where the models' tensors are.
+        `stored_dtype`: the models' own floating dtype, the targets' default; by default their tensors' dtype
+        (`from_recipe` passes the stored one when the sources are kept in another)."""
         self.base = base
         self.sources = sources
         self.reference = base if base is not None else sources[0]
         check_compatible([self.reference, *[s for s in sources if s is not self.reference]])
         self.num_layers = self.reference.num_layers
         self.device = torch.device(device) if device is not None else next(iter(self.reference.tensors.values())).device
+        self.stored_dtype = stored_dtype or next(t.dtype for t in self.reference.tensors.values() if t.is_floating_point())
         # per target model: the key of every tensor as last written there (see materialize)
         self._written: weakref.WeakKeyDictionary[PreTrainedModel, dict[str, tuple]] = weakref.WeakKeyDictionary()
 
@@ -84,10 +91,12 @@ class MergeEngine:
         resident = torch.device(sources_device) if sources_device is not None else device
         refs = list(dict.fromkeys(r for r in [recipe.base, *(s.model for s in recipe.sources)] if r is not None))
         loaded: dict[str, LoadedModel] = {}
+        stored_dtype = None
         for ref in refs:
             model = load_model(ref, "cpu")
             if not loaded:
                 check_fits(model, len(refs), resident, device, sources_dtype, recipe_dtype(recipe))
+                stored_dtype = next(t.dtype for t in model.tensors.values() if t.is_floating_point())
             pin = resident.type == "cpu" and device.type == "cuda"  # pinned: copies to the device run at full speed
             model.tensors = {
                 name: _resident(t.to(resident, sources_dtype if sources_dtype and t.is_floating_point() else t.dtype), pin)
@@ -95,7 +104,7 @@ class MergeEngine:
             }
             loaded[ref] = model
         base = loaded[recipe.base] if recipe.base else None
-        return cls(base, [loaded[s.model] for s in recipe.sources], device)
+        return cls(base, [loaded[s.model] for s in recipe.sources], device, stored_dtype)
 
     def plan(self, recipe: Recipe) -> list[MergeStep]:
         """Resolve the recipe for every tensor; raises UsageError if it does not fit these models."""
@@ -184,8 +193,7 @@ class MergeEngine:
         Its weights are overwritten by every materialize; it is loaded (not built from the config) so that
         non-persistent buffers such as rotary frequencies are computed as the architecture computes them.
         """
-        if dtype is None:
-            dtype = next(t.dtype for t in self.reference.tensors.values() if t.is_floating_point())
+        dtype = dtype or self.stored_dtype
         ref = self.reference
         model = AutoModelForCausalLM.from_pretrained(ref.directory, gguf_file=ref.gguf_file, dtype=dtype)
         return model.to(self.device).eval()

@@ -115,3 +115,25 @@ def test_a_merge_that_cannot_fit_is_refused_before_loading(monkeypatch, tiny_mod
     monkeypatch.setattr(engine_module, "free_bytes", lambda where: 1000)
     with pytest.raises(UsageError, match=message):
         MergeEngine.from_recipe(per_layer_recipe(tiny_models, 0.9), device=device, sources_device=sources_device)
+
+
+def test_a_run_config_keeps_the_sources_where_and_in_the_precision_it_says(tiny_models, task_dir, tmp_path):
+    from test_search import config_data
+
+    from evomerge.config import config_from_dict
+    from evomerge.search.scoring import CandidateScorer
+
+    data = config_data(tiny_models, task_dir, tmp_path / "run", sources_device="cpu", sources_dtype="float16")
+    data["recipe"]["method"] = "task_arithmetic"  # no magnitude cut: float16 rounding could move one
+    data["genome"] = data["genome"][:1]
+    scorer = CandidateScorer(config_from_dict(data))
+    resident = [*scorer.engine.sources, scorer.engine.base]
+    assert {t.dtype for model in resident for t in model.tensors.values()} == {torch.float16}
+    assert next(scorer.model.parameters()).dtype == torch.float32  # the target keeps the models' own dtype
+    merged = MergeEngine.from_recipe(scorer.config.recipe).merged_tensors(scorer.config.recipe)
+    scorer.score(scorer.config.recipe)  # materialized from the float16 sources
+    target = dict(scorer.model.named_parameters())
+    for name, full_precision in merged:  # equal to the float32 sources' merge up to float16 rounding
+        torch.testing.assert_close(target[name], full_precision, rtol=2e-3, atol=2e-3)
+    with pytest.raises(UsageError, match="sources_dtype: Input should be 'float32', 'float16' or 'bfloat16'"):
+        config_from_dict({**data, "sources_dtype": "int8"})

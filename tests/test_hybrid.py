@@ -106,6 +106,8 @@ def test_the_cli_runs_and_resumes_a_hybrid_and_shows_both_phases(tiny_models, ta
          "'search:best' is the best merge of a hybrid run's merge search"),
         ({"stack": None}, "stack_budget: only a hybrid run"),
         ({"seed_recipes": ["x.yaml"]}, "seed_recipes: a hybrid run starts from its template recipe"),
+        ({"recipe": None, "genome": [], "stack": {"sources": ["A"]}, "stack_budget": None, "sources_dtype": "float16"},
+         "sources_device, sources_dtype: they apply to merge-parameter runs"),
     ],
 )
 def test_bad_hybrid_configs_get_one_line_and_exit_2(change, message, tiny_models, task_dir, tmp_path, capsys):

@@ -34,7 +34,7 @@ ELAPSED_ATTR = "elapsed_seconds"
 #: Fields a resumed run may change, and in which direction (a longer budget extends an overnight run).
 EXTENDABLE = ("budget.evaluations", "budget.wall_clock_seconds")
 #: Fields that say where and on what a run goes on, not what it searches.
-PLACE = ("run_dir", "device", "storage", "study")
+PLACE = ("run_dir", "device", "sources_device", "storage", "study")
 
 
 def open_study(config: RunConfig) -> tuple[optuna.Study, bool]:

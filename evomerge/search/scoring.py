@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from evomerge.config import RunConfig
 from evomerge.dfs import StackRecipe
-from evomerge.engine import MergeEngine, recipe_dtype
+from evomerge.engine import DTYPES, MergeEngine, recipe_dtype
 from evomerge.errors import UsageError
 from evomerge.evaluate.tasks import Evaluator, Scores, load_task
 from evomerge.recipe import Recipe
@@ -25,7 +25,10 @@ class CandidateScorer:
         if config.stack is not None:
             self.engine = StackEngine.from_space(config.stack, device=config.device)
         else:
-            self.engine = MergeEngine.from_recipe(config.recipe, device=config.device)
+            self.engine = MergeEngine.from_recipe(
+                config.recipe, device=config.device, sources_device=config.sources_device,
+                sources_dtype=DTYPES[config.sources_dtype] if config.sources_dtype else None,
+            )
         reference = self.engine.reference
         self.tokenizer = AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file)
         self.evaluator = Evaluator([load_task(name, spec) for name, spec in config.tasks.items()], self.tokenizer)
