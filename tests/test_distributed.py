@@ -144,12 +144,13 @@ def test_three_workers_on_the_zoo_one_killed_mid_candidate_end_with_exactly_the_
     config = tmp_path / "zoo.yaml"
     config.write_text(yaml.safe_dump(data))
 
-    # all three start together (the same `run` command joins the study), so that each is loaded and
-    # working before the first one can finish the budget alone
+    # the victim starts first (the same `run` command makes the study or joins it), so that it is working
+    # long before the budget is spent, and is killed the moment it is seen inside a candidate: a candidate
+    # takes far longer than the poll
     shared = ("--storage", postgres.url, "--study", "zoo", "--heartbeat", "1")
-    first = evomerge("run", config, *shared)
     victim_process = evomerge("run", config, *shared, "--run-dir", tmp_path / "w2")
-    wait_for(lambda: study_exists(postgres.url, "zoo") or first.poll() is not None, "the study")
+    wait_for(lambda: study_exists(postgres.url, "zoo") or victim_process.poll() is not None, "the study")
+    first = evomerge("run", config, *shared)
     workers = [evomerge("run", config, *shared, "--run-dir", tmp_path / "w1"), victim_process]
     victim = f"{socket.gethostname()}:{workers[1].pid}"
     wait_for(
@@ -159,7 +160,6 @@ def test_three_workers_on_the_zoo_one_killed_mid_candidate_end_with_exactly_the_
         ),
         "the victim's first candidate",
     )
-    time.sleep(random.uniform(0.0, 0.2))
     os.kill(workers[1].pid, signal.SIGKILL)
     for process in (first, workers[0]):
         _, errors = process.communicate(timeout=300)
