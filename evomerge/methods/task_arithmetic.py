@@ -80,7 +80,9 @@ def generalized_task_arithmetic(
         for i in range(len(sources))
     ]
     # what each kept delta is multiplied by: its weight, and DARE's rescaling of the kept entries
-    factors = [w * (keeper.rescale if keeper is not None else 1.0) for w, keeper in zip(weight, keepers, strict=True)]
+    factors = [
+        w * (keeper.rescale if keeper is not None else 1.0) for w, keeper in zip(weight, keepers, strict=True)
+    ]
     total = float(sum(weight))
     divisor = total if normalize and abs(total) >= 1e-8 else 1.0
     coefficients = [scale * f / divisor for f in factors]  # without sign consensus: base + sum_i c_i kept_i
@@ -120,7 +122,8 @@ def _disjoint_mix(
     """TIES' elect + disjoint merge over one block of the weighted deltas d_i (rows of `weighted`, overwritten):
     `result` gets the mix. With s = the elected sign (+1 or -1), d_i agrees where s * d_i > 0, so the sum of the
     agreeing d_i is s * sum_i max(s * d_i, 0)."""
-    torch.sum(weighted, dim=0, out=elected).sign_().add_(0.5).sign_()  # -1, 0, +1 -> -1, +1, +1: a zero sum elects +1
+    # sign of the sum, then -1, 0, +1 -> -1, +1, +1: a zero sum elects +1
+    torch.sum(weighted, dim=0, out=elected).sign_().add_(0.5).sign_()
     agreeing = weighted.mul_(elected).clamp_min_(0.0)  # s * d_i where it agrees, else 0
     if normalize:
         divisor.zero_()
