@@ -69,7 +69,7 @@ class MergeEngine:
         check_compatible([self.reference, *[s for s in sources if s is not self.reference]])
         self.num_layers = self.reference.num_layers
         self.device = torch.device(device) if device is not None else next(iter(self.reference.tensors.values())).device
-        self.stored_dtype = stored_dtype or next(t.dtype for t in self.reference.tensors.values() if t.is_floating_point())
+        self.stored_dtype = stored_dtype or floating_dtype(self.reference)
         # per target model: the key of every tensor as last written there (see materialize)
         self._written: weakref.WeakKeyDictionary[PreTrainedModel, dict[str, tuple]] = weakref.WeakKeyDictionary()
 
@@ -96,7 +96,7 @@ class MergeEngine:
             model = load_model(ref, "cpu")
             if not loaded:
                 check_fits(model, len(refs), resident, device, sources_dtype, recipe_dtype(recipe))
-                stored_dtype = next(t.dtype for t in model.tensors.values() if t.is_floating_point())
+                stored_dtype = floating_dtype(model)
             pin = resident.type == "cpu" and device.type == "cuda"  # pinned: copies to the device run at full speed
             model.tensors = {
                 name: _resident(t.to(resident, sources_dtype if sources_dtype and t.is_floating_point() else t.dtype), pin)
@@ -224,6 +224,11 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def recipe_dtype(recipe: Recipe) -> torch.dtype | None:
     """The dtype the recipe asks the merged model to be stored in, or None for the base model's."""
     return DTYPES[recipe.dtype] if recipe.dtype else None
+
+
+def floating_dtype(model: LoadedModel) -> torch.dtype:
+    """The dtype of a model's floating tensors (the first one's)."""
+    return next(t.dtype for t in model.tensors.values() if t.is_floating_point())
 
 
 def model_bytes(model: LoadedModel, dtype: torch.dtype | None = None) -> int:
