@@ -20,6 +20,7 @@ run_dir: runs/demo      # the ledger (ledger.db), the log and the config live he
 device: cuda            # where candidates are merged and scored (default: cpu)
 sources_device: cpu     # optional: keep base and sources in host memory when the GPU cannot hold them all
 sources_dtype: bfloat16 # optional: keep them in a lower precision
+kernels: auto           # optional: compiled (one fused kernel per tensor), blocks, or auto (compiled for large models on CPU)
 ```
 
 A layer-stacking (data-flow space) run has a `stack:` section instead of `recipe` and `genome`
@@ -127,6 +128,10 @@ class RunConfig(_Frozen):
     )
     sources_dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
         None, description="the precision the resident base and sources are kept in (default: their own)"
+    )
+    kernels: Literal["auto", "compiled", "blocks"] = Field(
+        "auto", description="how merges are computed: compiled kernels (torch.compile; needs a C++ compiler on "
+        "CPU), blocks of torch operations, or auto: compiled on CPU for models of 33M+ parameters",
     )
 
     @field_validator("recipe", mode="before")

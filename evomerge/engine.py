@@ -11,8 +11,10 @@ The engine's contract:
   `sources_device="cpu"`, in host memory (each tensor then crosses to the device when it is merged); the
   target; working blocks. `from_recipe` checks this fits before loading and raises UsageError when it cannot.
 - **Bit-reproducible.** The same recipe over the same sources gives bit-identical tensors, whatever was
-  materialized before: each tensor's random draws (DARE) come from a generator seeded by the recipe's seed and
-  the tensor's name.
+  materialized before and on whatever device: each tensor's random draws (DARE) are a hash of the recipe's seed,
+  the tensor's name and the element (methods/counter_random.py).
+- **Fast.** On large models the merges run as compiled kernels (methods/fused.py; `kernels`), and each task
+  vector's magnitude order is sorted once (MagnitudeRanks), so a TIES candidate's cuts are lookups.
 - **Float32 inside.** Methods accumulate in float32; the result is stored in the target model's dtype.
 - **Finite or failed.** A merged tensor with NaN or Inf raises MergeFailure naming the tensor; the target
   model then holds a partial merge until the next successful materialize.
@@ -25,12 +27,13 @@ import weakref
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from evomerge.errors import MergeFailure, UsageError
+from evomerge.methods.magnitude_cut import RANKS_BYTES_PER_ELEMENT, MagnitudeRanks
 from evomerge.recipe import Recipe, resolve_parameters
 from evomerge.sources import LoadedModel, check_compatible, load_model, tensor_info
 
@@ -50,6 +53,17 @@ class MergeStep:
         return (method if self.params is not None else None, self.seed, frozen)
 
 
+#: How merges are computed: "compiled" kernels (methods/fused.py), "blocks" of eager torch operations, or "auto":
+#: compiled on CPU for models of at least COMPILE_FROM_ELEMENTS elements, where compiling pays for itself.
+Kernels = Literal["auto", "compiled", "blocks"]
+#: Compiling a method's kernel takes seconds to a minute once per process; a candidate of a model this large
+#: (about 33 M parameters) saves about that much (experiments/bench_merge.py).
+COMPILE_FROM_ELEMENTS = 1 << 25
+#: Working memory allowed for sorting one task vector (MagnitudeRanks), as a fraction of a model's bytes;
+#: larger tensors (embeddings, usually) find their cuts by selection in every candidate.
+RANKS_MEMORY_SHARE = 1 / 8
+
+
 class MergeEngine:
     """Holds the base and sources resident and writes recipes over them into models."""
 
@@ -59,10 +73,11 @@ class MergeEngine:
         sources: list[LoadedModel],
         device: str | torch.device | None = None,
         stored_dtype: torch.dtype | None = None,
+        kernels: Kernels = "auto",
     ) -> None:
         """`device`: where merges are computed and targets live; by default where the models' tensors are.
         `stored_dtype`: the models' own floating dtype, the targets' default; by default their tensors' dtype
-        (`from_recipe` passes the stored one when the sources are kept in another)."""
+        (`from_recipe` passes the stored one when the sources are kept in another). `kernels`: see Kernels."""
         self.base = base
         self.sources = sources
         self.reference = base if base is not None else sources[0]
@@ -70,6 +85,12 @@ class MergeEngine:
         self.num_layers = self.reference.num_layers
         self.device = torch.device(device) if device is not None else next(iter(self.reference.tensors.values())).device
         self.stored_dtype = stored_dtype or floating_dtype(self.reference)
+        elements = sum(t.numel() for t in self.reference.tensors.values() if t.is_floating_point())
+        self.compiled = kernels == "compiled" or (
+            kernels == "auto" and self.device.type == "cpu" and elements >= COMPILE_FROM_ELEMENTS
+        )
+        self._ranks_budget = RANKS_MEMORY_SHARE * model_bytes(self.reference)
+        self._ranks: dict[str, list[MagnitudeRanks | None]] = {}  # per tensor: each source's, once computed
         # per target model: the key of every tensor as last written there (see materialize)
         self._written: weakref.WeakKeyDictionary[PreTrainedModel, dict[str, tuple]] = weakref.WeakKeyDictionary()
 
@@ -80,6 +101,7 @@ class MergeEngine:
         device: str | torch.device = "cpu",
         sources_device: str | torch.device | None = None,
         sources_dtype: torch.dtype | None = None,
+        kernels: Kernels = "auto",
     ) -> MergeEngine:
         """Load the recipe's base and sources (each model once, even if named twice) to merge on `device`.
 
@@ -104,7 +126,7 @@ class MergeEngine:
             }
             loaded[ref] = model
         base = loaded[recipe.base] if recipe.base else None
-        return cls(base, [loaded[s.model] for s in recipe.sources], device, stored_dtype)
+        return cls(base, [loaded[s.model] for s in recipe.sources], device, stored_dtype, kernels)
 
     def plan(self, recipe: Recipe) -> list[MergeStep]:
         """Resolve the recipe for every tensor; raises UsageError if it does not fit these models."""
@@ -129,8 +151,8 @@ class MergeEngine:
             if step.params is None:
                 yield step.name, self.reference.tensors[step.name].to(self.device)
                 continue
-            base, sources, generator = self._inputs(step)
-            merged = method.merge(base, sources, step.params, generator)
+            base, sources = self._inputs(step)
+            merged = method.merge(base, sources, step.params, step.seed)
             if not torch.isfinite(merged).all():
                 raise MergeFailure(f"the merge produced NaN or Inf in tensor '{step.name}'")
             yield step.name, merged
@@ -168,8 +190,11 @@ class MergeEngine:
                 if step.params is None:
                     target.copy_(self.reference.tensors[step.name])
                 else:
-                    base, sources, generator = self._inputs(step)
-                    method.merge_into(target, base, sources, step.params, generator)
+                    base, sources = self._inputs(step)
+                    ranks = self._magnitude_ranks(step.name, base, sources) if method.uses_ranks else None
+                    method.merge_into(
+                        target, base, sources, step.params, step.seed, compiled=self.compiled, ranks=ranks
+                    )
                     # one read of the tensor, summed in float32 inside (a NaN or Inf anywhere makes the sum
                     # non-finite), where isfinite takes five passes; a sum that overflows the dtype is checked
                     # element by element below
@@ -181,11 +206,22 @@ class MergeEngine:
                     raise MergeFailure(f"the merge produced NaN or Inf in tensor '{name}'")
         self._written[model] = written
 
-    def _inputs(self, step: MergeStep) -> tuple[torch.Tensor | None, list[torch.Tensor], torch.Generator]:
-        """The base and source tensors of one step on the merge device, and its seeded generator there."""
+    def _inputs(self, step: MergeStep) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """The base and source tensors of one step on the merge device."""
         base = self.base.tensors[step.name].to(self.device, non_blocking=True) if self.base is not None else None
         sources = [source.tensors[step.name].to(self.device, non_blocking=True) for source in self.sources]
-        return base, sources, torch.Generator(device=self.device).manual_seed(step.seed)
+        return base, sources
+
+    def _magnitude_ranks(
+        self, name: str, base: torch.Tensor | None, sources: list[torch.Tensor]
+    ) -> list[MagnitudeRanks | None] | None:
+        """Each source's MagnitudeRanks of tensor `name`, sorted on first use; None where there is no base or
+        sorting the tensor would take more than its share of memory."""
+        if base is None or RANKS_BYTES_PER_ELEMENT * base.numel() > self._ranks_budget:
+            return None
+        if name not in self._ranks:
+            self._ranks[name] = [MagnitudeRanks.of(base, source) for source in sources]
+        return self._ranks[name]
 
     def new_target(self, dtype: torch.dtype | None = None) -> PreTrainedModel:
         """A model of the sources' architecture to materialize into, loaded once from the reference model.

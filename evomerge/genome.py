@@ -17,6 +17,7 @@ Genes are named after where they land in the recipe, e.g. `sources.0.density@lay
 Optimizers see the unit cube: `decode_unit` maps u in [0, 1] to low + u (high - low), or geometrically
 between low and high for a `log` parameter. A coordinate outside [0, 1] is first reflected back into it
 (1.2 -> 0.8, -0.3 -> 0.3): an unbounded optimizer such as CMA-ES then sees no flat plateau past the bounds.
+`decode` rounds a parameter that the method declares on a grid (TIES' density) to it (ParamSpec.on_grid).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evomerge.errors import UsageError
+from evomerge.methods.registry import ParamSpec
 from evomerge.recipe import MODULE_KINDS, Recipe, recipe_from_dict, resolve_value
 
 Granularity = Literal["global", "layer", "group", "kind"]
@@ -63,6 +65,7 @@ class Gene:
     source: int | None
     layers: tuple[int, ...] | None
     kind: str | None
+    spec: ParamSpec | None = None  # the method's declaration of the parameter, for its grid
 
     def value(self, unit: float) -> float:
         u = reflect_into_unit(unit)
@@ -72,6 +75,10 @@ class Gene:
         else:
             value = low + u * (high - low)
         return min(high, max(low, value))
+
+    def on_grid(self, value: float) -> float:
+        """`value` on the grid the method declares for the parameter, if any (ParamSpec.on_grid)."""
+        return self.spec.on_grid(value, self.param.low, self.param.high) if self.spec is not None else value
 
     def unit(self, value: float) -> float:
         low, high = self.param.low, self.param.high
@@ -136,18 +143,19 @@ class Genome(GeneSpace):
                 spec.check(bound, f"genome: bounds of '{spec.name}'")
             sources = range(len(template.sources)) if spec.scope == "source" else [None]
             for source in sources:
-                genes.extend(_genes_of(searched_param, source, num_layers, gene_kinds))
+                genes.extend(_genes_of(searched_param, spec, source, num_layers, gene_kinds))
         if not genes:
             raise UsageError("genome: no parameter is searched; list at least one under 'genome'")
         self.genes = genes
 
     def decode(self, values: Mapping[str, float]) -> Recipe:
-        """The recipe whose searched parameters take `values` (gene name -> parameter value)."""
+        """The recipe whose searched parameters take `values` (gene name -> parameter value, rounded to the
+        parameter's grid if it has one)."""
         data = self.template.model_dump(exclude_none=True)
         per_place: dict[tuple[int | None, str], Any] = {}
         for gene in self.genes:
             key = (gene.source, gene.param.param)
-            value = float(values[gene.name])
+            value = gene.on_grid(float(values[gene.name]))
             if gene.kind is not None:
                 per_place.setdefault(key, {})[gene.kind] = value
             elif gene.layers is not None:
@@ -190,16 +198,18 @@ def reflect_into_unit(u: float) -> float:
     return folded if folded <= 1.0 else 2.0 - folded
 
 
-def _genes_of(searched: SearchedParam, source: int | None, num_layers: int, kinds: list[str]) -> list[Gene]:
+def _genes_of(
+    searched: SearchedParam, spec: ParamSpec, source: int | None, num_layers: int, kinds: list[str]
+) -> list[Gene]:
     place = f"sources.{source}.{searched.param}" if source is not None else f"parameters.{searched.param}"
     if searched.granularity == "global":
-        return [Gene(f"{place}@global", searched, source, None, None)]
+        return [Gene(f"{place}@global", searched, source, None, None, spec)]
     if searched.granularity == "kind":
-        return [Gene(f"{place}@{kind}", searched, source, None, kind) for kind in kinds]
+        return [Gene(f"{place}@{kind}", searched, source, None, kind, spec) for kind in kinds]
     size = 1 if searched.granularity == "layer" else searched.group_size
     genes = []
     for start in range(0, num_layers, size):
         layers = tuple(range(start, min(start + size, num_layers)))
         label = f"layer{start}" if len(layers) == 1 else f"layers{layers[0]}-{layers[-1]}"
-        genes.append(Gene(f"{place}@{label}", searched, source, layers, None))
+        genes.append(Gene(f"{place}@{label}", searched, source, layers, None, spec))
     return genes

@@ -22,8 +22,8 @@ opens and closes the list. `mergekit-yaml` on such a config writes the tensors o
 
 What cannot be expressed raises UsageError: sources mergekit cannot read (GGUF files, a stack's inline merge
 recipes), and per-kind values on models whose tensor names mergekit's filters cannot tell apart. mergekit
-draws DARE's random masks from its own generator, so a DARE merge made by mergekit is a close sibling of
-evomerge's, not the same tensors.
+draws DARE's random masks from torch's generator, evomerge from a hash of the element (methods/counter_random.py),
+so a DARE merge made by mergekit is a close sibling of evomerge's, not the same tensors.
 """
 
 from __future__ import annotations

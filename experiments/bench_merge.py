@@ -61,8 +61,10 @@ DIFFERENCES = {
             "(possibly none) and break ties to the lower index, so that CPU and GPU keep the same entries.",
     "dare_ties": "Deliberately different: we rescale kept entries by 1 / (1 - drop) as the DARE paper does and "
                  "normalize by the agreeing weights by default (mergekit rescales to the L1 norm of the task "
-                 "vector and does not normalize); the random masks come from different generators, so agreement "
-                 "is measured at drop 0 (density 1) with mergekit's normalize on, which checks the sign election.",
+                 "vector and does not normalize); our random masks are a hash of the element's index "
+                 "(evomerge/methods/counter_random.py: the same on every device), mergekit's come from torch's "
+                 "generator, so agreement is measured at drop 0 (density 1) with mergekit's normalize on, which "
+                 "checks the sign election.",
 }
 
 
@@ -163,12 +165,14 @@ def run_ours(args: argparse.Namespace) -> dict:
     rss_before = peak_rss()
     paths = [Path(p) for p in args.paths]
     first = recipe_from_dict(our_recipe(args.method, paths, args.sources, 0))
-    engine = MergeEngine.from_recipe(first, device=args.device)
+    engine = MergeEngine.from_recipe(first, device=args.device, kernels=args.kernels)
     model = engine.new_target()
     size = model_bytes(engine.reference)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    engine.materialize(first, model)  # warm-up
+    started = time.perf_counter()
+    engine.materialize(first, model)  # warm-up: compiles the kernel and sorts the task vectors (TIES) once
+    first_seconds = time.perf_counter() - started
     times = []
     for candidate in range(1, args.repeats + 1):
         recipe = recipe_from_dict(our_recipe(args.method, paths, args.sources, candidate))
@@ -182,6 +186,8 @@ def run_ours(args: argparse.Namespace) -> dict:
     result = {
         "seconds": statistics.median(times),
         "seconds_all": times,
+        "kernels": "compiled" if engine.compiled else "blocks",
+        "first_candidate_seconds": first_seconds,
         "model_bytes": size,
         "copy_seconds": copy,
         "copy_bandwidth_gb_s": 2 * size / copy / 1e9,
@@ -234,7 +240,8 @@ def worker(args: argparse.Namespace) -> dict:
 
 def in_worker(kind: str, args: argparse.Namespace, paths: list[Path], method: str, sources: int, **extra) -> dict:
     command = [sys.executable, __file__, "--worker", kind, "--method", method, "--sources", str(sources),
-               "--repeats", str(args.repeats), "--device", args.device, "--paths", *map(str, paths)]
+               "--repeats", str(args.repeats), "--device", args.device, "--kernels", args.kernels,
+               "--paths", *map(str, paths)]
     for key, value in extra.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -327,6 +334,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--repeats", type=int, default=3, help="timed candidates per measurement (median)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--kernels", choices=["auto", "compiled", "blocks"], default="auto",
+                        help="how our engine computes merges (MergeEngine's kernels; auto: compiled on CPU here)")
     parser.add_argument("--mergekit", type=Path, default=Path(os.environ.get("MERGEKIT_YAML", DEFAULT_MERGEKIT)),
                         help="the mergekit-yaml executable (default: .mergekit-venv/bin/mergekit-yaml or $MERGEKIT_YAML)")
     parser.add_argument("--no-demo", action="store_true", help="skip the demo's candidates per hour")
@@ -356,6 +365,7 @@ def main() -> None:
         "device": args.device,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", {os.cpu_count()} cores",
         "torch_threads": torch.get_num_threads(),
+        "kernels": args.kernels,
         "load_average_at_start": os.getloadavg(),
         "mergekit": mergekit_version(args.mergekit) if has_mergekit else "not installed (skipped)",
         "gpu": "GPU figures are still to be taken: no GPU was lent to this run (the code path is the same)"
@@ -471,7 +481,7 @@ def mergekit_version(executable: Path) -> str:
 
 def print_row(row: dict) -> None:
     ours = row["ours"]
-    text = (f"{row['method']:16} sources={row['sources']}  ours {ours['seconds']:.3f} s "
+    text = (f"{row['method']:16} sources={row['sources']}  ours ({ours['kernels']}) {ours['seconds']:.3f} s "
             f"(memory-bound {ours['memory_bound_seconds']:.3f} s, x{ours['seconds'] / ours['memory_bound_seconds']:.1f}; "
             f"peak {ours['peak_models']:.1f} models, goal <= {ours['memory_goal_models']})")
     if "mergekit_yaml" in row:

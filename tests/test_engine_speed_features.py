@@ -9,7 +9,7 @@ import torch
 from evomerge import engine as engine_module
 from evomerge.engine import MergeEngine
 from evomerge.errors import UsageError
-from evomerge.methods import get_method, task_arithmetic
+from evomerge.methods import get_method, magnitude_cut, task_arithmetic
 from evomerge.recipe import recipe_from_dict
 
 FAMILY = ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties"]
@@ -32,10 +32,9 @@ def tie_heavy(shape, dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 def merged(name, base, sources, block=None, out=None):
     method = get_method(name)
-    generator = torch.Generator().manual_seed(3)
     if out is None:
-        return method.function(base, sources, generator=generator, block=block, **method.fixed, **params_for(name, 3))
-    method.merge_into(out, base, sources, params_for(name, 3), generator, block=block)
+        return method.function(base, sources, seed=3, block=block, **method.fixed, **params_for(name, 3))
+    method.merge_into(out, base, sources, params_for(name, 3), 3, block=block)
     return out
 
 
@@ -53,7 +52,7 @@ def test_blocks_change_no_bit_of_the_merge(name):
 
 @pytest.mark.parametrize("misleading", [False, True])
 def test_magnitude_cut_keeps_the_k_largest_ties_to_the_lower_index(monkeypatch, misleading):
-    monkeypatch.setattr(task_arithmetic, "CUT_SAMPLE", 1000)  # samples every 10th of 10000 entries
+    monkeypatch.setattr(magnitude_cut, "CUT_SAMPLE", 1000)  # samples every 10th of 10000 entries
     base, deltas = tie_heavy((10_000,), torch.float32)
     base = torch.zeros(10_000)
     if misleading:  # every sampled entry is the largest: at densities 0.3 and 0.77 the bracket misses

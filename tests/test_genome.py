@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from pydantic import ValidationError
 from evomerge.engine import MergeEngine
 from evomerge.errors import UsageError
 from evomerge.genome import Genome, SearchedParam
+from evomerge.methods import get_method
 from evomerge.recipe import recipe_from_dict
 from evomerge.sources import load_model
 
@@ -44,13 +44,26 @@ def test_decode_writes_per_layer_group_and_global_values_into_the_recipe():
     genome = Genome(template(), SEARCH, num_layers=4, kinds=KINDS)
     values = {name: 0.5 for name in genome.names}
     values["sources.1.weight@layer2"] = 1.75
-    values["sources.0.density@layer3"] = 0.2
+    values["sources.0.density@layer3"] = 0.25
     recipe = genome.decode(values)
     assert recipe.sources[1].parameters["weight"] == [0.5, 0.5, 1.75, 0.5]
-    assert recipe.sources[0].parameters["density"] == [0.5, 0.5, 0.5, 0.2]
+    assert recipe.sources[0].parameters["density"] == [0.5, 0.5, 0.5, 0.25]
     assert recipe.parameters["scale"] == 0.5
     assert recipe.method == "ties" and recipe.base == "m/base"
 
+
+def test_decode_rounds_densities_to_the_magnitude_rank_grid_within_the_bounds():
+    genome = Genome(template(), SEARCH, num_layers=4, kinds=KINDS)
+    values = {name: 0.5 for name in genome.names}
+    values["sources.0.density@layer3"] = 0.2
+    values["sources.1.weight@layer2"] = 0.2  # weights have no grid
+    recipe = genome.decode(values)
+    assert recipe.sources[0].parameters["density"][3] == 819 / 4096  # round(0.2 * 4096) = 819
+    assert recipe.sources[1].parameters["weight"][2] == 0.2
+    density = get_method("ties").param("density")
+    assert density.on_grid(0.30001, 0.3, 0.9) == 1229 / 4096  # the nearest multiple inside [0.3, 0.9]
+    assert density.on_grid(0.3, 0.3, 0.3) == 0.3  # no multiple inside the bounds: unchanged
+    assert density.on_grid(1e-6, 1e-6, 0.1) == 1 / 4096  # never 0, which the density excludes
 
 def test_kind_granularity_gives_a_gene_per_kind_present_and_a_default_for_unknown_kinds():
     searched = [SearchedParam(param="weight", granularity="kind", low=0.0, high=1.0)]
@@ -69,10 +82,12 @@ def test_unit_cube_maps_linearly_or_geometrically_and_reflects_outside_points():
     ]
     genome = Genome(template(n_sources=1), searched, num_layers=2, kinds=KINDS)
     recipe = genome.decode_unit([0.5, 0.25])
-    assert math.isclose(recipe.sources[0].parameters["density"], 0.1)
+    half_step = 0.5 / 4096  # densities are rounded to multiples of 1/4096
+    assert genome.genes[0].value(0.5) == pytest.approx(0.1)
+    assert recipe.sources[0].parameters["density"] == pytest.approx(0.1, abs=half_step)
     assert recipe.parameters["scale"] == 0.5
     reflected = genome.decode_unit([1.7, -0.25])  # reflected to 0.3 and 0.25
-    assert reflected.sources[0].parameters["density"] == pytest.approx(0.01 ** 0.7)
+    assert reflected.sources[0].parameters["density"] == pytest.approx(0.01 ** 0.7, abs=half_step)
     assert reflected.parameters["scale"] == 0.5
     assert genome.decode_unit([3.0, 2.5]).parameters["scale"] == 1.0  # 2.5 -> 0.5
 
@@ -80,7 +95,8 @@ def test_unit_cube_maps_linearly_or_geometrically_and_reflects_outside_points():
 def test_encode_inverts_decode_and_projects_finer_recipes():
     genome = Genome(template(), SEARCH, num_layers=4, kinds=KINDS)
     unit = [i / (genome.dimension + 1) for i in range(1, genome.dimension + 1)]
-    assert genome.encode_unit(genome.decode_unit(unit)) == pytest.approx(unit)
+    # up to the densities' rounding to multiples of 1/4096 (half a step over the bounds' width 0.9)
+    assert genome.encode_unit(genome.decode_unit(unit)) == pytest.approx(unit, abs=0.5 / 4096 / 0.9)
     uniform = template()  # weight 1, density 1, scale 1 by default
     values = genome.encode(uniform)
     assert values["sources.0.weight@layer0"] == 1.0 and values["sources.2.density@layer3"] == 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from evomerge.methods import fused
 from evomerge.methods.blocks import block_size, write_blocks
 from evomerge.methods.params import WEIGHT, normalize_param
 from evomerge.methods.registry import MergeMethod, register
@@ -15,7 +16,8 @@ def linear(
     *,
     weight: list[float],
     normalize: bool = True,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
+    compiled: bool = False,
     out: torch.Tensor | None = None,
     block: int | None = None,
 ) -> torch.Tensor:
@@ -24,11 +26,14 @@ def linear(
 
     The base, if the recipe names one, takes no part. Each term is added in source order, in float32 (x_i
     converted exactly, then result + c_i * x_i in one fused step). The result is written into `out` when given
-    (in its dtype), computed `block` elements at a time (see methods/blocks.py).
+    (in its dtype): by one compiled kernel when `compiled` (methods/fused.py, equal up to float32 rounding),
+    else `block` elements at a time (see methods/blocks.py).
     """
     flats = [source.reshape(-1) for source in sources]
     total = float(sum(weight))
     coefficients = [w / total for w in weight] if normalize and abs(total) >= 1e-8 else list(weight)
+    if compiled and out is not None and fused.usable(out, sources) and fused.weighted_sum(out, sources, coefficients):
+        return out
     work = torch.empty(block_size(sources[0], block), dtype=torch.float32, device=sources[0].device)
 
     def merged_block(start: int, stop: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ def model_stock(
     base: torch.Tensor,
     sources: list[torch.Tensor],
     *,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
 ) -> torch.Tensor:
     """result = t * mean_i(x_i) + (1 - t) * base, with t = N cos(theta) / (1 + (N - 1) cos(theta)), float32.
 

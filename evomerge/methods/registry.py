@@ -8,6 +8,7 @@ declaration: recipe validation, and later the search space. There is no second t
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -15,6 +16,7 @@ from typing import Literal
 import torch
 
 from evomerge.errors import UsageError
+from evomerge.methods.magnitude_cut import MagnitudeRanks
 
 Scope = Literal["source", "global"]
 
@@ -25,7 +27,8 @@ class ParamSpec:
 
     `scope="source"` means every source has its own value (a weight per model); `"global"` means one value for
     the merge (TIES' scale, SLERP's t). Either can still vary by layer and by module kind in a recipe.
-    Bounds are closed unless `low_open` / `high_open` say otherwise; `None` means unbounded.
+    Bounds are closed unless `low_open` / `high_open` say otherwise; `None` means unbounded. A search rounds the
+    values it proposes to multiples of 1 / `grid` when one is set (see `on_grid`).
     """
 
     name: str
@@ -37,6 +40,7 @@ class ParamSpec:
     low_open: bool = False
     high_open: bool = False
     kind: Literal["float", "bool"] = "float"
+    grid: int | None = None
 
     def check(self, value: float | bool, where: str) -> None:
         """Raise UsageError if `value` is out of this parameter's bounds; `where` names the place in a recipe."""
@@ -50,6 +54,15 @@ class ParamSpec:
         too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
         if too_low or too_high or value != value:
             raise UsageError(f"{where}: '{self.name}' = {value} is outside {self.range_text()}")
+
+    def on_grid(self, value: float, low: float, high: float) -> float:
+        """`value` rounded to the nearest multiple of 1 / grid within [low, high] (unchanged without a grid, or
+        when no multiple lies within the bounds)."""
+        if self.grid is None:
+            return value
+        steps = min(math.floor(high * self.grid), max(math.ceil(low * self.grid), round(value * self.grid)))
+        rounded = steps / self.grid
+        return rounded if low <= rounded <= high and not (self.low_open and rounded == self.low) else value
 
     def range_text(self) -> str:
         left = "(" if self.low_open or self.low is None else "["
@@ -66,10 +79,12 @@ MergeFunction = Callable[..., torch.Tensor]
 class MergeMethod:
     """A registered method: its function, what it declares, and what it needs.
 
-    The function is called as `function(base, sources, generator=..., **params)` where `base` is the base
-    tensor (or None), `sources` the source tensors, each per-source parameter a list with one value per source,
-    and each global parameter a scalar. It returns the merged tensor in float32. A method that `writes_into` also
-    takes `out` (a tensor to write the result into, in its dtype) and `block` (elements computed at a time).
+    The function is called as `function(base, sources, seed=..., **params)` where `base` is the base tensor (or
+    None), `sources` the source tensors, `seed` the tensor's seed for random draws (DARE), each per-source
+    parameter a list with one value per source, and each global parameter a scalar. It returns the merged tensor
+    in float32. A method that `writes_into` also takes `out` (a tensor to write the result into, in its dtype),
+    `block` (elements computed at a time) and `compiled` (write it with one compiled kernel, methods/fused.py).
+    A method that `uses_ranks` also takes `ranks`: each source's MagnitudeRanks (or None), for its magnitude cuts.
     """
 
     name: str
@@ -81,6 +96,7 @@ class MergeMethod:
     reference: str = ""
     fixed: dict[str, object] = field(default_factory=dict)
     writes_into: bool = False
+    uses_ranks: bool = False
 
     def param(self, name: str) -> ParamSpec:
         for spec in self.params:
@@ -96,9 +112,9 @@ class MergeMethod:
         base: torch.Tensor | None,
         sources: Sequence[torch.Tensor],
         params: dict[str, object],
-        generator: torch.Generator | None = None,
+        seed: int = 0,
     ) -> torch.Tensor:
-        return self.function(base, list(sources), generator=generator, **self.fixed, **params)
+        return self.function(base, list(sources), seed=seed, **self.fixed, **params)
 
     def merge_into(
         self,
@@ -106,18 +122,23 @@ class MergeMethod:
         base: torch.Tensor | None,
         sources: Sequence[torch.Tensor],
         params: dict[str, object],
-        generator: torch.Generator | None = None,
+        seed: int = 0,
         block: int | None = None,
+        compiled: bool = False,
+        ranks: list[MagnitudeRanks | None] | None = None,
     ) -> None:
         """Write the merge into `out` (in its dtype): the values `merge` returns, rounded to `out`'s dtype.
 
-        A method that `writes_into` computes block by block straight into `out` (methods/blocks.py); any other
-        makes its float32 result first.
+        A method that `writes_into` computes straight into `out`, by blocks or one compiled kernel; any other
+        makes its float32 result first. `ranks` go to a method that `uses_ranks`.
         """
+        extra = {"ranks": ranks} if self.uses_ranks else {}
         if self.writes_into:
-            self.function(base, list(sources), generator=generator, out=out, block=block, **self.fixed, **params)
+            self.function(
+                base, list(sources), seed=seed, out=out, block=block, compiled=compiled, **extra, **self.fixed, **params
+            )
         else:
-            out.copy_(self.merge(base, sources, params, generator))
+            out.copy_(self.merge(base, sources, params, seed))
 
 
 _METHODS: dict[str, MergeMethod] = {}

@@ -17,7 +17,7 @@ def slerp(
     sources: list[torch.Tensor],
     *,
     t: float,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
 ) -> torch.Tensor:
     """Interpolate from sources[0] (t = 0) to sources[1] (t = 1) along the great circle, in float32.
 

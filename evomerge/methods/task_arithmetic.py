@@ -9,11 +9,15 @@ sparsified and whether signs are elected before mixing; mergekit's "generalized 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from evomerge.methods import fused
 from evomerge.methods.blocks import block_size, write_blocks
+from evomerge.methods.counter_random import draws, index_hash, keep_limit, source_key
+from evomerge.methods.magnitude_cut import MagnitudeBlock, MagnitudeCut, MagnitudeRanks, top_cut
 from evomerge.methods.params import DENSITY, DROP, GAMMA, SCALE, WEIGHT, normalize_param
 from evomerge.methods.registry import MergeMethod, register
 
@@ -33,7 +37,9 @@ def generalized_task_arithmetic(
     density: list[float] | None = None,
     drop: list[float] | None = None,
     gamma: list[float] | None = None,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
+    ranks: list[MagnitudeRanks | None] | None = None,
+    compiled: bool = False,
     out: torch.Tensor | None = None,
     block: int | None = None,
 ) -> torch.Tensor:
@@ -45,9 +51,9 @@ def generalized_task_arithmetic(
        - None: keep everything (task arithmetic).
        - "magnitude" (TIES trim): keep the k_i = floor(density_i * n) entries of largest |delta_i| (of equal
          magnitudes, the lower indices first).
-       - "random" (DARE): keep each entry independently with probability 1 - drop_i, drawn from `generator`
-         (n uniform draws per source with drop_i > 0, in source order), and rescale the kept entries by
-         1 / (1 - drop_i).
+       - "random" (DARE): keep each entry independently with probability 1 - drop_i, and rescale the kept
+         entries by 1 / (1 - drop_i). Entry e of source i is kept when its draw, a hash of (`seed`, i, e)
+         uniform in [0, 2^31) (methods/counter_random.py), is below floor((1 - drop_i) * 2^31).
        - "breadcrumbs": rank entries by |delta_i|, descending (of equal magnitudes, the lower indices first);
          drop the first floor(gamma_i * n) (outliers), keep the next floor(density_i * n) (fewer if they run
          out), drop the rest (the smallest).
@@ -58,9 +64,11 @@ def generalized_task_arithmetic(
          sum_i a_i w_i where `normalize` and that sum is not 0.
     3. result = base + scale * mix.
 
-    The result is written into `out` when given (in its dtype), computed `block` elements at a time; the
-    magnitude cuts are found without sorting (see `_top_cut`). Neither changes a single bit of the result.
-    Without sparsification and sign consensus (task arithmetic) it is computed as
+    The result is written into `out` when given (in its dtype): by one compiled kernel when `compiled`
+    (methods/fused.py), else `block` elements at a time. A magnitude cut is looked up in `ranks` (each source's
+    MagnitudeRanks, or None) when it holds that k, else found by a selection (magnitude_cut.top_cut). None of
+    this changes the definition; the kernel agrees with the blocks up to float32 rounding. Without
+    sparsification and sign consensus (task arithmetic) the result is computed as
     (1 - sum_i c_i) * base + sum_i c_i * x_i with c_i = scale * w_i (/ sum_j w_j): one fused pass per source,
     equal to the definition up to float32 rounding.
     """
@@ -70,13 +78,13 @@ def generalized_task_arithmetic(
     work = torch.empty(len(sources) + 4, step, dtype=torch.float32, device=base.device)
     deltas, base_block, scratch, spare, mixed = work[: len(sources)], work[-4], work[-3], work[-2], work[-1]
 
-    def delta_block(i: int, start: int, stop: int) -> torch.Tensor:
+    def magnitude_block(i: int, start: int, stop: int) -> torch.Tensor:
         base_part = base_block[: stop - start].copy_(base_flat[start:stop])
-        return torch.sub(flats[i][start:stop], base_part, out=deltas[i, : stop - start])
+        return torch.sub(flats[i][start:stop], base_part, out=deltas[i, : stop - start]).abs_()
 
     keepers = [
-        _keeper(sparsification, i, density, drop, gamma, generator, lambda a, b, i=i: delta_block(i, a, b).abs_(),
-                base_flat, flats[i], step)
+        _keeper(sparsification, i, density, drop, gamma, seed, ranks[i] if ranks else None,
+                functools.partial(magnitude_block, i), base_flat, flats[i], step)
         for i in range(len(sources))
     ]
     # what each kept delta is multiplied by: its weight, and DARE's rescaling of the kept entries
@@ -87,6 +95,15 @@ def generalized_task_arithmetic(
     divisor = total if normalize and abs(total) >= 1e-8 else 1.0
     coefficients = [scale * f / divisor for f in factors]  # without sign consensus: base + sum_i c_i kept_i
     whole = consensus is None and all(keeper is None for keeper in keepers)
+    if compiled and out is not None and fused.usable(out, [base, *sources]):
+        if whole:
+            done = fused.weighted_sum(out, [base, *sources], [1.0 - sum(coefficients), *coefficients])
+        else:
+            done = _fused_mix(out, base_flat, flats, keepers, factors if consensus else coefficients, weight,
+                              scale, consensus is not None, normalize)
+        if done:
+            return out
+    random = any(isinstance(keeper, _RandomKeep) for keeper in keepers)
 
     def merged_block(start: int, stop: int) -> torch.Tensor:
         size = stop - start
@@ -98,10 +115,11 @@ def generalized_task_arithmetic(
                 result.add_(flat[start:stop], alpha=c)
             return result
         kept = deltas[:, :size]
+        hashed = index_hash(start, stop, base.device) if random else None
         for i, keeper in enumerate(keepers):
             torch.sub(flats[i][start:stop], base_part, out=kept[i])
             if keeper is not None:
-                keeper.apply(kept[i], scratch[:size], start, stop)
+                kept[i].mul_(keeper.mask(kept[i], scratch[:size], start, hashed))
         if consensus is None:
             result.copy_(base_part)
             for c, row in zip(coefficients, kept, strict=True):
@@ -135,59 +153,34 @@ def _disjoint_mix(
         result.div_(divisor)
 
 
+@dataclass(frozen=True)
 class _RandomKeep:
-    """DARE: a drawn 0/1 mask with keep probability `keep`; the kept entries are rescaled by `rescale` = 1 / keep
-    (with the weight, by the caller)."""
+    """DARE: keep the entries whose draw (counter_random.draws under `key`) is below `limit`; the kept entries
+    are rescaled by `rescale` = 1 / keep (with the weight, by the caller)."""
 
-    def __init__(self, size: int, keep: float, generator: torch.Generator | None, device: torch.device) -> None:
-        self.rescale = 1.0 / keep
-        self.mask = torch.rand(size, generator=generator, device=device) < keep
+    key: int
+    limit: int
+    rescale: float
 
-    def apply(self, delta: torch.Tensor, scratch: torch.Tensor, start: int, stop: int) -> None:
-        delta.mul_(self.mask[start:stop])
-
-
-class _Cut:
-    """The k largest of n magnitudes: those above `threshold`, and of those equal to it the first `ties`."""
-
-    def __init__(self, threshold: float, ties: int, all_ties: bool) -> None:
-        self.threshold, self.ties, self.all_ties = threshold, ties, all_ties
-        self.seen = 0  # ties met in earlier blocks of the current pass
-
-    def mask(self, magnitude: torch.Tensor) -> torch.Tensor:
-        """Which entries of this block (blocks visited in order, from the first) are among the k largest."""
-        if self.all_ties:
-            return magnitude >= self.threshold
-        if self.seen >= self.ties:  # the ties to keep were all in earlier blocks
-            return magnitude > self.threshold
-        equal = magnitude == self.threshold
-        count = int(equal.sum())
-        if self.seen + count <= self.ties:  # every tie of this block is kept
-            self.seen += count
-            return magnitude >= self.threshold
-        rank = equal.cumsum(0).add_(self.seen)  # the block where the ties run out: keep the first ones
-        self.seen += count
-        return (magnitude > self.threshold) | (equal & (rank <= self.ties))
+    def mask(self, delta: torch.Tensor, scratch: torch.Tensor, start: int, hashed: torch.Tensor) -> torch.Tensor:
+        return draws(hashed, self.key) < self.limit
 
 
+@dataclass(frozen=True)
 class _MagnitudeBand:
-    """Keep the entries ranked [skip, skip + k) by descending |delta| (TIES: skip = 0; breadcrumbs: outliers)."""
+    """Keep the entries ranked [skip, skip + k) by descending |delta| (TIES: skip = 0; breadcrumbs: outliers):
+    inside `upper` (the top skip + k; None: all) and outside `lower` (the top skip; None: nothing to drop)."""
 
+    upper: MagnitudeCut | None
+    lower: MagnitudeCut | None
     rescale = 1.0
 
-    def __init__(self, upper: _Cut | None, lower: _Cut | None) -> None:
-        self.upper, self.lower = upper, lower  # the top skip + k, and the top skip (None: nothing to drop)
-
-    def apply(self, delta: torch.Tensor, scratch: torch.Tensor, start: int, stop: int) -> None:
-        if start == 0:
-            for cut in (self.upper, self.lower):
-                if cut is not None:
-                    cut.seen = 0
+    def mask(self, delta: torch.Tensor, scratch: torch.Tensor, start: int, hashed: torch.Tensor | None) -> torch.Tensor:
         magnitude = torch.abs(delta, out=scratch)
-        keep = self.upper.mask(magnitude) if self.upper is not None else torch.ones_like(delta, dtype=torch.bool)
+        keep = self.upper.mask(magnitude, start) if self.upper is not None else torch.ones_like(delta, dtype=torch.bool)
         if self.lower is not None:
-            keep &= ~self.lower.mask(magnitude)
-        delta.mul_(keep)
+            keep &= ~self.lower.mask(magnitude, start)
+        return keep
 
 
 def _keeper(
@@ -196,8 +189,9 @@ def _keeper(
     density: list[float] | None,
     drop: list[float] | None,
     gamma: list[float] | None,
-    generator: torch.Generator | None,
-    magnitude_block,
+    seed: int,
+    ranks: MagnitudeRanks | None,
+    magnitude_block: MagnitudeBlock,
     base_flat: torch.Tensor,
     source_flat: torch.Tensor,
     step: int,
@@ -206,59 +200,61 @@ def _keeper(
     n = base_flat.numel()
     if sparsification == "random":
         keep = 1.0 - drop[i]
-        return _RandomKeep(n, keep, generator, base_flat.device) if keep < 1.0 else None
+        return _RandomKeep(source_key(seed, i), keep_limit(keep), 1.0 / keep) if keep < 1.0 else None
     if sparsification is None:
         return None
     outliers = int(gamma[i] * n) if sparsification == "breadcrumbs" else 0
     kept = int(density[i] * n)
     if outliers == 0 and kept >= n:
         return None
-    cut = functools.partial(_top_cut, magnitude_block, base_flat, source_flat, step)
+
+    def cut(k: int) -> MagnitudeCut | None:
+        looked_up = ranks.cut(k) if ranks is not None and k < n else None
+        return looked_up or top_cut(magnitude_block, base_flat, source_flat, step, k)
+
     return _MagnitudeBand(cut(min(n, outliers + kept)), cut(outliers) if outliers > 0 else None)
 
 
-#: Magnitudes sampled to bracket a cut: the bracket then holds about 8 / sqrt(this) of a tensor's entries.
-CUT_SAMPLE = 1 << 14
-
-
-def _top_cut(
-    magnitude_block, base_flat: torch.Tensor, source_flat: torch.Tensor, step: int, k: int
-) -> _Cut | None:
-    """The cut that keeps the k largest magnitudes |x - base| (None: keep all), ties to the lower indices.
-
-    Exact, without sorting the tensor: a strided sample of the magnitudes brackets the k-th largest, one pass
-    counts the entries above the bracket and collects those inside it (a few percent), and the k-th largest
-    is selected among those. When the sample misled (the count falls outside the bracket), the selection runs
-    over all magnitudes instead. On CPU this is several times faster than a sort or top-k of the tensor.
-    """
+def _fused_mix(
+    out: torch.Tensor,
+    base_flat: torch.Tensor,
+    flats: list[torch.Tensor],
+    keepers: list[_RandomKeep | _MagnitudeBand | None],
+    factors: list[float],
+    weight: list[float],
+    scale: float,
+    consensus: bool,
+    normalize: bool,
+) -> bool:
+    """The merge by fused.masked_mix: each keeper as the kernel's per-source cuts and draw limits (neutral ones
+    where a source keeps everything); False when the kernel cannot run."""
     n = base_flat.numel()
-    if k >= n:
-        return None
-    if k == 0:
-        return _Cut(float("inf"), 0, False)
-    stride = max(1, n // CUT_SAMPLE)
-    sample = (source_flat[::stride].float() - base_flat[::stride].float()).abs_()
-    m = sample.numel()
-    position = (n - k) / n * m  # where the k-th largest sits in the ascending sample
-    margin = int(3 * m**0.5) + 8
-    low_index, high_index = int(position) - margin, int(position) + 1 + margin
-    # two selections, not a sort of the sample: kthvalue counts from 1
-    low = float(sample.kthvalue(low_index + 1).values) if low_index > 0 else float("-inf")
-    high = float(sample.kthvalue(high_index + 1).values) if high_index < m - 1 else float("inf")
-    above, inside = 0, []
-    for start in range(0, n, step):
-        magnitude = magnitude_block(start, min(n, start + step))
-        above += int((magnitude > high).sum())
-        inside.append(magnitude[(magnitude >= low) & (magnitude <= high)])
-    candidates = torch.cat(inside)
-    if not above < k <= above + candidates.numel():
-        above = 0
-        candidates = torch.cat([magnitude_block(s, min(n, s + step)).clone() for s in range(0, n, step)])
-    rank = k - above  # the threshold is the rank-th largest candidate
-    threshold = candidates.kthvalue(candidates.numel() - rank + 1).values
-    greater = above + int((candidates > threshold).sum())
-    equal = int((candidates == threshold).sum())
-    return _Cut(float(threshold), k - greater, k - greater == equal)
+    keep_all, drop_none = MagnitudeCut(0.0, n), MagnitudeCut(float("inf"), -1)
+    bands = [k if isinstance(k, _MagnitudeBand) else _MagnitudeBand(None, None) for k in keepers]
+    uppers = [band.upper or keep_all for band in bands]
+    lowers = [band.lower or drop_none for band in bands]
+    randoms = [k if isinstance(k, _RandomKeep) else _RandomKeep(0, fused.KEEP_ALL_DRAWS, 1.0) for k in keepers]
+    device = out.device
+
+    def floats(values: list[float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=device)
+
+    def ints(values: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    cuts = (
+        floats([c.threshold for c in uppers]), ints([c.last_index for c in uppers]),
+        floats([c.threshold for c in lowers]), ints([c.last_index for c in lowers]),
+    )
+    draw_limits = (ints([r.key for r in randoms], torch.int32), ints([r.limit - 1 for r in randoms], torch.int32))
+    return fused.run(
+        "masked_mix", out, fused.flat(base_flat), [fused.flat(f) for f in flats], cuts, draw_limits, floats(factors), floats(weight), floats([scale]),
+        magnitude=any(band.upper is not None or band.lower is not None for band in bands),
+        band=any(band.lower is not None for band in bands),
+        random=any(isinstance(k, _RandomKeep) for k in keepers),
+        consensus=consensus,
+        normalize=normalize,
+    )
 
 
 def _variant(
@@ -279,6 +275,7 @@ def _variant(
             reference=reference,
             fixed={"sparsification": sparsification, "consensus": consensus},
             writes_into=True,
+            uses_ranks=sparsification in ("magnitude", "breadcrumbs"),
         )
     )
 

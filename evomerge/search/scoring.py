@@ -27,7 +27,7 @@ class CandidateScorer:
         else:
             self.engine = MergeEngine.from_recipe(
                 config.recipe, device=config.device, sources_device=config.sources_device,
-                sources_dtype=DTYPES[config.sources_dtype] if config.sources_dtype else None,
+                sources_dtype=DTYPES[config.sources_dtype] if config.sources_dtype else None, kernels=config.kernels,
             )
         reference = self.engine.reference
         self.tokenizer = AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file)

@@ -1,0 +1,119 @@
+"""Compiled kernels, DARE's counter-based draws and the sorted magnitude ranks: each a faster way to compute the
+same merge, checked against the block path, against Python's integers and against a stable sort."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from evomerge.engine import MergeEngine
+from evomerge.methods import fused, get_method
+from evomerge.methods.counter_random import DRAW_RANGE, draws, index_hash, mix32, mix32_int, source_key
+from evomerge.methods.magnitude_cut import RANK_GRID, MagnitudeRanks, top_cut
+from evomerge.recipe import recipe_from_dict
+
+
+def tie_heavy(n: int, sources: int = 3, dtype=torch.bfloat16) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A base and sources whose task vectors take few distinct magnitudes (many ties at any cut)."""
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(n, generator=generator).to(dtype)
+    return base, [(base.float() + torch.randint(-3, 4, (n,), generator=generator) * 0.5).to(dtype)
+                  for _ in range(sources)]
+
+
+def test_the_hash_is_lowbias32_on_32_bit_integers():
+    values = [0, 1, 2, 12345, 2**31 - 1, 2**31, 2**32 - 1, 0x9E3779B9]
+    as_int32 = torch.tensor([v - 2**32 if v >= 2**31 else v for v in values], dtype=torch.int32)
+    assert [x & 0xFFFFFFFF for x in mix32(as_int32).tolist()] == [mix32_int(v) for v in values]
+    assert mix32_int(1) == 0x688990C0  # pinned: the draws, hence every DARE merge, must never change
+    start = 2**31 - 10  # indices past 2^31 are taken modulo 2^32 as well
+    assert [x & 0xFFFFFFFF for x in index_hash(start, start + 20).tolist()] == [mix32_int(e) for e in range(start, start + 20)]
+
+
+def test_draws_are_uniform_and_independent_across_sources_and_seeds():
+    hashed = index_hash(0, 1 << 20)
+    a, b, c = (draws(hashed, source_key(seed, source)) for seed, source in [(1, 0), (1, 1), (2, 0)])
+    for d in (a, b, c):
+        assert int(d.min()) >= 0 and int(d.max()) < DRAW_RANGE
+        assert abs(float((d < DRAW_RANGE // 4).float().mean()) - 0.25) < 0.003
+    # two masks at keep 1/2 agree on about half the entries, as independent ones would
+    assert abs(float(((a < DRAW_RANGE // 2) == (b < DRAW_RANGE // 2)).float().mean()) - 0.5) < 0.003
+    assert abs(float(((a < DRAW_RANGE // 2) == (c < DRAW_RANGE // 2)).float().mean()) - 0.5) < 0.003
+
+
+def test_magnitude_ranks_give_the_k_largest_with_ties_to_the_lower_index():
+    base, sources = tie_heavy(10_007)
+    magnitude = (sources[0].float() - base.float()).abs()
+    order = magnitude.argsort(descending=True, stable=True)
+    ranks = MagnitudeRanks.of(base, sources[0])
+    n = magnitude.numel()
+    for j in (0, 1, 5, 1000, 2048, 3333, RANK_GRID - 1):
+        k = j * n // RANK_GRID
+        expected = torch.zeros(n, dtype=torch.bool)
+        expected[order[:k]] = True
+        cut = ranks.cut(k)
+        assert torch.equal(cut.mask(magnitude), expected), j
+        assert torch.equal(cut.mask(magnitude[100:], start=100), expected[100:])  # a block that starts later
+        selected = top_cut(lambda a, b: magnitude[a:b], base, sources[0], 1000, k)
+        assert torch.equal(selected.mask(magnitude), expected), j
+    assert ranks.cut(3) is None  # not a stored rank: the merge selects it instead
+
+
+FUSED_PARAMS = {"weight": [0.7, -0.3, 1.2], "density": [0.5, 0.25, 0.75], "drop": [0.5, 0.1, 0.0],
+                "gamma": [0.125, 0.0625, 0.25], "scale": 0.9}
+
+
+@pytest.mark.parametrize("name", ["task_arithmetic", "ties", "dare_ties", "breadcrumbs"])
+def test_compiled_kernels_give_the_block_path_merge(name):
+    method = get_method(name)
+    base, sources = tie_heavy(20_011)
+    params = {spec.name: FUSED_PARAMS.get(spec.name, spec.default) for spec in method.params}
+    ranks = [MagnitudeRanks.of(base, s) for s in sources] if method.uses_ranks else None
+    blocks = torch.empty(20_011)
+    method.merge_into(blocks, base, sources, params, seed=5, block=4096, ranks=ranks)
+    compiled = torch.empty(20_011)
+    method.merge_into(compiled, base, sources, params, seed=5, compiled=True, ranks=ranks)
+    assert not fused._unavailable, fused._unavailable  # the kernel ran: no fall back to blocks
+    torch.testing.assert_close(compiled, blocks, rtol=1e-6, atol=1e-6)
+    assert torch.equal(compiled == 0, blocks == 0)  # the same entries dropped
+
+
+def test_the_engine_merges_the_same_model_by_kernels_and_by_blocks(tiny_models):
+    sources = [{"model": str(tiny_models[n]), "weight": 0.6, "density": [0.5, 0.25]} for n in "ab"]
+    recipe = recipe_from_dict({"method": "ties", "base": str(tiny_models["base"]), "sources": sources})
+    models = []
+    for kernels in ("compiled", "blocks"):
+        engine = MergeEngine.from_recipe(recipe, kernels=kernels)
+        assert engine.compiled == (kernels == "compiled")
+        models.append(engine.new_target())
+        engine.materialize(recipe, models[-1])
+    assert engine._ranks  # the task vectors were sorted once, and the cuts looked up
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_a_kernel_that_cannot_compile_falls_back_to_blocks_with_one_warning(monkeypatch):
+    def no_compiler(function, **options):
+        def fail(*args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+        return fail
+
+    monkeypatch.setattr(fused, "_unavailable", [])
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    method = get_method("ties")
+    base, sources = tie_heavy(5000)
+    params = {spec.name: FUSED_PARAMS.get(spec.name, spec.default) for spec in method.params}
+    expected = method.merge(base, sources, params)
+    out = torch.empty(5000)
+    with pytest.warns(RuntimeWarning, match="compiled merge kernels cannot run here .*No working C"):
+        method.merge_into(out, base, sources, params, compiled=True)
+    assert torch.equal(out, expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning: blocks from now on
+        method.merge_into(out, base, sources, params, compiled=True)
+    assert torch.equal(out, expected)
+
