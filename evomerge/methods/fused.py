@@ -117,9 +117,9 @@ def run(kernel: str, out: torch.Tensor, *args: object, **flags: object) -> bool:
     if kernel not in _compiled:
         _compiled[kernel] = torch.compile(_KERNELS[kernel], dynamic=True)
     try:
-        # a new method or number of sources compiles anew: allow many before torch gives up, and make it raise
-        # rather than silently run the kernel uncompiled (whole-tensor temporaries)
-        # and parallelize every loop: the first tensor's size, which inductor would judge by, may be small
+        # Each method and number of sources compiles anew: allow many before torch gives up, and make it raise
+        # rather than run the kernel uncompiled (whole-tensor temporaries). Parallelize every loop: inductor
+        # would judge by the size of the first tensor it saw, which may be small.
         with (
             torch.no_grad(),
             torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True),
