@@ -29,7 +29,8 @@ def test_the_hash_is_lowbias32_on_32_bit_integers():
     assert [x & 0xFFFFFFFF for x in mix32(as_int32).tolist()] == [mix32_int(v) for v in values]
     assert mix32_int(1) == 0x688990C0  # pinned: the draws, hence every DARE merge, must never change
     start = 2**31 - 10  # indices past 2^31 are taken modulo 2^32 as well
-    assert [x & 0xFFFFFFFF for x in index_hash(start, start + 20).tolist()] == [mix32_int(e) for e in range(start, start + 20)]
+    hashed = [x & 0xFFFFFFFF for x in index_hash(start, start + 20).tolist()]
+    assert hashed == [mix32_int(e) for e in range(start, start + 20)]
 
 
 def test_draws_are_uniform_and_independent_across_sources_and_seeds():

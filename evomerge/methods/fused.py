@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from evomerge.methods.counter_random import DRAW_RANGE, mix32
+from evomerge.methods.counter_random import mix32
 
 _MASK32 = 0xFFFFFFFF
 
@@ -150,7 +150,3 @@ def weighted_sum(out: torch.Tensor, tensors: list[torch.Tensor], coefficients: l
     """out = sum_i c_i * t_i (float32 inside) by a compiled kernel; False when it cannot run (nothing written)."""
     flats = [flat(t) for t in tensors]
     return run("weighted_sum", out, flats, torch.tensor(coefficients, dtype=torch.float32, device=out.device))
-
-
-#: A draw limit that keeps every entry (draws are below 2^31).
-KEEP_ALL_DRAWS = DRAW_RANGE

@@ -34,7 +34,8 @@ class MagnitudeCut:
         if self.last_index < start:  # none is
             return torch.le(magnitude, self.threshold).logical_not_()
         index = torch.arange(start, stop, device=magnitude.device)
-        return ((magnitude < self.threshold) | ((magnitude == self.threshold) & (index > self.last_index))).logical_not_()
+        dropped = (magnitude < self.threshold) | ((magnitude == self.threshold) & (index > self.last_index))
+        return dropped.logical_not_()
 
 
 #: The cut that keeps nothing.

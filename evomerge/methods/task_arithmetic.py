@@ -16,8 +16,8 @@ import torch
 
 from evomerge.methods import fused
 from evomerge.methods.blocks import block_size, write_blocks
-from evomerge.methods.counter_random import draws, index_hash, keep_limit, source_key
-from evomerge.methods.magnitude_cut import MagnitudeBlock, MagnitudeCut, MagnitudeRanks, top_cut
+from evomerge.methods.counter_random import DRAW_RANGE, draws, index_hash, keep_limit, source_key
+from evomerge.methods.magnitude_cut import KEEP_NONE, MagnitudeBlock, MagnitudeCut, MagnitudeRanks, top_cut
 from evomerge.methods.params import DENSITY, DROP, GAMMA, SCALE, WEIGHT, normalize_param
 from evomerge.methods.registry import MergeMethod, register
 
@@ -229,11 +229,11 @@ def _fused_mix(
     """The merge by fused.masked_mix: each keeper as the kernel's per-source cuts and draw limits (neutral ones
     where a source keeps everything); False when the kernel cannot run."""
     n = base_flat.numel()
-    keep_all, drop_none = MagnitudeCut(0.0, n), MagnitudeCut(float("inf"), -1)
+    keep_all = MagnitudeCut(0.0, n)
     bands = [k if isinstance(k, _MagnitudeBand) else _MagnitudeBand(None, None) for k in keepers]
     uppers = [band.upper or keep_all for band in bands]
-    lowers = [band.lower or drop_none for band in bands]
-    randoms = [k if isinstance(k, _RandomKeep) else _RandomKeep(0, fused.KEEP_ALL_DRAWS, 1.0) for k in keepers]
+    lowers = [band.lower or KEEP_NONE for band in bands]  # the top none: nothing dropped
+    randoms = [k if isinstance(k, _RandomKeep) else _RandomKeep(0, DRAW_RANGE, 1.0) for k in keepers]
     device = out.device
 
     def floats(values: list[float]) -> torch.Tensor:
@@ -248,7 +248,8 @@ def _fused_mix(
     )
     draw_limits = (ints([r.key for r in randoms], torch.int32), ints([r.limit - 1 for r in randoms], torch.int32))
     return fused.run(
-        "masked_mix", out, fused.flat(base_flat), [fused.flat(f) for f in flats], cuts, draw_limits, floats(factors), floats(weight), floats([scale]),
+        "masked_mix", out, fused.flat(base_flat), [fused.flat(f) for f in flats], cuts, draw_limits,
+        floats(factors), floats(weight), floats([scale]),
         magnitude=any(band.upper is not None or band.lower is not None for band in bands),
         band=any(band.lower is not None for band in bands),
         random=any(isinstance(k, _RandomKeep) for k in keepers),
