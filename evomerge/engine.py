@@ -14,7 +14,7 @@ The engine's contract:
   materialized before and on whatever device: each tensor's random draws (DARE) are a hash of the recipe's seed,
   the tensor's name and the element (methods/counter_random.py).
 - **Fast.** On large models the merges run as compiled kernels (methods/fused.py; `kernels`), and each task
-  vector's magnitude order is sorted once (MagnitudeRanks), so a TIES candidate's cuts are lookups.
+  vector's cuts on the density grid are found once (MagnitudeRanks), so a TIES candidate's cuts are lookups.
 - **Float32 inside.** Methods accumulate in float32; the result is stored in the target model's dtype.
 - **Finite or failed.** A merged tensor with NaN or Inf raises MergeFailure naming the tensor; the target
   model then holds a partial merge until the next successful materialize.
@@ -33,7 +33,12 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from evomerge.errors import MergeFailure, UsageError
-from evomerge.methods.magnitude_cut import RANKS_BYTES_PER_ELEMENT, MagnitudeRanks
+from evomerge.methods.magnitude_cut import (
+    COUNTED_BYTES_PER_ELEMENT,
+    COUNTED_MIN_BLOCK,
+    RANKS_BYTES_PER_ELEMENT,
+    MagnitudeRanks,
+)
 from evomerge.recipe import Recipe, resolve_parameters
 from evomerge.sources import LoadedModel, check_compatible, load_model, tensor_info
 
@@ -59,9 +64,10 @@ Kernels = Literal["auto", "compiled", "blocks"]
 #: Compiling a method's kernel takes seconds to a minute once per process; a candidate of a model this large
 #: (about 33 M parameters) saves about that much (experiments/bench_merge.py).
 COMPILE_FROM_ELEMENTS = 1 << 25
-#: Working memory allowed for sorting one task vector (MagnitudeRanks), as a fraction of a model's bytes;
-#: larger tensors (embeddings, usually) find their cuts by selection in every candidate.
+#: Working memory for finding one task vector's MagnitudeRanks: this fraction of a model's bytes, or
+#: RANKS_MEMORY_FLOOR if more. A tensor whose sort needs more (the embeddings, usually) is counted instead.
 RANKS_MEMORY_SHARE = 1 / 8
+RANKS_MEMORY_FLOOR = 64 << 20
 
 
 class MergeEngine:
@@ -89,8 +95,8 @@ class MergeEngine:
         self.compiled = kernels == "compiled" or (
             kernels == "auto" and self.device.type == "cpu" and elements >= COMPILE_FROM_ELEMENTS
         )
-        self._ranks_budget = RANKS_MEMORY_SHARE * model_bytes(self.reference)
-        self._ranks: dict[str, list[MagnitudeRanks | None]] = {}  # per tensor: each source's, once computed
+        self._ranks_budget = max(RANKS_MEMORY_SHARE * model_bytes(self.reference), RANKS_MEMORY_FLOOR)
+        self._ranks: dict[str, list[MagnitudeRanks]] = {}  # per tensor: each source's, once computed
         # per target model: the key of every tensor as last written there (see materialize)
         self._written: weakref.WeakKeyDictionary[PreTrainedModel, dict[str, tuple]] = weakref.WeakKeyDictionary()
 
@@ -214,13 +220,17 @@ class MergeEngine:
 
     def _magnitude_ranks(
         self, name: str, base: torch.Tensor | None, sources: list[torch.Tensor]
-    ) -> list[MagnitudeRanks | None] | None:
-        """Each source's MagnitudeRanks of tensor `name`, sorted on first use; None where there is no base or
-        sorting the tensor would take more than its share of memory."""
-        if base is None or RANKS_BYTES_PER_ELEMENT * base.numel() > self._ranks_budget:
+    ) -> list[MagnitudeRanks] | None:
+        """Each source's MagnitudeRanks of tensor `name`, found on first use (None without a base): sorted, or
+        counted in blocks where a sort would take more than the engine's working memory for it."""
+        if base is None:
             return None
         if name not in self._ranks:
-            self._ranks[name] = [MagnitudeRanks.of(base, source) for source in sources]
+            if RANKS_BYTES_PER_ELEMENT * base.numel() <= self._ranks_budget:
+                self._ranks[name] = [MagnitudeRanks.of(base, source) for source in sources]
+            else:
+                block = max(COUNTED_MIN_BLOCK, int(self._ranks_budget) // COUNTED_BYTES_PER_ELEMENT)
+                self._ranks[name] = [MagnitudeRanks.counted(base, source, block) for source in sources]
         return self._ranks[name]
 
     def new_target(self, dtype: torch.dtype | None = None) -> PreTrainedModel:

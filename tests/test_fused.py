@@ -8,10 +8,11 @@ import warnings
 import pytest
 import torch
 
+from evomerge import engine as engine_module
 from evomerge.engine import MergeEngine
 from evomerge.methods import fused, get_method
 from evomerge.methods.counter_random import DRAW_RANGE, draws, index_hash, mix32, mix32_int, source_key
-from evomerge.methods.magnitude_cut import RANK_GRID, MagnitudeRanks, top_cut
+from evomerge.methods.magnitude_cut import RANK_GRID, RANKS_BYTES_PER_ELEMENT, MagnitudeRanks, top_cut
 from evomerge.recipe import recipe_from_dict
 
 
@@ -62,12 +63,29 @@ def test_magnitude_ranks_give_the_k_largest_with_ties_to_the_lower_index():
     assert ranks.cut(3) is None  # not a stored rank: the merge selects it instead
 
 
+@pytest.mark.parametrize("block", [1000, 4096, 1 << 20])
+def test_counted_ranks_are_the_sorted_ones_block_by_block(block):
+    base, sources = tie_heavy(30_011, sources=1)
+    continuous = (base.float() + torch.randn(30_011, generator=torch.Generator().manual_seed(1)) * 1e-2).bfloat16()
+    continuous[7] = float("nan")  # NaN counts as the largest magnitude in both
+    for source in (sources[0], continuous):
+        sorted_, counted = MagnitudeRanks.of(base, source), MagnitudeRanks.counted(base, source, block)
+        torch.testing.assert_close(counted.thresholds, sorted_.thresholds, rtol=0, atol=0, equal_nan=True)
+        magnitude = (source.float() - base.float()).abs()
+        for j in range(RANK_GRID + 1):
+            k = j * 30_011 // RANK_GRID
+            assert torch.equal(counted.cut(k).mask(magnitude), sorted_.cut(k).mask(magnitude)), j
+
+
 FUSED_PARAMS = {"weight": [0.7, -0.3, 1.2], "density": [0.5, 0.25, 0.75], "drop": [0.5, 0.1, 0.0],
                 "gamma": [0.125, 0.0625, 0.25], "scale": 0.9}
 
 
+@pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("name", ["task_arithmetic", "ties", "dare_ties", "breadcrumbs"])
-def test_compiled_kernels_give_the_block_path_merge(name):
+def test_compiled_kernels_give_the_block_path_merge(name, wide, monkeypatch):
+    if wide:  # index the elements in int64, as for tensors of 2^31 elements or more
+        monkeypatch.setattr(fused, "WIDE_FROM_ELEMENTS", 0)
     method = get_method(name)
     base, sources = tie_heavy(20_011)
     params = {spec.name: FUSED_PARAMS.get(spec.name, spec.default) for spec in method.params}
@@ -93,6 +111,27 @@ def test_the_engine_merges_the_same_model_by_kernels_and_by_blocks(tiny_models):
     assert engine._ranks  # the task vectors were sorted once, and the cuts looked up
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_the_engine_counts_the_ranks_of_tensors_too_large_to_sort_and_merges_the_same_model(
+    tiny_models, monkeypatch
+):
+    sources = [{"model": str(tiny_models[n]), "weight": 0.6, "density": [0.5, 0.25]} for n in "ab"]
+    recipe = recipe_from_dict({"method": "ties", "base": str(tiny_models["base"]), "sources": sources})
+    sorted_engine = MergeEngine.from_recipe(recipe, kernels="blocks")
+    expected = sorted_engine.new_target()
+    sorted_engine.materialize(recipe, expected)
+    counted, count = [], MagnitudeRanks.counted
+    monkeypatch.setattr(engine_module, "RANKS_MEMORY_FLOOR", 0)  # 1/8 of a tiny model: most tensors are counted
+    monkeypatch.setattr(MagnitudeRanks, "counted", lambda *args: counted.append(args[0].numel()) or count(*args))
+    counting_engine = MergeEngine.from_recipe(recipe, kernels="blocks")
+    model = counting_engine.new_target()
+    counting_engine.materialize(recipe, model)
+    too_large = [t.numel() for t in counting_engine.base.tensors.values()
+                 if RANKS_BYTES_PER_ELEMENT * t.numel() > counting_engine._ranks_budget]
+    assert too_large and sorted(counted) == sorted(2 * too_large)
+    for (name, a), b in zip(model.named_parameters(), expected.parameters(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_a_kernel_that_cannot_compile_falls_back_to_blocks_with_one_warning(monkeypatch):

@@ -14,14 +14,17 @@ process computes by blocks.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
 from evomerge.methods.counter_random import mix32
 
 _MASK32 = 0xFFFFFFFF
+#: Tensors of this many elements or more index them in int64 in masked_mix; smaller ones in int32.
+WIDE_FROM_ELEMENTS = 1 << 31
 
 
 def _weighted_sum(out: torch.Tensor, tensors: list[torch.Tensor], coefficients: torch.Tensor) -> None:
@@ -51,17 +54,19 @@ def _masked_mix(
     random: bool,
     consensus: bool,
     normalize: bool,
+    wide: bool,
 ) -> None:
     """Sparsify each delta (`magnitude`: keep its upper cut, minus its lower cut when `band`; `random`: keep
     draws below the limit), weight it by its factor, mix (sum, or TIES' sign election and disjoint sum divided
     by the agreeing weights when `normalize`), and write base + scale * mix: task_arithmetic.py's definition.
     Draw limits come as the largest kept draw (limit - 1), so that keeping everything (2^31 - 1) fits in int32:
-    inductor compares an int32 draw with an int64 limit of 2^31 wrongly."""
+    inductor compares an int32 draw with an int64 limit of 2^31 wrongly. Element indices (and the cuts' last
+    indices) are int32 unless `wide` (a tensor of 2^31 or more elements): half the work of int64 vectors."""
     upper_t, upper_i, lower_t, lower_i = cuts
     keys, last_draws = draws
     b = base.float()
-    index = torch.arange(b.shape[0], device=b.device)
-    hashed = mix32((index & _MASK32).to(torch.int32)) if random else None
+    index = torch.arange(b.shape[0], dtype=torch.int64 if wide else torch.int32, device=b.device)
+    hashed = (mix32((index & _MASK32).to(torch.int32)) if wide else mix32(index)) if random else None
     weighted = []
     for i, source in enumerate(sources):
         delta = source.float() - b
@@ -117,14 +122,7 @@ def run(kernel: str, out: torch.Tensor, *args: object, **flags: object) -> bool:
     if kernel not in _compiled:
         _compiled[kernel] = torch.compile(_KERNELS[kernel], dynamic=True)
     try:
-        # Each method and number of sources compiles anew: allow many before torch gives up, and make it raise
-        # rather than run the kernel uncompiled (whole-tensor temporaries). Parallelize every loop: inductor
-        # would judge by the size of the first tensor it saw, which may be small.
-        with (
-            torch.no_grad(),
-            torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True),
-            torch._inductor.config.patch({"cpp.dynamic_threads": True}),
-        ):
+        with torch.no_grad(), _compile_settings():
             _compiled[kernel](flat(out), *args, **flags)
     except Exception as error:  # noqa: BLE001 - inductor's failures have many types; any one means "use blocks"
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
@@ -137,6 +135,22 @@ def run(kernel: str, out: torch.Tensor, *args: object, **flags: object) -> bool:
         )
         return False
     return True
+
+
+@contextlib.contextmanager
+def _compile_settings() -> Iterator[None]:
+    """torch.compile's settings for the kernels, set around each call (a call may compile): each method and
+    number of sources compiles anew, so allow many recompiles, and raise rather than run the kernel uncompiled
+    (whole-tensor temporaries) past them; parallelize every loop (inductor would judge by the size of the first
+    tensor it saw, which may be small). Set by hand, not by config.patch: that costs about 0.1 ms a call, and a
+    candidate runs a kernel per tensor, hundreds of them."""
+    dynamo, cpp = torch._dynamo.config, torch._inductor.config.cpp
+    saved = dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit, cpp.dynamic_threads
+    dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit, cpp.dynamic_threads = 64, True, True
+    try:
+        yield
+    finally:
+        dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit, cpp.dynamic_threads = saved
 
 
 def flat(tensor: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,9 @@ among the entries equal to it (of equal magnitudes, the lower indices are kept f
 
 Two ways to find a cut, both exact:
 - `top_cut`: a selection over the tensor, without sorting it (TIES' trim of one tensor, any k);
-- `MagnitudeRanks`: the cuts of one task vector at the ranks floor(j n / RANK_GRID), found with one sort. The
-  task vectors do not change during a search, so an engine keeps these and a candidate's cut is a lookup.
+- `MagnitudeRanks`: the cuts of one task vector at the ranks floor(j n / RANK_GRID), found with one sort (or,
+  for a tensor too large to sort, by counting in blocks). The task vectors do not change during a search, so an
+  engine keeps these and a candidate's cut is a lookup.
 """
 
 from __future__ import annotations
@@ -128,6 +129,78 @@ class MagnitudeRanks:
         empty = ranks == 0
         return cls(n, thresholds.masked_fill(empty, float("inf")), last.masked_fill(empty, -1))
 
+    @classmethod
+    def counted(cls, base: torch.Tensor, source: torch.Tensor, block: int) -> MagnitudeRanks:
+        """The same cuts as `of`, found without sorting, in working memory of COUNTED_BYTES_PER_ELEMENT x `block`
+        (plus at most 32 MB) instead of a sort's RANKS_BYTES_PER_ELEMENT x n: for tensors too large to sort.
+
+        A radix selection of all the grid's ranks at once. Each magnitude's key is its float bits subtracted
+        from 2^31 - 1 (ascending keys: descending magnitudes, NaN first). A pass over the tensor counts the
+        keys' high 15 bits, which tells each rank the high bits of its key; a second pass counts the next 8 bits
+        among the entries whose keys start as some rank's, a third the last 8. A last pass finds, for a rank
+        that keeps some but not all of the entries equal to its threshold, the index of the last one kept.
+        An entry's group (which rank's key it starts as, so far) is a chain of table lookups, one per pass: on
+        CPU, a lookup is several times faster than torch.searchsorted over the ranks' prefixes."""
+        base_flat, source_flat = base.reshape(-1), source.reshape(-1)
+        n = base_flat.numel()
+        tables: list[tuple[int, int, torch.Tensor]] = []  # per pass: its shift, width and (group, digit) -> group
+
+        def keys(start: int) -> torch.Tensor:
+            stop = min(n, start + block)
+            magnitude = (source_flat[start:stop].float() - base_flat[start:stop].float()).abs_()
+            return torch.sub(0x7FFFFFFF, magnitude.view(torch.int32))
+
+        def groups(part: torch.Tensor) -> torch.Tensor:
+            """Each entry's group after the passes so far; one past the last group where it is in none."""
+            group = torch.zeros_like(part, dtype=torch.int64)
+            for shift, width, table in tables:
+                group = table[(group << width) | ((part >> shift) & ((1 << width) - 1))]
+            return group
+
+        ranks = torch.arange(RANK_GRID + 1, dtype=torch.int64, device=base.device) * n // RANK_GRID
+        key = torch.zeros_like(ranks)  # each rank's key: the high bits found so far
+        rank = ranks.clamp_min(1)  # its rank within its group (from 1)
+        group, size = torch.zeros_like(ranks), 1  # its group, and how many groups there are
+        for shift, width in ((16, 15), (8, 8), (0, 8)):
+            counts = ranks.new_zeros((size + 1) << width)
+            for start in range(0, n, block):
+                part = keys(start)
+                counts += torch.bincount(
+                    (groups(part) << width) | ((part >> shift) & ((1 << width) - 1)), minlength=counts.numel()
+                )
+            cumulative = counts[: size << width].cumsum(0)  # group by group: a rank's entry is in its group's
+            before = torch.cat([cumulative.new_zeros(1), cumulative])
+            target = before[group << width] + rank
+            position = torch.searchsorted(cumulative, target)
+            rank, equal = target - before[position], counts[position]
+            key = (key << width) | (position - (group << width))
+            slots, group = position.unique(return_inverse=True)
+            table = ranks.new_full((counts.numel(),), len(slots))
+            table[slots] = torch.arange(len(slots), device=base.device)
+            tables.append((shift, width, table))
+            size = len(slots)
+        last = torch.full_like(ranks, n - 1)  # every entry equal to the threshold is kept ...
+        partial = rank < equal  # ... except at these ranks: the last one kept is the rank-th in index order
+        if partial.any():
+            wanted, which = rank[partial], group[partial]
+            seen = ranks.new_zeros(size)
+            found = torch.empty_like(wanted)
+            for start in range(0, n, block):
+                value = groups(keys(start))
+                index = (value < size).nonzero().squeeze(1)  # entries equal to some rank's threshold, in order
+                value = value[index]
+                by_value = torch.sort(value, stable=True).indices  # grouped by value, in index order within
+                count = torch.bincount(value, minlength=size)
+                local = wanted - seen[which]  # the occurrence wanted among this block's (from 1)
+                here = (local >= 1) & (local <= count[which])
+                first = (count.cumsum(0) - count)[which[here]]
+                found[here] = start + index[by_value[first + local[here] - 1]]
+                seen += count
+            last[partial] = found
+        thresholds = torch.sub(0x7FFFFFFF, key).to(torch.int32).view(torch.float32).cpu()
+        empty = ranks.cpu() == 0
+        return cls(n, thresholds.masked_fill(empty, float("inf")), last.cpu().masked_fill(empty, -1))
+
     def cut(self, k: int) -> MagnitudeCut | None:
         """The cut keeping the k largest magnitudes if k is one of the stored ranks, else None."""
         first = k * RANK_GRID // self.size
@@ -139,3 +212,8 @@ class MagnitudeRanks:
 
 #: Working memory of MagnitudeRanks.of per element: the magnitudes and their keys, the sorted keys and the order.
 RANKS_BYTES_PER_ELEMENT = 20
+#: Working memory of MagnitudeRanks.counted per element of its block (the inputs in float32, magnitudes, keys,
+#: groups, bins), besides its counts and tables (up to 4098 x 256 of each in int64: 32 MB at most).
+COUNTED_BYTES_PER_ELEMENT = 48
+#: Blocks smaller than this would cost more in per-block overhead than they save in memory.
+COUNTED_MIN_BLOCK = 1 << 16

@@ -239,14 +239,16 @@ def _fused_mix(
     def floats(values: list[float]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32, device=device)
 
-    def ints(values: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    def ints(values: list[int], dtype: torch.dtype = torch.int32) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=device)
 
+    wide = n >= fused.WIDE_FROM_ELEMENTS  # the kernel's indices go up to n (keep_all's last index)
+    indices = torch.int64 if wide else torch.int32
     cuts = (
-        floats([c.threshold for c in uppers]), ints([c.last_index for c in uppers]),
-        floats([c.threshold for c in lowers]), ints([c.last_index for c in lowers]),
+        floats([c.threshold for c in uppers]), ints([c.last_index for c in uppers], indices),
+        floats([c.threshold for c in lowers]), ints([c.last_index for c in lowers], indices),
     )
-    draw_limits = (ints([r.key for r in randoms], torch.int32), ints([r.limit - 1 for r in randoms], torch.int32))
+    draw_limits = (ints([r.key for r in randoms]), ints([r.limit - 1 for r in randoms]))
     return fused.run(
         "masked_mix", out, fused.flat(base_flat), [fused.flat(f) for f in flats], cuts, draw_limits,
         floats(factors), floats(weight), floats([scale]),
@@ -255,6 +257,7 @@ def _fused_mix(
         random=any(isinstance(k, _RandomKeep) for k in keepers),
         consensus=consensus,
         normalize=normalize,
+        wide=wide,
     )
 
 
