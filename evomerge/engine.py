@@ -22,6 +22,7 @@ The engine's contract:
 
 from __future__ import annotations
 
+import math
 import os
 import weakref
 import zlib
@@ -198,17 +199,20 @@ class MergeEngine:
                 else:
                     base, sources = self._inputs(step)
                     ranks = self._magnitude_ranks(step.name, base, sources) if method.uses_ranks else None
+                    # the sum of what was written, computed as it is written (a NaN or Inf anywhere makes it
+                    # non-finite), where isfinite would take passes of its own; a sum that overflows float32
+                    # is checked element by element below
+                    checksum = torch.empty((), dtype=torch.float32, device=target.device)
                     method.merge_into(
-                        target, base, sources, step.params, step.seed, compiled=self.compiled, ranks=ranks
+                        target, base, sources, step.params, step.seed, compiled=self.compiled, ranks=ranks,
+                        checksum=checksum,
                     )
-                    # one read of the tensor, summed in float32 inside (a NaN or Inf anywhere makes the sum
-                    # non-finite), where isfinite takes five passes; a sum that overflows the dtype is checked
-                    # element by element below
-                    finite.append((step.name, torch.isfinite(target.sum())))
+                    finite.append((step.name, checksum))
                 written[step.name] = key
-        if finite and not bool(torch.stack([ok for _, ok in finite]).all()):
-            for name, ok in finite:
-                if not ok and not torch.isfinite(targets[name]).all():
+        sums = torch.stack([checksum for _, checksum in finite]) if finite else None
+        if sums is not None and not bool(torch.isfinite(sums).all()):
+            for (name, _), total in zip(finite, sums.tolist(), strict=True):
+                if not math.isfinite(total) and not torch.isfinite(targets[name]).all():
                     raise MergeFailure(f"the merge produced NaN or Inf in tensor '{name}'")
         self._written[model] = written
 

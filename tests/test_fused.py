@@ -10,10 +10,12 @@ import torch
 
 from evomerge import engine as engine_module
 from evomerge.engine import MergeEngine
+from evomerge.errors import MergeFailure
 from evomerge.methods import fused, get_method
 from evomerge.methods.counter_random import DRAW_RANGE, draws, index_hash, mix32, mix32_int, source_key
 from evomerge.methods.magnitude_cut import RANK_GRID, RANKS_BYTES_PER_ELEMENT, MagnitudeRanks, top_cut
 from evomerge.recipe import recipe_from_dict
+from evomerge.sources import load_model
 
 
 def tie_heavy(n: int, sources: int = 3, dtype=torch.bfloat16) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -132,6 +134,21 @@ def test_the_engine_counts_the_ranks_of_tensors_too_large_to_sort_and_merges_the
     assert too_large and sorted(counted) == sorted(2 * too_large)
     for (name, a), b in zip(model.named_parameters(), expected.parameters(), strict=True):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("kernels", ["compiled", "blocks"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "dare_ties"])
+def test_a_merge_that_writes_inf_fails_naming_the_tensor_by_kernels_and_by_blocks(tiny_models, method, kernels):
+    base, a = load_model(str(tiny_models["base"])), load_model(str(tiny_models["a"]))
+    name = "model.layers.1.mlp.up_proj.weight"
+    a.tensors[name][0] = float("inf")  # a whole row: some of it survives DARE's drops
+    params = {"weight": 1.0, "density": 0.5, "drop": 0.5}
+    source = {"model": a.ref} | {k: v for k, v in params.items() if k in get_method(method).param_names()}
+    recipe = recipe_from_dict({"method": method, "base": base.ref, "sources": [source]})
+    engine = MergeEngine(base, [a], kernels=kernels)
+    model = engine.new_target()
+    with pytest.raises(MergeFailure, match=f"NaN or Inf in tensor '{name}'"):
+        engine.materialize(recipe, model)
 
 
 def test_a_kernel_that_cannot_compile_falls_back_to_blocks_with_one_warning(monkeypatch):

@@ -30,22 +30,34 @@ def block_size(like: torch.Tensor, block: int | None) -> int:
 
 
 def write_blocks(
-    like: torch.Tensor, block_function: BlockFunction, out: torch.Tensor | None, block: int | None
+    like: torch.Tensor,
+    block_function: BlockFunction,
+    out: torch.Tensor | None,
+    block: int | None,
+    checksum: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fill `out` (a new float32 tensor shaped like `like` when None) with `block_function` over every block.
 
-    `out` may have any floating dtype: each float32 block is rounded into it as it is computed.
+    `out` may have any floating dtype: each float32 block is rounded into it as it is computed. `checksum` (a
+    0-d float32 tensor), when given, receives the float32 sum of the values stored, block by block while each
+    is in cache: NaN or Inf when one of them is.
     """
     if out is None:
         out = torch.empty(like.shape, dtype=torch.float32, device=like.device)
     if not out.is_contiguous():  # a view into something else: compute contiguously, then copy once
         out.copy_(write_blocks(like, block_function, None, block))
+        if checksum is not None:
+            checksum.copy_(out.sum(dtype=torch.float32))
         return out
     flat = out.view(-1)
     size = flat.numel()
     step = block_size(like, block)
+    if checksum is not None:
+        checksum.zero_()
     for start in range(0, size, step):
         stop = min(size, start + step)
         flat[start:stop].copy_(block_function(start, stop))
+        if checksum is not None:
+            checksum.add_(flat[start:stop].sum(dtype=torch.float32))
     return out
 

@@ -27,12 +27,22 @@ _MASK32 = 0xFFFFFFFF
 WIDE_FROM_ELEMENTS = 1 << 31
 
 
-def _weighted_sum(out: torch.Tensor, tensors: list[torch.Tensor], coefficients: torch.Tensor) -> None:
+def _store(out: torch.Tensor, checksum: torch.Tensor, value: torch.Tensor) -> None:
+    """out = value in out's dtype, and checksum = the float32 sum of what was stored: in the same loop, so
+    the engine's check for NaN and Inf costs no pass of its own."""
+    stored = value.to(out.dtype)
+    out.copy_(stored)
+    checksum.copy_(stored.float().sum())
+
+
+def _weighted_sum(
+    out: torch.Tensor, checksum: torch.Tensor, tensors: list[torch.Tensor], coefficients: torch.Tensor
+) -> None:
     """out = sum_i coefficients[i] * tensors[i], accumulated in float32 in order."""
     total = tensors[0].float() * coefficients[0]
     for i in range(1, len(tensors)):
         total = total + tensors[i].float() * coefficients[i]
-    out.copy_(total)
+    _store(out, checksum, total)
 
 
 def _kept(size: torch.Tensor, index: torch.Tensor, threshold: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -42,6 +52,7 @@ def _kept(size: torch.Tensor, index: torch.Tensor, threshold: torch.Tensor, last
 
 def _masked_mix(
     out: torch.Tensor,
+    checksum: torch.Tensor,
     base: torch.Tensor,
     sources: list[torch.Tensor],
     cuts: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
@@ -84,7 +95,7 @@ def _masked_mix(
         total = b
         for d in weighted:
             total = total + d
-        out.copy_(total)
+        _store(out, checksum, total)
         return
     summed = weighted[0]
     for d in weighted[1:]:
@@ -100,7 +111,7 @@ def _masked_mix(
     mixed = mixed * elected
     if normalize:
         mixed = mixed / torch.where(divisor == 0, 1.0, divisor)
-    out.copy_(mixed * scale + b)
+    _store(out, checksum, mixed * scale + b)
 
 
 _KERNELS: dict[str, Callable[..., None]] = {"weighted_sum": _weighted_sum, "masked_mix": _masked_mix}
@@ -114,16 +125,17 @@ def usable(out: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
     return not _unavailable and all(t.is_contiguous() and t.device == out.device for t in [out, *tensors])
 
 
-def run(kernel: str, out: torch.Tensor, *args: object, **flags: object) -> bool:
-    """Run a compiled kernel into `out` (contiguous, see `usable`); False, with nothing written, when compiled
-    kernels turn out not to run here."""
+def run(kernel: str, out: torch.Tensor, checksum: torch.Tensor | None, *args: object, **flags: object) -> bool:
+    """Run a compiled kernel into `out` (contiguous, see `usable`), and the float32 sum of what it stored into
+    `checksum` (a 0-d float32 tensor, when given); False, with nothing written, when compiled kernels turn out
+    not to run here."""
     if _unavailable:
         return False
     if kernel not in _compiled:
         _compiled[kernel] = torch.compile(_KERNELS[kernel], dynamic=True)
     try:
         with torch.no_grad(), _compile_settings():
-            _compiled[kernel](flat(out), *args, **flags)
+            _compiled[kernel](flat(out), _scalar(checksum, out.device), *args, **flags)
     except Exception as error:  # noqa: BLE001 - inductor's failures have many types; any one means "use blocks"
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         _unavailable.append(reason)
@@ -160,7 +172,16 @@ def flat(tensor: torch.Tensor) -> torch.Tensor:
     return alias.set_(tensor.untyped_storage(), tensor.storage_offset(), (tensor.numel(),), (1,))
 
 
-def weighted_sum(out: torch.Tensor, tensors: list[torch.Tensor], coefficients: list[float]) -> bool:
-    """out = sum_i c_i * t_i (float32 inside) by a compiled kernel; False when it cannot run (nothing written)."""
+def _scalar(checksum: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """The checksum to write into: the caller's, or a throwaway one."""
+    return checksum if checksum is not None else torch.empty((), dtype=torch.float32, device=device)
+
+
+def weighted_sum(
+    out: torch.Tensor, tensors: list[torch.Tensor], coefficients: list[float], checksum: torch.Tensor | None = None
+) -> bool:
+    """out = sum_i c_i * t_i (float32 inside) by a compiled kernel, and `checksum` as in `run`; False when it
+    cannot run (nothing written)."""
     flats = [flat(t) for t in tensors]
-    return run("weighted_sum", out, flats, torch.tensor(coefficients, dtype=torch.float32, device=out.device))
+    coefficients_tensor = torch.tensor(coefficients, dtype=torch.float32, device=out.device)
+    return run("weighted_sum", out, checksum, flats, coefficients_tensor)

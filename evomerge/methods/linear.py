@@ -20,6 +20,7 @@ def linear(
     compiled: bool = False,
     out: torch.Tensor | None = None,
     block: int | None = None,
+    checksum: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """result = sum_i c_i * x_i, with c_i = w_i / sum_j w_j when `normalize` (unless |sum_j w_j| < 1e-8), else
     c_i = w_i; float32.
@@ -27,12 +28,17 @@ def linear(
     The base, if the recipe names one, takes no part. Each term is added in source order, in float32 (x_i
     converted exactly, then result + c_i * x_i in one fused step). The result is written into `out` when given
     (in its dtype): by one compiled kernel when `compiled` (methods/fused.py, equal up to float32 rounding),
-    else `block` elements at a time (see methods/blocks.py).
+    else `block` elements at a time (see methods/blocks.py). `checksum`: see write_blocks.
     """
     flats = [source.reshape(-1) for source in sources]
     total = float(sum(weight))
     coefficients = [w / total for w in weight] if normalize and abs(total) >= 1e-8 else list(weight)
-    if compiled and out is not None and fused.usable(out, sources) and fused.weighted_sum(out, sources, coefficients):
+    if (
+        compiled
+        and out is not None
+        and fused.usable(out, sources)
+        and fused.weighted_sum(out, sources, coefficients, checksum)
+    ):
         return out
     work = torch.empty(block_size(sources[0], block), dtype=torch.float32, device=sources[0].device)
 
@@ -42,7 +48,7 @@ def linear(
             result.add_(source[start:stop], alpha=c)  # one pass: converts, scales and adds
         return result
 
-    return write_blocks(sources[0], merged_block, out, block)
+    return write_blocks(sources[0], merged_block, out, block, checksum)
 
 
 LINEAR = register(

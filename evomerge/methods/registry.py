@@ -126,19 +126,25 @@ class MergeMethod:
         block: int | None = None,
         compiled: bool = False,
         ranks: list[MagnitudeRanks | None] | None = None,
+        checksum: torch.Tensor | None = None,
     ) -> None:
         """Write the merge into `out` (in its dtype): the values `merge` returns, rounded to `out`'s dtype.
 
         A method that `writes_into` computes straight into `out`, by blocks or one compiled kernel; any other
-        makes its float32 result first. `ranks` go to a method that `uses_ranks`.
+        makes its float32 result first. `ranks` go to a method that `uses_ranks`. `checksum` (a 0-d float32
+        tensor), when given, receives the float32 sum of the values written (NaN or Inf when one of them is),
+        computed on the way where the method writes into `out`.
         """
         extra = {"ranks": ranks} if self.uses_ranks else {}
         if self.writes_into:
             self.function(
-                base, list(sources), seed=seed, out=out, block=block, compiled=compiled, **extra, **self.fixed, **params
+                base, list(sources), seed=seed, out=out, block=block, compiled=compiled, checksum=checksum,
+                **extra, **self.fixed, **params,
             )
-        else:
-            out.copy_(self.merge(base, sources, params, seed))
+            return
+        out.copy_(self.merge(base, sources, params, seed))
+        if checksum is not None:
+            checksum.copy_(out.sum(dtype=torch.float32))
 
 
 _METHODS: dict[str, MergeMethod] = {}

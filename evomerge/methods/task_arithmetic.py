@@ -42,6 +42,7 @@ def generalized_task_arithmetic(
     compiled: bool = False,
     out: torch.Tensor | None = None,
     block: int | None = None,
+    checksum: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Merge task vectors: result = base + scale * mix(sparsify(delta_i)), in float32.
 
@@ -66,7 +67,8 @@ def generalized_task_arithmetic(
 
     The result is written into `out` when given (in its dtype): by one compiled kernel when `compiled`
     (methods/fused.py), else `block` elements at a time. A magnitude cut is looked up in `ranks` (each source's
-    MagnitudeRanks, or None) when it holds that k, else found by a selection (magnitude_cut.top_cut). None of
+    MagnitudeRanks, or None) when it holds that k, else found by a selection (magnitude_cut.top_cut);
+    `checksum`: see blocks.write_blocks. None of
     this changes the definition; the kernel agrees with the blocks up to float32 rounding. Without
     sparsification and sign consensus (task arithmetic) the result is computed as
     (1 - sum_i c_i) * base + sum_i c_i * x_i with c_i = scale * w_i (/ sum_j w_j): one fused pass per source,
@@ -97,10 +99,10 @@ def generalized_task_arithmetic(
     whole = consensus is None and all(keeper is None for keeper in keepers)
     if compiled and out is not None and fused.usable(out, [base, *sources]):
         if whole:
-            done = fused.weighted_sum(out, [base, *sources], [1.0 - sum(coefficients), *coefficients])
+            done = fused.weighted_sum(out, [base, *sources], [1.0 - sum(coefficients), *coefficients], checksum)
         else:
-            done = _fused_mix(out, base_flat, flats, keepers, factors if consensus else coefficients, weight,
-                              scale, consensus is not None, normalize)
+            done = _fused_mix(out, checksum, base_flat, flats, keepers, factors if consensus else coefficients,
+                              weight, scale, consensus is not None, normalize)
         if done:
             return out
     random = any(isinstance(keeper, _RandomKeep) for keeper in keepers)
@@ -130,7 +132,7 @@ def generalized_task_arithmetic(
         _disjoint_mix(kept, weight, normalize, result, scratch[:size], spare[:size])
         return result.mul_(scale).add_(base_part)
 
-    return write_blocks(base, merged_block, out, block)
+    return write_blocks(base, merged_block, out, block, checksum)
 
 
 def _disjoint_mix(
@@ -217,6 +219,7 @@ def _keeper(
 
 def _fused_mix(
     out: torch.Tensor,
+    checksum: torch.Tensor | None,
     base_flat: torch.Tensor,
     flats: list[torch.Tensor],
     keepers: list[_RandomKeep | _MagnitudeBand | None],
@@ -250,7 +253,7 @@ def _fused_mix(
     )
     draw_limits = (ints([r.key for r in randoms]), ints([r.limit - 1 for r in randoms]))
     return fused.run(
-        "masked_mix", out, fused.flat(base_flat), [fused.flat(f) for f in flats], cuts, draw_limits,
+        "masked_mix", out, checksum, fused.flat(base_flat), [fused.flat(f) for f in flats], cuts, draw_limits,
         floats(factors), floats(weight), floats([scale]),
         magnitude=any(band.upper is not None or band.lower is not None for band in bands),
         band=any(band.lower is not None for band in bands),
