@@ -55,11 +55,9 @@ def _masked_mix(
     checksum: torch.Tensor,
     base: torch.Tensor,
     sources: list[torch.Tensor],
-    cuts: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    draws: tuple[torch.Tensor, torch.Tensor],
-    factors: torch.Tensor,
-    weights: torch.Tensor,
-    scale: torch.Tensor,
+    numbers: torch.Tensor,
+    last_indices: torch.Tensor,
+    draws: torch.Tensor,
     magnitude: bool,
     band: bool,
     random: bool,
@@ -70,11 +68,16 @@ def _masked_mix(
     """Sparsify each delta (`magnitude`: keep its upper cut, minus its lower cut when `band`; `random`: keep
     draws below the limit), weight it by its factor, mix (sum, or TIES' sign election and disjoint sum divided
     by the agreeing weights when `normalize`), and write base + scale * mix: task_arithmetic.py's definition.
-    Draw limits come as the largest kept draw (limit - 1), so that keeping everything (2^31 - 1) fits in int32:
-    inductor compares an int32 draw with an int64 limit of 2^31 wrongly. Element indices (and the cuts' last
-    indices) are int32 unless `wide` (a tensor of 2^31 or more elements): half the work of int64 vectors."""
-    upper_t, upper_i, lower_t, lower_i = cuts
-    keys, last_draws = draws
+
+    Per source i: `numbers` (float32) holds rows upper threshold, lower threshold, factor, weight, and scale
+    (repeated), `last_indices` the upper and lower cuts' last indices, `draws` (int32) the draw key and the
+    largest kept draw (limit - 1, so that keeping everything, 2^31 - 1, fits in int32: inductor compares an
+    int32 draw with an int64 limit of 2^31 wrongly). Three tensors rather than nine: torch.compile checks every
+    tensor argument on every call. Element indices (and the last indices) are int32 unless `wide` (a tensor of
+    2^31 or more elements): half the work of int64 vectors."""
+    upper_t, lower_t, factors, weights, scale = numbers[0], numbers[1], numbers[2], numbers[3], numbers[4, 0]
+    upper_i, lower_i = last_indices[0], last_indices[1]
+    keys, last_draws = draws[0], draws[1]
     b = base.float()
     index = torch.arange(b.shape[0], dtype=torch.int64 if wide else torch.int32, device=b.device)
     hashed = (mix32((index & _MASK32).to(torch.int32)) if wide else mix32(index)) if random else None

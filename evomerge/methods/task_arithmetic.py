@@ -237,24 +237,15 @@ def _fused_mix(
     uppers = [band.upper or keep_all for band in bands]
     lowers = [band.lower or KEEP_NONE for band in bands]  # the top none: nothing dropped
     randoms = [k if isinstance(k, _RandomKeep) else _RandomKeep(0, DRAW_RANGE, 1.0) for k in keepers]
-    device = out.device
-
-    def floats(values: list[float]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float32, device=device)
-
-    def ints(values: list[int], dtype: torch.dtype = torch.int32) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype, device=device)
-
     wide = n >= fused.WIDE_FROM_ELEMENTS  # the kernel's indices go up to n (keep_all's last index)
-    indices = torch.int64 if wide else torch.int32
-    cuts = (
-        floats([c.threshold for c in uppers]), ints([c.last_index for c in uppers], indices),
-        floats([c.threshold for c in lowers]), ints([c.last_index for c in lowers], indices),
-    )
-    draw_limits = (ints([r.key for r in randoms]), ints([r.limit - 1 for r in randoms]))
+    numbers = [[c.threshold for c in uppers], [c.threshold for c in lowers], factors, weight, [scale] * len(flats)]
+    last_indices = [[c.last_index for c in uppers], [c.last_index for c in lowers]]
+    draw_limits = [[r.key for r in randoms], [r.limit - 1 for r in randoms]]
     return fused.run(
-        "masked_mix", out, checksum, fused.flat(base_flat), [fused.flat(f) for f in flats], cuts, draw_limits,
-        floats(factors), floats(weight), floats([scale]),
+        "masked_mix", out, checksum, fused.flat(base_flat), [fused.flat(f) for f in flats],
+        torch.tensor(numbers, dtype=torch.float32, device=out.device),
+        torch.tensor(last_indices, dtype=torch.int64 if wide else torch.int32, device=out.device),
+        torch.tensor(draw_limits, dtype=torch.int32, device=out.device),
         magnitude=any(band.upper is not None or band.lower is not None for band in bands),
         band=any(band.lower is not None for band in bands),
         random=any(isinstance(k, _RandomKeep) for k in keepers),
