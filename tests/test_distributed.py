@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import optuna
@@ -115,7 +116,8 @@ def assert_exactly_the_budget_with_every_lost_candidate_retried(
     ledger: list[FrozenTrial], budget: int
 ) -> list[FrozenTrial]:
     """Exactly `budget` complete trials, none running, no candidate evaluated twice, and every trial lost with
-    its worker evaluated again (same parameters) by a trial that names it. Returns the lost trials."""
+    its worker evaluated again by a trial that names it, with the parameters it had: all of them, or those
+    stored before its worker died inside `ask` (the retry draws the others). Returns the lost trials."""
     complete = [t for t in ledger if t.state == TrialState.COMPLETE]
     assert len(complete) == budget and sum(map(counts_toward_budget, ledger)) == budget
     assert not [t for t in ledger if t.state in (TrialState.RUNNING, TrialState.WAITING) and t.params], (
@@ -126,7 +128,7 @@ def assert_exactly_the_budget_with_every_lost_candidate_retried(
     lost = [t for t in ledger if t.state == TrialState.FAIL and not counts_toward_budget(t)]
     for trial in lost:
         retries = [t for t in complete if trial.number in t.system_attrs.get("retry_history", [])]
-        assert len(retries) == 1 and retries[0].params == trial.params != {}, (
+        assert len(retries) == 1 and trial.params.items() <= retries[0].params.items(), (
             f"trial {trial.number} was not retried once"
         )
     return lost
@@ -145,21 +147,29 @@ def test_three_workers_on_the_zoo_one_killed_mid_candidate_end_with_exactly_the_
     config.write_text(yaml.safe_dump(data))
 
     # the victim starts first (the same `run` command makes the study or joins it), so that it is working
-    # long before the budget is spent, and is killed the moment it is seen inside a candidate: a candidate
-    # takes far longer than the poll
+    # long before the budget is spent, and is killed inside a candidate. A candidate takes a tenth of a
+    # second: the poll may see one that the victim is telling, so the victim is frozen when seen inside one,
+    # and killed if it still is once what it sent before has been done
     shared = ("--storage", postgres.url, "--study", "zoo", "--heartbeat", "1")
     victim_process = evomerge("run", config, *shared, "--run-dir", tmp_path / "w2")
     wait_for(lambda: study_exists(postgres.url, "zoo") or victim_process.poll() is not None, "the study")
     first = evomerge("run", config, *shared)
     workers = [evomerge("run", config, *shared, "--run-dir", tmp_path / "w1"), victim_process]
     victim = f"{socket.gethostname()}:{workers[1].pid}"
-    wait_for(
-        lambda: any(
+
+    def inside_a_candidate() -> bool:
+        return any(
             t.state == TrialState.RUNNING and t.user_attrs.get("worker") == victim
             for t in trials(postgres.url, "zoo")
-        ),
-        "the victim's first candidate",
-    )
+        )
+
+    while True:
+        wait_for(inside_a_candidate, "a candidate of the victim")
+        os.kill(workers[1].pid, signal.SIGSTOP)
+        time.sleep(0.5)
+        if inside_a_candidate():
+            break
+        os.kill(workers[1].pid, signal.SIGCONT)
     os.kill(workers[1].pid, signal.SIGKILL)
     for process in (first, workers[0]):
         _, errors = process.communicate(timeout=300)
@@ -233,6 +243,29 @@ def test_a_worker_that_loses_the_database_gives_up_with_one_line_and_the_study_g
         is not None
     )
     assert f"progress: {budget}/{budget}" in capsys.readouterr().out
+
+
+def test_the_retry_of_a_claim_that_died_inside_ask_draws_its_own_candidate(
+    tiny_models, numbers_task, tmp_path
+):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+
+    def run(evaluations: int) -> int:
+        config = tiny_config(tmp_path / "c.yaml", tiny_models, numbers_task, evaluations=evaluations)
+        return cli("run", config, "--storage", url, "--study", "s", "--heartbeat", "1")
+
+    assert run(1) == 0
+    # what a worker that lost the database between `ask` storing its trial and the trial's first parameter
+    # leaves: a RUNNING trial without parameters or worker name, here older than the grace period
+    died = optuna.trial.create_trial(state=TrialState.RUNNING)
+    died.datetime_start -= timedelta(minutes=1)
+    optuna.load_study(study_name="s", storage=url).add_trial(died)
+
+    # the next claim fails it and asks its retry, which draws all the parameters; the new trial after it must
+    # not draw them again
+    assert run(4) == 0
+    lost = assert_exactly_the_budget_with_every_lost_candidate_retried(trials(url, "s"), 4)
+    assert [t.number for t in lost] == [1]
 
 
 def test_bad_storages_studies_models_and_optimizers_get_one_line_and_exit_2(

@@ -20,7 +20,8 @@ Why the budget ends with exactly N evaluated candidates, none evaluated twice:
    counts.
 4. Every database step is repeated after a lost connection (`storage.patiently`); each is safe to repeat: a
    claim that died after `ask` leaves a RUNNING trial without a worker name, which the next claim fails and
-   enqueues again once it is older than the grace period.
+   enqueues again once it is older than the grace period. One that died inside `ask` leaves it with some of
+   its parameters or none; its retry draws the others, seeded by its own trial number like every trial.
 
 Unlike a one-process run, a shared run is not reproducible trial for trial: which worker asks when depends on
 timing. Samplers are still seeded per trial number. pycma's CMA-ES (`cmaes`) is refused: it needs each
@@ -145,7 +146,11 @@ class SharedSearch(Search):
                 wall_clock is not None and self.elapsed() >= wall_clock
             ):
                 return None
-            seed = trial_seed(self.config.seed, len(trials))
+            # Seeded by the number of the trial `ask` returns: the first WAITING one, else a new one. A retry
+            # of a claim that died inside `ask` draws the parameters it lacks; with the seed of the next new
+            # trial, that trial would draw the same candidate again.
+            number = next((t.number for t in trials if t.state == TrialState.WAITING), len(trials))
+            seed = trial_seed(self.config.seed, number)
             self.study.sampler = optuna_sampler(self.config.optimizer, seed, shared=True)
             with warnings.catch_warnings():  # Optuna expects heartbeats with study.optimize; we keep our own
                 warnings.filterwarnings("ignore", message="Heartbeat of storage")
