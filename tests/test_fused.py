@@ -1,5 +1,5 @@
-"""Compiled kernels, DARE's counter-based draws and the sorted magnitude ranks: each a faster way to compute the
-same merge, checked against the block path, against Python's integers and against a stable sort."""
+"""Compiled kernels, DARE's counter-based draws and the magnitude ranks (sorted or counted): each a faster way
+to compute the same merge, checked against the block path, against Python's integers and against a stable sort."""
 
 from __future__ import annotations
 
