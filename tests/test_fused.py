@@ -151,6 +151,20 @@ def test_a_merge_that_writes_inf_fails_naming_the_tensor_by_kernels_and_by_block
         engine.materialize(recipe, model)
 
 
+@pytest.mark.parametrize("kernels", ["compiled", "blocks"])
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties"])
+def test_a_merge_that_overflows_only_in_float16_fails_by_kernels_and_by_blocks(tiny_models, method, kernels):
+    base, a = load_model(str(tiny_models["base"])), load_model(str(tiny_models["a"]))
+    params = {"density": 0.5, "drop": 0.5}
+    source = {"model": a.ref} | {k: v for k, v in params.items() if k in get_method(method).param_names()}
+    # deltas of ~1e-2 scaled to ~1e5: past float16's largest value, 65504
+    recipe = recipe_from_dict({"method": method, "base": base.ref, "sources": [source], "parameters": {"scale": 1e7}})
+    engine = MergeEngine(base, [a], kernels=kernels)
+    engine.materialize(recipe, engine.new_target(torch.float32))  # finite in float32
+    with pytest.raises(MergeFailure, match="NaN or Inf in tensor"):
+        engine.materialize(recipe, engine.new_target(torch.float16))
+
+
 def test_a_kernel_that_cannot_compile_falls_back_to_blocks_with_one_warning(monkeypatch):
     def no_compiler(function, **options):
         def fail(*args, **kwargs):

@@ -157,15 +157,19 @@ def _compile_settings() -> Iterator[None]:
     """torch.compile's settings for the kernels, set around each call (a call may compile): each method and
     number of sources compiles anew, so allow many recompiles, and raise rather than run the kernel uncompiled
     (whole-tensor temporaries) past them; parallelize every loop (inductor would judge by the size of the first
-    tensor it saw, which may be small). Set by hand, not by config.patch: that costs about 0.1 ms a call, and a
+    tensor it saw, which may be small); round a cast to a narrower dtype where it is cast back (inductor would
+    skip the round trip, so `_store`'s checksum would miss a float16 overflow). Set by hand, not by config.patch: that costs about 0.1 ms a call, and a
     candidate runs a kernel per tensor, hundreds of them."""
-    dynamo, cpp = torch._dynamo.config, torch._inductor.config.cpp
-    saved = dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit, cpp.dynamic_threads
-    dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit, cpp.dynamic_threads = 64, True, True
+    dynamo, inductor = torch._dynamo.config, torch._inductor.config
+    saved = (dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit, inductor.cpp.dynamic_threads,
+             inductor.emulate_precision_casts)
+    dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit = 64, True
+    inductor.cpp.dynamic_threads, inductor.emulate_precision_casts = True, True
     try:
         yield
     finally:
-        dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit, cpp.dynamic_threads = saved
+        (dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit, inductor.cpp.dynamic_threads,
+         inductor.emulate_precision_casts) = saved
 
 
 def flat(tensor: torch.Tensor) -> torch.Tensor:
