@@ -165,6 +165,20 @@ def test_a_merge_that_overflows_only_in_float16_fails_by_kernels_and_by_blocks(t
         engine.materialize(recipe, engine.new_target(torch.float16))
 
 
+def test_only_a_call_of_a_new_signature_sets_the_recompile_settings(monkeypatch):
+    entered = []
+    settings = fused._recompile_settings
+    monkeypatch.setattr(fused, "_recompile_settings", lambda: entered.append(1) or settings())
+    monkeypatch.setattr(fused, "_compiled_for", set())
+    for n, dtype in [(1000, torch.bfloat16), (3000, torch.bfloat16), (2000, torch.float16), (5000, torch.float16)]:
+        tensors = [torch.randn(n).to(dtype) for _ in range(3)]
+        out = torch.empty(n, dtype=dtype)
+        assert fused.weighted_sum(out, tensors, [0.5, 0.25, 0.25])
+        expected = sum(c * t.float() for c, t in zip([0.5, 0.25, 0.25], tensors, strict=True)).to(dtype)
+        torch.testing.assert_close(out, expected, rtol=1e-2, atol=1e-2)
+    assert len(entered) == 2  # once per dtype: a new size of a known signature needs no recompile
+
+
 def test_a_kernel_that_cannot_compile_falls_back_to_blocks_with_one_warning(monkeypatch):
     def no_compiler(function, **options):
         def fail(*args, **kwargs):
@@ -174,6 +188,7 @@ def test_a_kernel_that_cannot_compile_falls_back_to_blocks_with_one_warning(monk
 
     monkeypatch.setattr(fused, "_unavailable", [])
     monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(fused, "_compiled_for", set())
     monkeypatch.setattr(torch, "compile", no_compiler)
     method = get_method("ties")
     base, sources = tie_heavy(5000)

@@ -118,7 +118,12 @@ def _masked_mix(
 
 
 _KERNELS: dict[str, Callable[..., None]] = {"weighted_sum": _weighted_sum, "masked_mix": _masked_mix}
+#: Inductor's settings for the kernels, given with each compile: parallelize every loop (inductor would judge by
+#: the size of the first tensor it saw, which may be small); round a cast to a narrower dtype where it is cast
+#: back (inductor would skip the round trip, so `_store`'s checksum would miss a float16 overflow).
+_INDUCTOR_OPTIONS = {"cpp.dynamic_threads": True, "emulate_precision_casts": True}
 _compiled: dict[str, Callable[..., None]] = {}
+_compiled_for: set[tuple] = set()  # the calls' signatures (see _signature) that compiled in this process
 _unavailable: list[str] = []  # why compiled kernels cannot run in this process, once known
 
 
@@ -135,10 +140,16 @@ def run(kernel: str, out: torch.Tensor, checksum: torch.Tensor | None, *args: ob
     if _unavailable:
         return False
     if kernel not in _compiled:
-        _compiled[kernel] = torch.compile(_KERNELS[kernel], dynamic=True)
+        _compiled[kernel] = torch.compile(_KERNELS[kernel], dynamic=True, options=_INDUCTOR_OPTIONS)
+    signature = _signature(kernel, out, args, flags)
     try:
-        with torch.no_grad(), _compile_settings():
-            _compiled[kernel](flat(out), _scalar(checksum, out.device), *args, **flags)
+        with torch.no_grad():
+            if signature in _compiled_for:
+                _compiled[kernel](flat(out), _scalar(checksum, out.device), *args, **flags)
+            else:
+                with _recompile_settings():
+                    _compiled[kernel](flat(out), _scalar(checksum, out.device), *args, **flags)
+                _compiled_for.add(signature)
     except Exception as error:  # noqa: BLE001 - inductor's failures have many types; any one means "use blocks"
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         _unavailable.append(reason)
@@ -152,24 +163,31 @@ def run(kernel: str, out: torch.Tensor, checksum: torch.Tensor | None, *args: ob
     return True
 
 
+def _signature(kernel: str, out: torch.Tensor, args: tuple, flags: dict[str, object]) -> tuple:
+    """What a call's compiled code depends on besides the tensors' sizes: the kernel, its flags, the number, dtypes
+    and devices of its tensors, and whether `out` has at most one element (a size torch.compile specializes)."""
+
+    def kinds(value: object) -> object:
+        if isinstance(value, torch.Tensor):
+            return value.dtype, value.device
+        return tuple(kinds(v) for v in value) if isinstance(value, list | tuple) else value
+
+    return kernel, kinds(out), out.numel() <= 1, kinds(args), tuple(flags.items())
+
+
 @contextlib.contextmanager
-def _compile_settings() -> Iterator[None]:
-    """torch.compile's settings for the kernels, set around each call (a call may compile): each method and
-    number of sources compiles anew, so allow many recompiles, and raise rather than run the kernel uncompiled
-    (whole-tensor temporaries) past them; parallelize every loop (inductor would judge by the size of the first
-    tensor it saw, which may be small); round a cast to a narrower dtype where it is cast back (inductor would
-    skip the round trip, so `_store`'s checksum would miss a float16 overflow). Set by hand, not by config.patch: that costs about 0.1 ms a call, and a
-    candidate runs a kernel per tensor, hundreds of them."""
-    dynamo, inductor = torch._dynamo.config, torch._inductor.config
-    saved = (dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit, inductor.cpp.dynamic_threads,
-             inductor.emulate_precision_casts)
+def _recompile_settings() -> Iterator[None]:
+    """Dynamo's settings around a call that may compile: each method and number of sources compiles anew, so
+    allow many recompiles, and raise rather than run the kernel uncompiled (whole-tensor temporaries) past them.
+    Set by hand, not by config.patch (about 0.1 ms), and only around calls of a new signature: setting them
+    costs about 50 us, and a candidate runs a kernel per tensor, hundreds of them."""
+    dynamo = torch._dynamo.config
+    saved = dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit
     dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit = 64, True
-    inductor.cpp.dynamic_threads, inductor.emulate_precision_casts = True, True
     try:
         yield
     finally:
-        (dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit, inductor.cpp.dynamic_threads,
-         inductor.emulate_precision_casts) = saved
+        dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit = saved
 
 
 def flat(tensor: torch.Tensor) -> torch.Tensor:

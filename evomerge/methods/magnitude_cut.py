@@ -10,6 +10,7 @@ Two ways to find a cut, both exact:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -206,8 +207,15 @@ class MagnitudeRanks:
         first = k * RANK_GRID // self.size
         for j in (first, first + 1):
             if j <= RANK_GRID and j * self.size // RANK_GRID == k:
-                return MagnitudeCut(float(self.thresholds[j]), int(self.last_indices[j]))
+                thresholds, last_indices = self._on_host
+                return MagnitudeCut(float(thresholds[j]), int(last_indices[j]))
         return None
+
+    @functools.cached_property
+    def _on_host(self) -> tuple[object, object]:
+        """The cuts as numpy arrays over the same memory: indexing one costs 0.1 us, a tensor 5 us, and a TIES
+        candidate looks up two cuts per source and tensor."""
+        return self.thresholds.numpy(), self.last_indices.numpy()
 
 
 #: Working memory of MagnitudeRanks.of per element: the magnitudes and their keys, the sorted keys and the order.

@@ -77,12 +77,12 @@ def generalized_task_arithmetic(
     base_flat = base.reshape(-1)
     flats = [source.reshape(-1) for source in sources]
     step = block_size(base, block)
-    work = torch.empty(len(sources) + 4, step, dtype=torch.float32, device=base.device)
-    deltas, base_block, scratch, spare, mixed = work[: len(sources)], work[-4], work[-3], work[-2], work[-1]
+    # the block path's working blocks: rows per source, then base, scratch, spare and mixed; not made for a kernel
+    working = functools.cache(lambda: torch.empty(len(sources) + 4, step, dtype=torch.float32, device=base.device))
 
     def magnitude_block(i: int, start: int, stop: int) -> torch.Tensor:
-        base_part = base_block[: stop - start].copy_(base_flat[start:stop])
-        return torch.sub(flats[i][start:stop], base_part, out=deltas[i, : stop - start]).abs_()
+        base_part = working()[-4, : stop - start].copy_(base_flat[start:stop])
+        return torch.sub(flats[i][start:stop], base_part, out=working()[i, : stop - start]).abs_()
 
     keepers = [
         _keeper(sparsification, i, density, drop, gamma, seed, ranks[i] if ranks else None,
@@ -106,6 +106,8 @@ def generalized_task_arithmetic(
         if done:
             return out
     random = any(isinstance(keeper, _RandomKeep) for keeper in keepers)
+    work = working()
+    deltas, base_block, scratch, spare, mixed = work[: len(sources)], work[-4], work[-3], work[-2], work[-1]
 
     def merged_block(start: int, stop: int) -> torch.Tensor:
         size = stop - start
