@@ -52,7 +52,7 @@ class ParamSpec:
             raise UsageError(f"{where}: '{self.name}' must be a number, got {value!r}")
         too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
         too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
-        if too_low or too_high or value != value:
+        if too_low or too_high or math.isnan(value):
             raise UsageError(f"{where}: '{self.name}' = {value} is outside {self.range_text()}")
 
     def on_grid(self, value: float, low: float, high: float) -> float:
