@@ -13,8 +13,9 @@ The engine's contract:
 - **Bit-reproducible.** The same recipe over the same sources gives bit-identical tensors, whatever was
   materialized before and on whatever device: each tensor's random draws (DARE) are a hash of the recipe's seed,
   the tensor's name and the element (methods/counter_random.py).
-- **Fast.** On large models the merges run as compiled kernels (methods/fused.py; `kernels`), and each task
-  vector's cuts on the density grid are found once (MagnitudeRanks), so a TIES candidate's cuts are lookups.
+- **Fast.** On large models the merges run as compiled kernels (methods/fused.py; `kernels`), tensors of one
+  size up to fused.GROUP_SIZE at a time (each call of a kernel has a cost of its own), and each task vector's
+  cuts on the density grid are found once (MagnitudeRanks), so a TIES candidate's cuts are lookups.
 - **Float32 inside.** Methods accumulate in float32; the result is stored in the target model's dtype.
 - **Finite or failed.** A merged tensor with NaN or Inf raises MergeFailure naming the tensor; the target
   model then holds a partial merge until the next successful materialize.
@@ -34,12 +35,15 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from evomerge.errors import MergeFailure, UsageError
+from evomerge.methods import fused
+from evomerge.methods.fused import KernelCall
 from evomerge.methods.magnitude_cut import (
     COUNTED_BYTES_PER_ELEMENT,
     COUNTED_MIN_BLOCK,
     RANKS_BYTES_PER_ELEMENT,
     MagnitudeRanks,
 )
+from evomerge.methods.registry import MergeMethod
 from evomerge.recipe import Recipe, resolve_parameters
 from evomerge.sources import LoadedModel, check_compatible, load_model, tensor_info
 
@@ -95,6 +99,10 @@ class MergeEngine:
         elements = sum(t.numel() for t in self.reference.tensors.values() if t.is_floating_point())
         self.compiled = kernels == "compiled" or (
             kernels == "auto" and self.device.type == "cpu" and elements >= COMPILE_FROM_ELEMENTS
+        )
+        # planned kernel calls wait for others of their size only where they hold no copies of the inputs
+        self._inputs_resident = all(
+            t.device == self.device for model in [base, *sources] if model is not None for t in model.tensors.values()
         )
         self._ranks_budget = max(RANKS_MEMORY_SHARE * model_bytes(self.reference), RANKS_MEMORY_FLOOR)
         self._ranks: dict[str, list[MagnitudeRanks]] = {}  # per tensor: each source's, once computed
@@ -189,32 +197,83 @@ class MergeEngine:
 
             todo = tqdm(todo, desc="merging", unit="tensor", leave=False, disable=None)
         method = recipe.method_def
-        finite = []
+        finite: list[tuple[str, torch.Tensor]] = []  # per merged tensor: the sum of what was written (see below)
+        pending: dict[tuple, list[tuple[MergeStep, tuple, KernelCall]]] = {}  # planned calls of one size
         with torch.no_grad():
             for step, key in todo:
                 target = targets[step.name]
                 written.pop(step.name, None)
                 if step.params is None:
                     target.copy_(self.reference.tensors[step.name])
-                else:
-                    base, sources = self._inputs(step)
-                    ranks = self._magnitude_ranks(step.name, base, sources) if method.uses_ranks else None
-                    # the sum of what was written, computed as it is written (a NaN or Inf anywhere makes it
-                    # non-finite), where isfinite would take passes of its own; a sum that overflows float32
-                    # is checked element by element below
-                    checksum = torch.empty((), dtype=torch.float32, device=target.device)
-                    method.merge_into(
-                        target, base, sources, step.params, step.seed, compiled=self.compiled, ranks=ranks,
-                        checksum=checksum,
-                    )
-                    finite.append((step.name, checksum))
-                written[step.name] = key
+                    written[step.name] = key
+                    continue
+                base, sources = self._inputs(step)
+                ranks = self._magnitude_ranks(step.name, base, sources) if method.uses_ranks else None
+                call = (
+                    method.planned_call(target, base, sources, step.params, step.seed, ranks)
+                    if self.compiled and self._inputs_resident else None
+                )
+                if call is None:
+                    finite.append((step.name, self._merge_into(method, target, step, base, sources, ranks)))
+                    written[step.name] = key
+                    continue
+                group = pending.setdefault(call.group(), [])
+                group.append((step, key, call))
+                if len(group) == fused.GROUP_SIZE:
+                    self._run_group(method, pending.pop(call.group()), targets, finite, written)
+            for group in pending.values():  # fewer than GROUP_SIZE: as groups of 2^k calls, each k compiled once
+                while group:
+                    size = 1 << (len(group).bit_length() - 1)
+                    self._run_group(method, group[:size], targets, finite, written)
+                    group = group[size:]
+        # the sum of what was written, computed as it is written (a NaN or Inf anywhere makes it non-finite),
+        # where isfinite would take passes of its own; a sum that overflows float32 is checked element by element
         sums = torch.stack([checksum for _, checksum in finite]) if finite else None
         if sums is not None and not bool(torch.isfinite(sums).all()):
             for (name, _), total in zip(finite, sums.tolist(), strict=True):
                 if not math.isfinite(total) and not torch.isfinite(targets[name]).all():
                     raise MergeFailure(f"the merge produced NaN or Inf in tensor '{name}'")
         self._written[model] = written
+
+    def _merge_into(
+        self,
+        method: MergeMethod,
+        target: torch.Tensor,
+        step: MergeStep,
+        base: torch.Tensor | None,
+        sources: list[torch.Tensor],
+        ranks: list[MagnitudeRanks] | None,
+        compiled: bool | None = None,
+    ) -> torch.Tensor:
+        """Merge one step into its target; returns the float32 sum of what was written."""
+        checksum = torch.empty((), dtype=torch.float32, device=target.device)
+        method.merge_into(
+            target, base, sources, step.params, step.seed, compiled=self.compiled if compiled is None else compiled,
+            ranks=ranks, checksum=checksum,
+        )
+        return checksum
+
+    def _run_group(
+        self,
+        method: MergeMethod,
+        group: list[tuple[MergeStep, tuple, KernelCall]],
+        targets: dict[str, torch.Tensor],
+        finite: list[tuple[str, torch.Tensor]],
+        written: dict[str, tuple],
+    ) -> None:
+        """Run planned kernel calls of one size as one call (each call of a compiled kernel has a cost of its
+        own, experiments/bench_kernel_calls.py), or by blocks where compiled kernels cannot run."""
+        checksums = torch.empty(len(group), dtype=torch.float32, device=self.device)
+        ran = fused.run_many([call for _, _, call in group], checksums)
+        for i, (step, key, _) in enumerate(group):
+            if ran:
+                finite.append((step.name, checksums[i]))
+            else:
+                base, sources = self._inputs(step)
+                ranks = self._magnitude_ranks(step.name, base, sources) if method.uses_ranks else None
+                finite.append((step.name, self._merge_into(method, targets[step.name], step, base, sources, ranks,
+                                                           compiled=False)))
+            written[step.name] = key
 
     def _inputs(self, step: MergeStep) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
         """The base and source tensors of one step on the merge device."""

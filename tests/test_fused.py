@@ -101,18 +101,52 @@ def test_compiled_kernels_give_the_block_path_merge(name, wide, monkeypatch):
     assert torch.equal(compiled == 0, blocks == 0)  # the same entries dropped
 
 
-def test_the_engine_merges_the_same_model_by_kernels_and_by_blocks(tiny_models):
+@pytest.mark.parametrize("method", ["ties", "linear"])
+def test_the_engine_merges_the_same_model_by_kernels_run_together_and_by_blocks(tiny_models, method, monkeypatch):
     sources = [{"model": str(tiny_models[n]), "weight": 0.6, "density": [0.5, 0.25]} for n in "ab"]
-    recipe = recipe_from_dict({"method": "ties", "base": str(tiny_models["base"]), "sources": sources})
+    sources = [{k: v for k, v in s.items() if k in get_method(method).param_names() + ["model"]} for s in sources]
+    recipe = recipe_from_dict({"method": method, "base": str(tiny_models["base"]), "sources": sources})
+    run_together = []
+    run_many = fused.run_many
+    monkeypatch.setattr(fused, "run_many", lambda calls, sums: run_together.append(calls) or run_many(calls, sums))
     models = []
     for kernels in ("compiled", "blocks"):
         engine = MergeEngine.from_recipe(recipe, kernels=kernels)
         assert engine.compiled == (kernels == "compiled")
         models.append(engine.new_target())
         engine.materialize(recipe, models[-1])
-    assert engine._ranks  # the task vectors were sorted once, and the cuts looked up
+    assert bool(engine._ranks) == (method == "ties")  # the task vectors were sorted once, and the cuts looked up
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+    # every floating tensor by one planned call, run with others of its size: 2^k at a time, up to GROUP_SIZE
+    sizes = [len(calls) for calls in run_together]
+    assert sum(sizes) == sum(p.is_floating_point() for p in models[0].parameters())
+    assert fused.GROUP_SIZE in sizes and all(size & (size - 1) == 0 and size <= fused.GROUP_SIZE for size in sizes)
+    assert all(len({call.group() for call in calls}) == 1 for calls in run_together)
+
+
+def test_the_engine_merges_by_blocks_when_kernels_cannot_compile(tiny_models, monkeypatch):
+    def no_compiler(function, **options):
+        def fail(*args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+        return fail
+
+    recipe = recipe_from_dict({"method": "dare_ties", "base": str(tiny_models["base"]),
+                               "sources": [{"model": str(tiny_models[n]), "drop": 0.5} for n in "ab"]})
+    blocks = MergeEngine.from_recipe(recipe, kernels="blocks")
+    expected = blocks.new_target()
+    blocks.materialize(recipe, expected)
+    monkeypatch.setattr(fused, "_unavailable", [])
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(fused, "_compiled_for", set())
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    engine = MergeEngine.from_recipe(recipe, kernels="compiled")
+    model = engine.new_target()
+    with pytest.warns(RuntimeWarning, match="compiled merge kernels cannot run here"):
+        engine.materialize(recipe, model)
+    for (name, a), b in zip(model.named_parameters(), expected.parameters(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_the_engine_counts_the_ranks_of_tensors_too_large_to_sort_and_merges_the_same_model(

@@ -93,7 +93,10 @@ def test_nsga2_on_two_skills_prints_a_pareto_front(zoo_dir, tmp_path, capsys):
 
 
 def test_ctrl_c_stops_cleanly_and_the_run_resumes(zoo_dir, tmp_path):
-    config = small_demo_config(tmp_path / "c.yaml", tmp_path / "run", evaluations=12)
+    # a candidate takes about 0.1 s: enough of them that the run is still going when the signal comes, even
+    # when this process is slow to see the first two logged
+    evaluations = 40
+    config = small_demo_config(tmp_path / "c.yaml", tmp_path / "run", evaluations=evaluations)
     process = evomerge_run(config)
     deadline = time.monotonic() + 120
     while logged_trials(tmp_path / "run") < 2 and time.monotonic() < deadline:
@@ -104,7 +107,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(zoo_dir, tmp_path):
     assert f"nothing is lost: evomerge resume {tmp_path / 'run'}" in stderr and "Traceback" not in stderr
     finished = subprocess.run([sys.executable, "-m", "evomerge.cli", "resume", str(tmp_path / "run")], capture_output=True)
     assert finished.returncode == 0
-    assert [state for state, _, _ in ledger(tmp_path / "run")] == [TrialState.COMPLETE] * 12
+    assert [state for state, _, _ in ledger(tmp_path / "run")] == [TrialState.COMPLETE] * evaluations
 
 
 def early_stopping_config(run_dir: Path, optimizer: str, evaluations: int) -> dict:

@@ -6,10 +6,13 @@ task arithmetic and over 10x for TIES and DARE (experiments/bench_merge.py). The
 float32 operations in the same order, so the two agree up to float32 rounding (a compiler may fuse a multiply
 and an add into one rounding); their masks are identical.
 
-Compiling costs seconds to a minute per method and number of sources, once per process (torch caches the
-compiled code on disk across processes), so the engine uses these kernels for large models only (its
-`kernels` setting). When compiling fails (no C++ compiler, say), one warning says so and every merge of the
-process computes by blocks.
+A kernel merges a list of tensors of one size in one call (`run_many`; the engine plans each tensor's call,
+KernelCall, and runs them GROUP_SIZE at a time), because every call has a cost of its own besides its work.
+
+Compiling costs seconds to a minute per method, number of sources and number of tensors per call, once per
+process (torch caches the compiled code on disk across processes), so the engine uses these kernels for large
+models only (its `kernels` setting). When compiling fails (no C++ compiler, say), one warning says so and
+every merge of the process computes by blocks.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -117,14 +121,67 @@ def _masked_mix(
     _store(out, checksum, mixed * scale + b)
 
 
-_KERNELS: dict[str, Callable[..., None]] = {"weighted_sum": _weighted_sum, "masked_mix": _masked_mix}
+def _weighted_sums(
+    outs: list[torch.Tensor], checksums: torch.Tensor, inputs: list[list[torch.Tensor]], params: list[torch.Tensor]
+) -> None:
+    """_weighted_sum of each tensor t: params[0][t] are its coefficients."""
+    for t, out in enumerate(outs):
+        _weighted_sum(out, checksums[t], inputs[t], params[0][t])
+
+
+def _masked_mixes(
+    outs: list[torch.Tensor],
+    checksums: torch.Tensor,
+    inputs: list[list[torch.Tensor]],
+    params: list[torch.Tensor],
+    **flags: bool,
+) -> None:
+    """_masked_mix of each tensor t: inputs[t] are its base and sources, params its numbers, last indices and
+    draws (row t of each)."""
+    for t, out in enumerate(outs):
+        _masked_mix(out, checksums[t], inputs[t][0], inputs[t][1:], params[0][t], params[1][t], params[2][t], **flags)
+
+
+_KERNELS: dict[str, Callable[..., None]] = {"weighted_sum": _weighted_sums, "masked_mix": _masked_mixes}
 #: Inductor's settings for the kernels, given with each compile: parallelize every loop (inductor would judge by
 #: the size of the first tensor it saw, which may be small); round a cast to a narrower dtype where it is cast
 #: back (inductor would skip the round trip, so `_store`'s checksum would miss a float16 overflow).
 _INDUCTOR_OPTIONS = {"cpp.dynamic_threads": True, "emulate_precision_casts": True}
+#: Most calls the engine runs as one (run_many), and the numbers of calls it runs as one are powers of two up to
+#: this: each call of a compiled kernel costs 0.3-0.5 ms on CPU on top of its work (experiments/
+#: bench_kernel_calls.py), while compiling a kernel for n calls takes about 2 s per call, once per number.
+GROUP_SIZE = 4
 _compiled: dict[str, Callable[..., None]] = {}
-_compiled_for: set[tuple] = set()  # the calls' signatures (see _signature) that compiled in this process
+_compiled_for: set[tuple] = set()  # the signatures (see KernelCall.signature) that compiled in this process
 _unavailable: list[str] = []  # why compiled kernels cannot run in this process, once known
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """One tensor's merge by a kernel, planned: `run_many` runs it, alone or with calls like it in one call.
+
+    `inputs` are read elementwise (each with `out`'s number of elements, contiguous); `params` are small tables
+    of numbers, each a nested list and its dtype (the kernel sees them as tensors); `flags` are the kernel's
+    compile-time switches."""
+
+    kernel: str
+    out: torch.Tensor
+    inputs: list[torch.Tensor]
+    params: tuple[tuple[list, torch.dtype], ...]
+    flags: tuple[tuple[str, bool], ...] = ()
+
+    def signature(self) -> tuple:
+        """What the compiled code depends on besides the tensors' sizes: the kernel, its flags, the number,
+        dtypes and devices of its tensors, and whether `out` has at most one element (a size torch.compile
+        specializes)."""
+        return (
+            self.kernel, self.flags, self.out.dtype, self.out.device, self.out.numel() <= 1,
+            tuple((t.dtype, t.device) for t in self.inputs), tuple(dtype for _, dtype in self.params),
+        )
+
+    def group(self) -> tuple:
+        """Calls with equal groups can run as one: the same signature and number of elements."""
+        return self.signature(), self.out.numel()
 
 
 def usable(out: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
@@ -133,22 +190,36 @@ def usable(out: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
     return not _unavailable and all(t.is_contiguous() and t.device == out.device for t in [out, *tensors])
 
 
-def run(kernel: str, out: torch.Tensor, checksum: torch.Tensor | None, *args: object, **flags: object) -> bool:
-    """Run a compiled kernel into `out` (contiguous, see `usable`), and the float32 sum of what it stored into
-    `checksum` (a 0-d float32 tensor, when given); False, with nothing written, when compiled kernels turn out
-    not to run here."""
+def run(call: KernelCall, checksum: torch.Tensor | None = None) -> bool:
+    """Run one planned call; `checksum` as in run_many (a 0-d tensor)."""
+    return run_many([call], checksum.view(1) if checksum is not None else None)
+
+
+def run_many(calls: list[KernelCall], checksums: torch.Tensor | None = None) -> bool:
+    """Run calls of one group (KernelCall.group; see `usable`) as one call of their compiled kernel, and the
+    float32 sum of what each stored into `checksums[t]` (a float32 tensor of one entry per call, when given);
+    False, with nothing written, when compiled kernels turn out not to run here."""
     if _unavailable:
         return False
-    if kernel not in _compiled:
-        _compiled[kernel] = torch.compile(_KERNELS[kernel], dynamic=True, options=_INDUCTOR_OPTIONS)
-    signature = _signature(kernel, out, args, flags)
+    first = calls[0]
+    if first.kernel not in _compiled:
+        _compiled[first.kernel] = torch.compile(_KERNELS[first.kernel], dynamic=True, options=_INDUCTOR_OPTIONS)
+    device = first.out.device
+    outs = [flat(call.out) for call in calls]
+    inputs = [[flat(t) for t in call.inputs] for call in calls]
+    params = [
+        torch.tensor([call.params[j][0] for call in calls], dtype=dtype, device=device)
+        for j, (_, dtype) in enumerate(first.params)
+    ]
+    sums = checksums if checksums is not None else torch.empty(len(calls), dtype=torch.float32, device=device)
+    signature = (first.signature(), len(calls))
     try:
         with torch.no_grad():
             if signature in _compiled_for:
-                _compiled[kernel](flat(out), _scalar(checksum, out.device), *args, **flags)
+                _compiled[first.kernel](outs, sums, inputs, params, **dict(first.flags))
             else:
                 with _recompile_settings():
-                    _compiled[kernel](flat(out), _scalar(checksum, out.device), *args, **flags)
+                    _compiled[first.kernel](outs, sums, inputs, params, **dict(first.flags))
                 _compiled_for.add(signature)
     except Exception as error:  # noqa: BLE001 - inductor's failures have many types; any one means "use blocks"
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
@@ -163,31 +234,20 @@ def run(kernel: str, out: torch.Tensor, checksum: torch.Tensor | None, *args: ob
     return True
 
 
-def _signature(kernel: str, out: torch.Tensor, args: tuple, flags: dict[str, object]) -> tuple:
-    """What a call's compiled code depends on besides the tensors' sizes: the kernel, its flags, the number, dtypes
-    and devices of its tensors, and whether `out` has at most one element (a size torch.compile specializes)."""
-
-    def kinds(value: object) -> object:
-        if isinstance(value, torch.Tensor):
-            return value.dtype, value.device
-        return tuple(kinds(v) for v in value) if isinstance(value, list | tuple) else value
-
-    return kernel, kinds(out), out.numel() <= 1, kinds(args), tuple(flags.items())
-
-
 @contextlib.contextmanager
 def _recompile_settings() -> Iterator[None]:
-    """Dynamo's settings around a call that may compile: each method and number of sources compiles anew, so
-    allow many recompiles, and raise rather than run the kernel uncompiled (whole-tensor temporaries) past them.
-    Set by hand, not by config.patch (about 0.1 ms), and only around calls of a new signature: setting them
-    costs about 50 us, and a candidate runs a kernel per tensor, hundreds of them."""
+    """Dynamo's settings around a call that may compile: each method, number of sources and number of calls
+    run as one compiles anew, so allow many recompiles, and raise rather than run the kernel uncompiled
+    (whole-tensor temporaries) past them. Set by hand, not by config.patch (about 0.1 ms), and only around calls
+    of a new signature: setting them costs about 50 us, and a candidate runs hundreds of tensors."""
     dynamo = torch._dynamo.config
-    saved = dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit
-    dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit = 64, True
+    saved = dynamo.recompile_limit, dynamo.accumulated_recompile_limit, dynamo.fail_on_recompile_limit_hit
+    dynamo.recompile_limit, dynamo.accumulated_recompile_limit = 512, max(saved[1], 1024)
+    dynamo.fail_on_recompile_limit_hit = True
     try:
         yield
     finally:
-        dynamo.recompile_limit, dynamo.fail_on_recompile_limit_hit = saved
+        dynamo.recompile_limit, dynamo.accumulated_recompile_limit, dynamo.fail_on_recompile_limit_hit = saved
 
 
 def flat(tensor: torch.Tensor) -> torch.Tensor:
@@ -197,9 +257,9 @@ def flat(tensor: torch.Tensor) -> torch.Tensor:
     return alias.set_(tensor.untyped_storage(), tensor.storage_offset(), (tensor.numel(),), (1,))
 
 
-def _scalar(checksum: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-    """The checksum to write into: the caller's, or a throwaway one."""
-    return checksum if checksum is not None else torch.empty((), dtype=torch.float32, device=device)
+def weighted_sum_call(out: torch.Tensor, tensors: list[torch.Tensor], coefficients: list[float]) -> KernelCall:
+    """The planned call out = sum_i c_i * t_i (float32 inside)."""
+    return KernelCall("weighted_sum", out, tensors, ((coefficients, torch.float32),))
 
 
 def weighted_sum(
@@ -207,6 +267,4 @@ def weighted_sum(
 ) -> bool:
     """out = sum_i c_i * t_i (float32 inside) by a compiled kernel, and `checksum` as in `run`; False when it
     cannot run (nothing written)."""
-    flats = [flat(t) for t in tensors]
-    coefficients_tensor = torch.tensor(coefficients, dtype=torch.float32, device=out.device)
-    return run("weighted_sum", out, checksum, flats, coefficients_tensor)
+    return run(weighted_sum_call(out, tensors, coefficients), checksum)

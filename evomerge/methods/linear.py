@@ -31,8 +31,7 @@ def linear(
     else `block` elements at a time (see methods/blocks.py). `checksum`: see write_blocks.
     """
     flats = [source.reshape(-1) for source in sources]
-    total = float(sum(weight))
-    coefficients = [w / total for w in weight] if normalize and abs(total) >= 1e-8 else list(weight)
+    coefficients = _coefficients(weight, normalize)
     if (
         compiled
         and out is not None
@@ -51,6 +50,27 @@ def linear(
     return write_blocks(sources[0], merged_block, out, block, checksum)
 
 
+def linear_call(
+    out: torch.Tensor,
+    base: torch.Tensor | None,
+    sources: list[torch.Tensor],
+    *,
+    weight: list[float],
+    normalize: bool = True,
+    seed: int = 0,
+) -> fused.KernelCall | None:
+    """The compiled kernel call that writes linear's merge into `out`, planned but not run; None where no kernel
+    can (fused.usable)."""
+    if not fused.usable(out, sources):
+        return None
+    return fused.weighted_sum_call(out, sources, _coefficients(weight, normalize))
+
+
+def _coefficients(weight: list[float], normalize: bool) -> list[float]:
+    total = float(sum(weight))
+    return [w / total for w in weight] if normalize and abs(total) >= 1e-8 else list(weight)
+
+
 LINEAR = register(
     MergeMethod(
         name="linear",
@@ -59,5 +79,6 @@ LINEAR = register(
         needs_base=False,
         reference="https://arxiv.org/abs/2203.05482",
         writes_into=True,
+        kernel_call=linear_call,
     )
 )

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from evomerge.errors import UsageError
+from evomerge.methods.fused import KernelCall
 from evomerge.methods.magnitude_cut import MagnitudeRanks
 
 Scope = Literal["source", "global"]
@@ -85,6 +86,7 @@ class MergeMethod:
     in float32. A method that `writes_into` also takes `out` (a tensor to write the result into, in its dtype),
     `block` (elements computed at a time) and `compiled` (write it with one compiled kernel, methods/fused.py).
     A method that `uses_ranks` also takes `ranks`: each source's MagnitudeRanks (or None), for its magnitude cuts.
+    A method with a `kernel_call` can plan its compiled kernel call without running it (see `planned_call`).
     """
 
     name: str
@@ -97,6 +99,7 @@ class MergeMethod:
     fixed: dict[str, object] = field(default_factory=dict)
     writes_into: bool = False
     uses_ranks: bool = False
+    kernel_call: Callable[..., KernelCall | None] | None = None
 
     def param(self, name: str) -> ParamSpec:
         for spec in self.params:
@@ -145,6 +148,23 @@ class MergeMethod:
         out.copy_(self.merge(base, sources, params, seed))
         if checksum is not None:
             checksum.copy_(out.sum(dtype=torch.float32))
+
+
+    def planned_call(
+        self,
+        out: torch.Tensor,
+        base: torch.Tensor | None,
+        sources: Sequence[torch.Tensor],
+        params: dict[str, object],
+        seed: int = 0,
+        ranks: list[MagnitudeRanks | None] | None = None,
+    ) -> KernelCall | None:
+        """The compiled kernel call that writes the merge into `out` as `merge_into` would, not run yet
+        (fused.run_many runs calls of one size together); None where this method or these tensors have none."""
+        if self.kernel_call is None:
+            return None
+        extra = {"ranks": ranks} if self.uses_ranks else {}
+        return self.kernel_call(out, base, list(sources), seed=seed, **extra, **self.fixed, **params)
 
 
 _METHODS: dict[str, MergeMethod] = {}

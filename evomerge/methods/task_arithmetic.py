@@ -9,6 +9,7 @@ sparsified and whether signs are elected before mixing; mergekit's "generalized 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,36 +75,13 @@ def generalized_task_arithmetic(
     (1 - sum_i c_i) * base + sum_i c_i * x_i with c_i = scale * w_i (/ sum_j w_j): one fused pass per source,
     equal to the definition up to float32 rounding.
     """
-    base_flat = base.reshape(-1)
-    flats = [source.reshape(-1) for source in sources]
-    step = block_size(base, block)
-    # the block path's working blocks: rows per source, then base, scratch, spare and mixed; not made for a kernel
-    working = functools.cache(lambda: torch.empty(len(sources) + 4, step, dtype=torch.float32, device=base.device))
-
-    def magnitude_block(i: int, start: int, stop: int) -> torch.Tensor:
-        base_part = working()[-4, : stop - start].copy_(base_flat[start:stop])
-        return torch.sub(flats[i][start:stop], base_part, out=working()[i, : stop - start]).abs_()
-
-    keepers = [
-        _keeper(sparsification, i, density, drop, gamma, seed, ranks[i] if ranks else None,
-                functools.partial(magnitude_block, i), base_flat, flats[i], step)
-        for i in range(len(sources))
-    ]
-    # what each kept delta is multiplied by: its weight, and DARE's rescaling of the kept entries
-    factors = [
-        w * (keeper.rescale if keeper is not None else 1.0) for w, keeper in zip(weight, keepers, strict=True)
-    ]
-    total = float(sum(weight))
-    divisor = total if normalize and abs(total) >= 1e-8 else 1.0
-    coefficients = [scale * f / divisor for f in factors]  # without sign consensus: base + sum_i c_i kept_i
-    whole = consensus is None and all(keeper is None for keeper in keepers)
+    base_flat, flats, working, plan = _prepared(
+        base, sources, block, sparsification, weight, scale, normalize, density, drop, gamma, seed, ranks, consensus
+    )
+    keepers, factors, coefficients, whole = plan.keepers, plan.factors, plan.coefficients, plan.whole
     if compiled and out is not None and fused.usable(out, [base, *sources]):
-        if whole:
-            done = fused.weighted_sum(out, [base, *sources], [1.0 - sum(coefficients), *coefficients], checksum)
-        else:
-            done = _fused_mix(out, checksum, base_flat, flats, keepers, factors if consensus else coefficients,
-                              weight, scale, consensus is not None, normalize)
-        if done:
+        call = _kernel_call(out, base_flat, flats, plan, weight, scale, consensus is not None, normalize)
+        if fused.run(call, checksum):
             return out
     random = any(isinstance(keeper, _RandomKeep) for keeper in keepers)
     work = working()
@@ -155,6 +133,85 @@ def _disjoint_mix(
     torch.sum(agreeing, dim=0, out=result).mul_(elected)
     if normalize:
         result.div_(divisor)
+
+
+def task_arithmetic_call(
+    out: torch.Tensor,
+    base: torch.Tensor,
+    sources: list[torch.Tensor],
+    *,
+    sparsification: Sparsification,
+    consensus: Consensus,
+    weight: list[float],
+    scale: float = 1.0,
+    normalize: bool = False,
+    density: list[float] | None = None,
+    drop: list[float] | None = None,
+    gamma: list[float] | None = None,
+    seed: int = 0,
+    ranks: list[MagnitudeRanks | None] | None = None,
+) -> fused.KernelCall | None:
+    """The compiled kernel call that writes generalized_task_arithmetic's merge into `out`, planned but not run
+    (the engine runs tensors of one size together: fused.run_many); None where no kernel can (fused.usable)."""
+    if not fused.usable(out, [base, *sources]):
+        return None
+    base_flat, flats, _, plan = _prepared(
+        base, sources, None, sparsification, weight, scale, normalize, density, drop, gamma, seed, ranks, consensus
+    )
+    return _kernel_call(out, base_flat, flats, plan, weight, scale, consensus is not None, normalize)
+
+
+def _prepared(
+    base: torch.Tensor,
+    sources: list[torch.Tensor],
+    block: int | None,
+    sparsification: Sparsification,
+    weight: list[float],
+    scale: float,
+    normalize: bool,
+    density: list[float] | None,
+    drop: list[float] | None,
+    gamma: list[float] | None,
+    seed: int,
+    ranks: list[MagnitudeRanks | None] | None,
+    consensus: Consensus,
+) -> tuple[torch.Tensor, list[torch.Tensor], Callable[[], torch.Tensor], _Plan]:
+    """The flattened base and sources, the block path's working blocks (rows per source, then base, scratch,
+    spare and mixed; made on first use: a kernel needs none, unless a cut is selected) and the merge's plan."""
+    base_flat = base.reshape(-1)
+    flats = [source.reshape(-1) for source in sources]
+    step = block_size(base, block)
+    working = functools.cache(lambda: torch.empty(len(flats) + 4, step, dtype=torch.float32, device=base.device))
+
+    def magnitude_block(i: int, start: int, stop: int) -> torch.Tensor:
+        base_part = working()[-4, : stop - start].copy_(base_flat[start:stop])
+        return torch.sub(flats[i][start:stop], base_part, out=working()[i, : stop - start]).abs_()
+
+    keepers = [
+        _keeper(sparsification, i, density, drop, gamma, seed, ranks[i] if ranks else None,
+                functools.partial(magnitude_block, i), base_flat, flats[i], step)
+        for i in range(len(flats))
+    ]
+    factors = [
+        w * (keeper.rescale if keeper is not None else 1.0) for w, keeper in zip(weight, keepers, strict=True)
+    ]
+    total = float(sum(weight))
+    divisor = total if normalize and abs(total) >= 1e-8 else 1.0
+    coefficients = [scale * f / divisor for f in factors]  # without sign consensus: base + sum_i c_i kept_i
+    whole = consensus is None and all(k is None for k in keepers)
+    return base_flat, flats, working, _Plan(keepers, factors, coefficients, whole)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one tensor is merged: each source's keeper (None keeps its task vector whole), what each kept delta is
+    multiplied by (its weight and DARE's rescaling), the final coefficients without sign consensus
+    (scale * factor / the normalizing sum), and whether that is a plain weighted sum."""
+
+    keepers: list[_RandomKeep | _MagnitudeBand | None]
+    factors: list[float]
+    coefficients: list[float]
+    whole: bool
 
 
 @dataclass(frozen=True)
@@ -219,42 +276,43 @@ def _keeper(
     return _MagnitudeBand(cut(min(n, outliers + kept)), cut(outliers) if outliers > 0 else None)
 
 
-def _fused_mix(
+def _kernel_call(
     out: torch.Tensor,
-    checksum: torch.Tensor | None,
     base_flat: torch.Tensor,
     flats: list[torch.Tensor],
-    keepers: list[_RandomKeep | _MagnitudeBand | None],
-    factors: list[float],
+    plan: _Plan,
     weight: list[float],
     scale: float,
     consensus: bool,
     normalize: bool,
-) -> bool:
-    """The merge by fused.masked_mix: each keeper as the kernel's per-source cuts and draw limits (neutral ones
-    where a source keeps everything); False when the kernel cannot run."""
+) -> fused.KernelCall:
+    """The plan as a kernel call: a weighted sum where it is one, else fused.masked_mix with each keeper as the
+    kernel's per-source cuts and draw limits (neutral ones where a source keeps everything)."""
+    if plan.whole:
+        return fused.weighted_sum_call(out, [base_flat, *flats], [1.0 - sum(plan.coefficients), *plan.coefficients])
     n = base_flat.numel()
+    keepers = plan.keepers
     keep_all = MagnitudeCut(0.0, n)
     bands = [k if isinstance(k, _MagnitudeBand) else _MagnitudeBand(None, None) for k in keepers]
     uppers = [band.upper or keep_all for band in bands]
     lowers = [band.lower or KEEP_NONE for band in bands]  # the top none: nothing dropped
     randoms = [k if isinstance(k, _RandomKeep) else _RandomKeep(0, DRAW_RANGE, 1.0) for k in keepers]
     wide = n >= fused.WIDE_FROM_ELEMENTS  # the kernel's indices go up to n (keep_all's last index)
+    factors = plan.factors if consensus else plan.coefficients
     numbers = [[c.threshold for c in uppers], [c.threshold for c in lowers], factors, weight, [scale] * len(flats)]
     last_indices = [[c.last_index for c in uppers], [c.last_index for c in lowers]]
     draw_limits = [[r.key for r in randoms], [r.limit - 1 for r in randoms]]
-    return fused.run(
-        "masked_mix", out, checksum, fused.flat(base_flat), [fused.flat(f) for f in flats],
-        torch.tensor(numbers, dtype=torch.float32, device=out.device),
-        torch.tensor(last_indices, dtype=torch.int64 if wide else torch.int32, device=out.device),
-        torch.tensor(draw_limits, dtype=torch.int32, device=out.device),
-        magnitude=any(band.upper is not None or band.lower is not None for band in bands),
-        band=any(band.lower is not None for band in bands),
-        random=any(isinstance(k, _RandomKeep) for k in keepers),
-        consensus=consensus,
-        normalize=normalize,
-        wide=wide,
-    )
+    flags = {
+        "magnitude": any(band.upper is not None or band.lower is not None for band in bands),
+        "band": any(band.lower is not None for band in bands),
+        "random": any(isinstance(k, _RandomKeep) for k in keepers),
+        "consensus": consensus,
+        "normalize": normalize,
+        "wide": wide,
+    }
+    params = ((numbers, torch.float32), (last_indices, torch.int64 if wide else torch.int32),
+              (draw_limits, torch.int32))
+    return fused.KernelCall("masked_mix", out, [base_flat, *flats], params, tuple(flags.items()))
 
 
 def _variant(
@@ -276,6 +334,7 @@ def _variant(
             fixed={"sparsification": sparsification, "consensus": consensus},
             writes_into=True,
             uses_ranks=sparsification in ("magnitude", "breadcrumbs"),
+            kernel_call=task_arithmetic_call,
         )
     )
 
