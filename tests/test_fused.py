@@ -125,22 +125,28 @@ def test_the_engine_merges_the_same_model_by_kernels_run_together_and_by_blocks(
     assert all(len({call.group() for call in calls}) == 1 for calls in run_together)
 
 
-def test_the_engine_merges_by_blocks_when_kernels_cannot_compile(tiny_models, monkeypatch):
+@pytest.fixture
+def without_a_compiler(monkeypatch):
+    """torch.compile failing as it does without a C++ compiler, in a process that has not compiled yet."""
+
     def no_compiler(function, **options):
         def fail(*args, **kwargs):
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
 
         return fail
 
+    monkeypatch.setattr(fused, "_unavailable", [])
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(fused, "_compiled_for", set())
+    monkeypatch.setattr(torch, "compile", no_compiler)
+
+
+def test_the_engine_merges_by_blocks_when_kernels_cannot_compile(tiny_models, without_a_compiler):
     recipe = recipe_from_dict({"method": "dare_ties", "base": str(tiny_models["base"]),
                                "sources": [{"model": str(tiny_models[n]), "drop": 0.5} for n in "ab"]})
     blocks = MergeEngine.from_recipe(recipe, kernels="blocks")
     expected = blocks.new_target()
     blocks.materialize(recipe, expected)
-    monkeypatch.setattr(fused, "_unavailable", [])
-    monkeypatch.setattr(fused, "_compiled", {})
-    monkeypatch.setattr(fused, "_compiled_for", set())
-    monkeypatch.setattr(torch, "compile", no_compiler)
     engine = MergeEngine.from_recipe(recipe, kernels="compiled")
     model = engine.new_target()
     with pytest.warns(RuntimeWarning, match="compiled merge kernels cannot run here"):
@@ -213,17 +219,7 @@ def test_only_a_call_of_a_new_signature_sets_the_recompile_settings(monkeypatch)
     assert len(entered) == 2  # once per dtype: a new size of a known signature needs no recompile
 
 
-def test_a_kernel_that_cannot_compile_falls_back_to_blocks_with_one_warning(monkeypatch):
-    def no_compiler(function, **options):
-        def fail(*args, **kwargs):
-            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
-
-        return fail
-
-    monkeypatch.setattr(fused, "_unavailable", [])
-    monkeypatch.setattr(fused, "_compiled", {})
-    monkeypatch.setattr(fused, "_compiled_for", set())
-    monkeypatch.setattr(torch, "compile", no_compiler)
+def test_a_kernel_that_cannot_compile_falls_back_to_blocks_with_one_warning(without_a_compiler):
     method = get_method("ties")
     base, sources = tie_heavy(5000)
     params = {spec.name: FUSED_PARAMS.get(spec.name, spec.default) for spec in method.params}
