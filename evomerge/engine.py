@@ -217,10 +217,11 @@ class MergeEngine:
                     finite.append((step.name, self._merge_into(method, target, step, base, sources, ranks)))
                     written[step.name] = key
                     continue
-                group = pending.setdefault(call.group(), [])
+                size_group = call.group()
+                group = pending.setdefault(size_group, [])
                 group.append((step, key, call))
                 if len(group) == fused.GROUP_SIZE:
-                    self._run_group(method, pending.pop(call.group()), targets, finite, written)
+                    self._run_group(method, pending.pop(size_group), targets, finite, written)
             for group in pending.values():  # fewer than GROUP_SIZE: as groups of 2^k calls, each k compiled once
                 while group:
                     size = 1 << (len(group).bit_length() - 1)

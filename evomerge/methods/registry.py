@@ -149,7 +149,6 @@ class MergeMethod:
         if checksum is not None:
             checksum.copy_(out.sum(dtype=torch.float32))
 
-
     def planned_call(
         self,
         out: torch.Tensor,
