@@ -106,6 +106,7 @@ class MergeEngine:
         )
         self._ranks_budget = max(RANKS_MEMORY_SHARE * model_bytes(self.reference), RANKS_MEMORY_FLOOR)
         self._ranks: dict[str, list[MagnitudeRanks]] = {}  # per tensor: each source's, once computed
+        self._kernel_inputs: dict[str, tuple[torch.Tensor | None, list[torch.Tensor]]] = {}  # see _flat_inputs
         # per target model: the key of every tensor as last written there (see materialize)
         self._written: weakref.WeakKeyDictionary[PreTrainedModel, dict[str, tuple]] = weakref.WeakKeyDictionary()
 
@@ -207,12 +208,10 @@ class MergeEngine:
                     target.copy_(self.reference.tensors[step.name])
                     written[step.name] = key
                     continue
-                base, sources = self._inputs(step)
+                planned = self.compiled and self._inputs_resident
+                base, sources = self._flat_inputs(step) if planned else self._inputs(step)
                 ranks = self._magnitude_ranks(step.name, base, sources) if method.uses_ranks else None
-                call = (
-                    method.planned_call(target, base, sources, step.params, step.seed, ranks)
-                    if self.compiled and self._inputs_resident else None
-                )
+                call = method.planned_call(target, base, sources, step.params, step.seed, ranks) if planned else None
                 if call is None:
                     finite.append((step.name, self._merge_into(method, target, step, base, sources, ranks)))
                     written[step.name] = key
@@ -282,6 +281,16 @@ class MergeEngine:
         sources = [source.tensors[step.name].to(self.device, non_blocking=True) for source in self.sources]
         return base, sources
 
+    def _flat_inputs(self, step: MergeStep) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """The step's resident base and sources as 1-D tensors (fused.flat; the contiguous ones), made once:
+        a kernel call reads them flat, and flattening each per candidate costs microseconds per tensor."""
+        if step.name not in self._kernel_inputs:
+            base, sources = self._inputs(step)
+            self._kernel_inputs[step.name] = (
+                _flat_if_contiguous(base) if base is not None else None, [_flat_if_contiguous(s) for s in sources]
+            )
+        return self._kernel_inputs[step.name]
+
     def _magnitude_ranks(
         self, name: str, base: torch.Tensor | None, sources: list[torch.Tensor]
     ) -> list[MagnitudeRanks] | None:
@@ -317,6 +326,10 @@ class MergeEngine:
                 f"the recipe names base {recipe.base} and sources {given}, "
                 f"but this engine holds base {base} and sources {expected}"
             )
+
+
+def _flat_if_contiguous(tensor: torch.Tensor) -> torch.Tensor:
+    return fused.flat(tensor) if tensor.is_contiguous() else tensor
 
 
 def _resident(tensor: torch.Tensor, pin: bool) -> torch.Tensor:

@@ -110,12 +110,14 @@ def _masked_mix(
     elected = torch.where(summed >= 0, 1.0, -1.0)  # a zero sum elects +1
     mixed, divisor = None, None
     for i, d in enumerate(weighted):
-        agreeing = (d * elected).clamp_min(0.0)
+        # d where it agrees (NaN kept), else 0: the block path's s * max(s * d, 0), with the same bits, in fewer
+        # vector operations than the clamp (a NaN-propagating max) and the multiplication back by s
+        signed = d * elected
+        agreeing = torch.where(signed <= 0, 0.0, d)
         mixed = agreeing if mixed is None else mixed + agreeing
         if normalize:
-            counted = torch.where(agreeing > 0, weights[i], 0.0)
+            counted = torch.where(signed > 0, weights[i], 0.0)
             divisor = counted if divisor is None else divisor + counted
-    mixed = mixed * elected
     if normalize:
         mixed = mixed / torch.where(divisor == 0, 1.0, divisor)
     _store(out, checksum, mixed * scale + b)
@@ -251,8 +253,11 @@ def _recompile_settings() -> Iterator[None]:
 
 
 def flat(tensor: torch.Tensor) -> torch.Tensor:
-    """A contiguous tensor as a 1-D tensor over the same memory that is not a view of it: torch.compile guards
-    on a view's base, so views of 1-D and 2-D tensors would compile the kernel twice."""
+    """A contiguous tensor as a 1-D tensor over the same memory that is not a view of it (the tensor itself
+    when it is one): torch.compile guards on a view's base, so views of 1-D and 2-D tensors would compile the
+    kernel twice."""
+    if tensor.dim() == 1 and tensor._base is None:
+        return tensor
     alias = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
     return alias.set_(tensor.untyped_storage(), tensor.storage_offset(), (tensor.numel(),), (1,))
 
