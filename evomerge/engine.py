@@ -13,9 +13,10 @@ The engine's contract:
 - **Bit-reproducible.** The same recipe over the same sources gives bit-identical tensors, whatever was
   materialized before and on whatever device: each tensor's random draws (DARE) are a hash of the recipe's seed,
   the tensor's name and the element (methods/counter_random.py).
-- **Fast.** On large models the merges run as compiled kernels (methods/fused.py; `kernels`), tensors of one
-  size up to fused.GROUP_SIZE at a time (each call of a kernel has a cost of its own), and each task vector's
-  cuts on the density grid are found once (MagnitudeRanks), so a TIES candidate's cuts are lookups.
+- **Fast.** On large models the merges run as compiled kernels (methods/fused.py; `kernels`). The resident
+  models, and a target made `stacked`, hold their tensors of one size as rows of one buffer (layout.py), so
+  that each size is merged in one kernel call (each call has a cost of its own). Each task vector's cuts on
+  the density grid are found once (MagnitudeRanks), so a TIES candidate's cuts are lookups.
 - **Float32 inside.** Methods accumulate in float32; the result is stored in the target model's dtype.
 - **Finite or failed.** A merged tensor with NaN or Inf raises MergeFailure naming the tensor; the target
   model then holds a partial merge until the next successful materialize.
@@ -34,6 +35,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from evomerge import layout
 from evomerge.errors import MergeFailure, UsageError
 from evomerge.methods import fused
 from evomerge.methods.fused import KernelCall
@@ -104,9 +106,11 @@ class MergeEngine:
         self._inputs_resident = all(
             t.device == self.device for model in [base, *sources] if model is not None for t in model.tensors.values()
         )
+        if self.compiled and self._inputs_resident:  # tensors of one size as rows: merged in one kernel call each
+            for model in {id(m): m for m in [base, *sources] if m is not None}.values():
+                layout.stack(model.tensors)
         self._ranks_budget = max(RANKS_MEMORY_SHARE * model_bytes(self.reference), RANKS_MEMORY_FLOOR)
         self._ranks: dict[str, list[MagnitudeRanks]] = {}  # per tensor: each source's, once computed
-        self._kernel_inputs: dict[str, tuple[torch.Tensor | None, list[torch.Tensor]]] = {}  # see _flat_inputs
         # per target model: the key of every tensor as last written there (see materialize)
         self._written: weakref.WeakKeyDictionary[PreTrainedModel, dict[str, tuple]] = weakref.WeakKeyDictionary()
 
@@ -208,24 +212,19 @@ class MergeEngine:
                     target.copy_(self.reference.tensors[step.name])
                     written[step.name] = key
                     continue
-                planned = self.compiled and self._inputs_resident
-                base, sources = self._flat_inputs(step) if planned else self._inputs(step)
+                base, sources = self._inputs(step)
                 ranks = self._magnitude_ranks(step.name, base, sources) if method.uses_ranks else None
-                call = method.planned_call(target, base, sources, step.params, step.seed, ranks) if planned else None
+                call = (
+                    method.planned_call(target, base, sources, step.params, step.seed, ranks)
+                    if self.compiled and self._inputs_resident else None
+                )
                 if call is None:
                     finite.append((step.name, self._merge_into(method, target, step, base, sources, ranks)))
                     written[step.name] = key
                     continue
-                size_group = call.group()
-                group = pending.setdefault(size_group, [])
-                group.append((step, key, call))
-                if len(group) == fused.GROUP_SIZE:
-                    self._run_group(method, pending.pop(size_group), targets, finite, written)
-            for group in pending.values():  # fewer than GROUP_SIZE: as groups of 2^k calls, each k compiled once
-                while group:
-                    size = 1 << (len(group).bit_length() - 1)
-                    self._run_group(method, group[:size], targets, finite, written)
-                    group = group[size:]
+                pending.setdefault(call.group(), []).append((step, key, call))
+            for group in pending.values():
+                self._run_group(method, group, targets, finite, written)
         # the sum of what was written, computed as it is written (a NaN or Inf anywhere makes it non-finite),
         # where isfinite would take passes of its own; a sum that overflows float32 is checked element by element
         sums = torch.stack([checksum for _, checksum in finite]) if finite else None
@@ -261,8 +260,8 @@ class MergeEngine:
         finite: list[tuple[str, torch.Tensor]],
         written: dict[str, tuple],
     ) -> None:
-        """Run planned kernel calls of one size as one call (each call of a compiled kernel has a cost of its
-        own, experiments/bench_kernel_calls.py), or by blocks where compiled kernels cannot run."""
+        """Run planned kernel calls of one size, those whose tensors lie back to back as one call (fused.run_many),
+        or by blocks where compiled kernels cannot run."""
         checksums = torch.empty(len(group), dtype=torch.float32, device=self.device)
         ran = fused.run_many([call for _, _, call in group], checksums)
         for i, (step, key, _) in enumerate(group):
@@ -281,16 +280,6 @@ class MergeEngine:
         sources = [source.tensors[step.name].to(self.device, non_blocking=True) for source in self.sources]
         return base, sources
 
-    def _flat_inputs(self, step: MergeStep) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        """The step's resident base and sources as 1-D tensors (fused.flat; the contiguous ones), made once:
-        a kernel call reads them flat, and flattening each per candidate costs microseconds per tensor."""
-        if step.name not in self._kernel_inputs:
-            base, sources = self._inputs(step)
-            self._kernel_inputs[step.name] = (
-                _flat_if_contiguous(base) if base is not None else None, [_flat_if_contiguous(s) for s in sources]
-            )
-        return self._kernel_inputs[step.name]
-
     def _magnitude_ranks(
         self, name: str, base: torch.Tensor | None, sources: list[torch.Tensor]
     ) -> list[MagnitudeRanks] | None:
@@ -306,16 +295,22 @@ class MergeEngine:
                 self._ranks[name] = [MagnitudeRanks.counted(base, source, block) for source in sources]
         return self._ranks[name]
 
-    def new_target(self, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    def new_target(self, dtype: torch.dtype | None = None, stacked: bool = False) -> PreTrainedModel:
         """A model of the sources' architecture to materialize into, loaded once from the reference model.
 
         Its weights are overwritten by every materialize; it is loaded (not built from the config) so that
         non-persistent buffers such as rotary frequencies are computed as the architecture computes them.
+        `stacked`: lay out its parameters of one size as rows of one buffer (layout.stack_parameters), where
+        this engine merges by compiled kernels: each size is then merged in one kernel call. For a model that
+        is searched over, not for one to be saved.
         """
         dtype = dtype or self.stored_dtype
         ref = self.reference
         model = AutoModelForCausalLM.from_pretrained(ref.directory, gguf_file=ref.gguf_file, dtype=dtype)
-        return model.to(self.device).eval()
+        model = model.to(self.device).eval()
+        if stacked and self.compiled and self._inputs_resident:
+            layout.stack_parameters(model, self.reference.tensors)
+        return model
 
     def _check_same_models(self, recipe: Recipe) -> None:
         expected = [source.ref for source in self.sources]
@@ -326,10 +321,6 @@ class MergeEngine:
                 f"the recipe names base {recipe.base} and sources {given}, "
                 f"but this engine holds base {base} and sources {expected}"
             )
-
-
-def _flat_if_contiguous(tensor: torch.Tensor) -> torch.Tensor:
-    return fused.flat(tensor) if tensor.is_contiguous() else tensor
 
 
 def _resident(tensor: torch.Tensor, pin: bool) -> torch.Tensor:

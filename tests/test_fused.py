@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from evomerge import engine as engine_module
+from evomerge import layout
 from evomerge.engine import MergeEngine
 from evomerge.errors import MergeFailure
 from evomerge.methods import fused, get_method
@@ -101,28 +102,58 @@ def test_compiled_kernels_give_the_block_path_merge(name, wide, monkeypatch):
     assert torch.equal(compiled == 0, blocks == 0)  # the same entries dropped
 
 
-@pytest.mark.parametrize("method", ["ties", "linear"])
-def test_the_engine_merges_the_same_model_by_kernels_run_together_and_by_blocks(tiny_models, method, monkeypatch):
-    sources = [{"model": str(tiny_models[n]), "weight": 0.6, "density": [0.5, 0.25]} for n in "ab"]
+@pytest.mark.parametrize("stacked", [True, False])
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "linear"])
+def test_the_engine_merges_the_same_model_by_kernels_over_rows_and_by_blocks(tiny_models, method, stacked,
+                                                                             monkeypatch):
+    # layer 0 keeps whole task vectors (no cut, no drop), layer 1 sparsifies them: still one call per size
+    sources = [{"model": str(tiny_models[n]), "weight": 0.6, "density": [1.0, 0.25], "drop": [0.0, 0.5]}
+               for n in "ab"]
     sources = [{k: v for k, v in s.items() if k in get_method(method).param_names() + ["model"]} for s in sources]
     recipe = recipe_from_dict({"method": method, "base": str(tiny_models["base"]), "sources": sources})
-    run_together = []
-    run_many = fused.run_many
-    monkeypatch.setattr(fused, "run_many", lambda calls, sums: run_together.append(calls) or run_many(calls, sums))
+    rows = []  # the number of tensors each compiled call merged
+    run_rows = fused._run_rows
+    monkeypatch.setattr(fused, "_run_rows", lambda calls, sums: rows.append(len(calls)) or run_rows(calls, sums))
     models = []
     for kernels in ("compiled", "blocks"):
         engine = MergeEngine.from_recipe(recipe, kernels=kernels)
         assert engine.compiled == (kernels == "compiled")
-        models.append(engine.new_target())
+        models.append(engine.new_target(stacked=stacked))
         engine.materialize(recipe, models[-1])
+        if kernels == "compiled":
+            classes = layout.size_classes(dict(models[-1].named_parameters()))
     assert bool(engine._ranks) == (method == "ties")  # the task vectors were sorted once, and the cuts looked up
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
-    # every floating tensor by one planned call, run with others of its size: 2^k at a time, up to GROUP_SIZE
-    sizes = [len(calls) for calls in run_together]
-    assert sum(sizes) == sum(p.is_floating_point() for p in models[0].parameters())
-    assert fused.GROUP_SIZE in sizes and all(size & (size - 1) == 0 and size <= fused.GROUP_SIZE for size in sizes)
-    assert all(len({call.group() for call in calls}) == 1 for calls in run_together)
+    # every floating tensor merged once; a stacked target's tensors of one size all in one call, as rows
+    floating = sum(p.is_floating_point() for p in models[0].parameters())
+    assert sum(rows) == floating
+    in_classes = sorted(len(names) for names in classes)
+    assert sorted(rows) == (sorted(in_classes + [1] * (floating - sum(in_classes))) if stacked else [1] * floating)
+
+
+def test_stacked_tensors_and_parameters_keep_their_values_as_rows_of_one_buffer(tiny_models):
+    model = load_model(str(tiny_models["a"]))
+    tensors = dict(model.tensors)
+    layout.stack(tensors)
+    classes = layout.size_classes(model.tensors)
+    assert classes and all(len(names) > 1 for names in classes)
+    for name, tensor in model.tensors.items():
+        assert torch.equal(tensors[name], tensor) and tensors[name].shape == tensor.shape, name
+    for names in classes:
+        first = tensors[names[0]]
+        for row, name in enumerate(names):
+            assert tensors[name].untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+            assert tensors[name].storage_offset() == first.storage_offset() + row * first.numel()
+    engine = MergeEngine(model, [model], kernels="blocks")
+    target = engine.new_target()
+    tokens = torch.arange(12).reshape(2, 6)
+    expected = target(tokens).logits
+    layout.stack_parameters(target)
+    assert torch.equal(target(tokens).logits, expected)
+    parameters = dict(target.named_parameters())
+    storages = {parameters[name].untyped_storage().data_ptr() for names in classes for name in names}
+    assert len(storages) == len(classes)
 
 
 @pytest.fixture

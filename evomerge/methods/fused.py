@@ -6,11 +6,11 @@ task arithmetic and over 10x for TIES and DARE (experiments/bench_merge.py). The
 float32 operations in the same order, so the two agree up to float32 rounding (a compiler may fuse a multiply
 and an add into one rounding); their masks are identical.
 
-A kernel merges a list of tensors of one size in one call (`run_many`; the engine plans each tensor's call,
-KernelCall, and runs them GROUP_SIZE at a time), because every call has a cost of its own besides its work.
+A kernel merges tensors of one size that lie back to back in memory as the rows of one call (`run_many`; the
+engine plans each tensor's call, KernelCall, and lays out its models so, evomerge/layout.py), because every call
+has a cost of its own besides its work.
 
-Compiling costs seconds to a minute per method, number of sources and number of tensors per call, once per
-process (torch caches the compiled code on disk across processes), so the engine uses these kernels for large
+Compiling costs seconds per method, number of sources and one row or more, once per process (torch caches the compiled code on disk across processes), so the engine uses these kernels for large
 models only (its `kernels` setting). When compiling fails (no C++ compiler, say), one warning says so and
 every merge of the process computes by blocks.
 """
@@ -31,22 +31,22 @@ _MASK32 = 0xFFFFFFFF
 WIDE_FROM_ELEMENTS = 1 << 31
 
 
-def _store(out: torch.Tensor, checksum: torch.Tensor, value: torch.Tensor) -> None:
-    """out = value in out's dtype, and checksum = the float32 sum of what was stored: in the same loop, so
-    the engine's check for NaN and Inf costs no pass of its own."""
+def _store(out: torch.Tensor, checksums: torch.Tensor, value: torch.Tensor) -> None:
+    """out = value in out's dtype, and checksums = each row's float32 sum of what was stored: in the same loop,
+    so the engine's check for NaN and Inf costs no pass of its own."""
     stored = value.to(out.dtype)
     out.copy_(stored)
-    checksum.copy_(stored.float().sum())
+    checksums.copy_(stored.float().sum(dim=-1))
 
 
 def _weighted_sum(
-    out: torch.Tensor, checksum: torch.Tensor, tensors: list[torch.Tensor], coefficients: torch.Tensor
+    out: torch.Tensor, checksums: torch.Tensor, tensors: list[torch.Tensor], coefficients: torch.Tensor
 ) -> None:
-    """out = sum_i coefficients[i] * tensors[i], accumulated in float32 in order."""
-    total = tensors[0].float() * coefficients[0]
+    """Row by row, out = sum_i coefficients[:, i] * tensors[i], accumulated in float32 in order."""
+    total = tensors[0].float() * coefficients[:, 0:1]
     for i in range(1, len(tensors)):
-        total = total + tensors[i].float() * coefficients[i]
-    _store(out, checksum, total)
+        total = total + tensors[i].float() * coefficients[:, i : i + 1]
+    _store(out, checksums, total)
 
 
 def _kept(size: torch.Tensor, index: torch.Tensor, threshold: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -56,9 +56,8 @@ def _kept(size: torch.Tensor, index: torch.Tensor, threshold: torch.Tensor, last
 
 def _masked_mix(
     out: torch.Tensor,
-    checksum: torch.Tensor,
-    base: torch.Tensor,
-    sources: list[torch.Tensor],
+    checksums: torch.Tensor,
+    inputs: list[torch.Tensor],
     numbers: torch.Tensor,
     last_indices: torch.Tensor,
     draws: torch.Tensor,
@@ -69,40 +68,47 @@ def _masked_mix(
     normalize: bool,
     wide: bool,
 ) -> None:
-    """Sparsify each delta (`magnitude`: keep its upper cut, minus its lower cut when `band`; `random`: keep
-    draws below the limit), weight it by its factor, mix (sum, or TIES' sign election and disjoint sum divided
-    by the agreeing weights when `normalize`), and write base + scale * mix: task_arithmetic.py's definition.
+    """Row by row (each row one tensor; `inputs` are the base and the sources): sparsify each delta (`magnitude`: keep its upper cut, minus its lower
+    cut when `band`; `random`: keep draws below the limit), weight it by its factor, mix (sum, or TIES' sign
+    election and disjoint sum divided by the agreeing weights when `normalize`), and write base + scale * mix:
+    task_arithmetic.py's definition.
 
-    Per source i: `numbers` (float32) holds rows upper threshold, lower threshold, factor, weight, and scale
-    (repeated), `last_indices` the upper and lower cuts' last indices, `draws` (int32) the draw key and the
-    largest kept draw (limit - 1, so that keeping everything, 2^31 - 1, fits in int32: inductor compares an
-    int32 draw with an int64 limit of 2^31 wrongly). Three tensors rather than nine: torch.compile checks every
-    tensor argument on every call. Element indices (and the last indices) are int32 unless `wide` (a tensor of
-    2^31 or more elements): half the work of int64 vectors."""
-    upper_t, lower_t, factors, weights, scale = numbers[0], numbers[1], numbers[2], numbers[3], numbers[4, 0]
-    upper_i, lower_i = last_indices[0], last_indices[1]
-    keys, last_draws = draws[0], draws[1]
-    b = base.float()
-    index = torch.arange(b.shape[0], dtype=torch.int64 if wide else torch.int32, device=b.device)
+    Per row and source i: `numbers` (float32, [rows, 5, sources]) holds the upper threshold, lower threshold,
+    factor, weight, and scale (repeated), `last_indices` ([rows, 2, sources]) the upper and lower cuts' last
+    indices, `draws` (int32, [rows, 2, sources]) the draw key and the largest kept draw (limit - 1, so that
+    keeping everything, 2^31 - 1, fits in int32: inductor compares an int32 draw with an int64 limit of 2^31
+    wrongly). Three tensors rather than nine: torch.compile checks every tensor argument on every call. Element
+    indices (within a row) and the last indices are int32 unless `wide` (rows of 2^31 or more elements): half
+    the work of int64 vectors. A source that keeps its whole task vector has the cut (0, n) and the largest kept
+    draw 2^31 - 1, which keep everything with `magnitude` and `random` on as well (see _MERGEABLE_FLAGS)."""
+    upper_t, lower_t, factors, weights, scale = (
+        numbers[:, 0], numbers[:, 1], numbers[:, 2], numbers[:, 3], numbers[:, 4, 0:1]
+    )
+    upper_i, lower_i = last_indices[:, 0], last_indices[:, 1]
+    keys, last_draws = draws[:, 0], draws[:, 1]
+    sources = inputs[1:]
+    b = inputs[0].float()
+    index = torch.arange(b.shape[-1], dtype=torch.int64 if wide else torch.int32, device=b.device)
     hashed = (mix32((index & _MASK32).to(torch.int32)) if wide else mix32(index)) if random else None
     weighted = []
     for i, source in enumerate(sources):
+        column = slice(i, i + 1)  # source i's number of each row, as a column: it broadcasts along the row
         delta = source.float() - b
         if magnitude:
             size = delta.abs()
-            keep = _kept(size, index, upper_t[i], upper_i[i])
+            keep = _kept(size, index, upper_t[:, column], upper_i[:, column])
             if band:
-                keep = keep & ~_kept(size, index, lower_t[i], lower_i[i])
+                keep = keep & ~_kept(size, index, lower_t[:, column], lower_i[:, column])
             delta = torch.where(keep, delta, 0.0)
         if random:
-            draw = (mix32(hashed ^ keys[i]) >> 1) & 0x7FFFFFFF
-            delta = torch.where(draw <= last_draws[i], delta, 0.0)
-        weighted.append(delta * factors[i])
+            draw = (mix32(hashed ^ keys[:, column]) >> 1) & 0x7FFFFFFF
+            delta = torch.where(draw <= last_draws[:, column], delta, 0.0)
+        weighted.append(delta * factors[:, column])
     if not consensus:  # factors are the final coefficients
         total = b
         for d in weighted:
             total = total + d
-        _store(out, checksum, total)
+        _store(out, checksums, total)
         return
     summed = weighted[0]
     for d in weighted[1:]:
@@ -116,55 +122,30 @@ def _masked_mix(
         agreeing = torch.where(signed <= 0, 0.0, d)
         mixed = agreeing if mixed is None else mixed + agreeing
         if normalize:
-            counted = torch.where(signed > 0, weights[i], 0.0)
+            counted = torch.where(signed > 0, weights[:, i : i + 1], 0.0)
             divisor = counted if divisor is None else divisor + counted
     if normalize:
         mixed = mixed / torch.where(divisor == 0, 1.0, divisor)
-    _store(out, checksum, mixed * scale + b)
+    _store(out, checksums, mixed * scale + b)
 
 
-def _weighted_sums(
-    outs: list[torch.Tensor], checksums: torch.Tensor, inputs: list[list[torch.Tensor]], params: list[torch.Tensor]
-) -> None:
-    """_weighted_sum of each tensor t: params[0][t] are its coefficients."""
-    for t, out in enumerate(outs):
-        _weighted_sum(out, checksums[t], inputs[t], params[0][t])
-
-
-def _masked_mixes(
-    outs: list[torch.Tensor],
-    checksums: torch.Tensor,
-    inputs: list[list[torch.Tensor]],
-    params: list[torch.Tensor],
-    **flags: bool,
-) -> None:
-    """_masked_mix of each tensor t: inputs[t] are its base and sources, params its numbers, last indices and
-    draws (row t of each)."""
-    for t, out in enumerate(outs):
-        _masked_mix(out, checksums[t], inputs[t][0], inputs[t][1:], params[0][t], params[1][t], params[2][t], **flags)
-
-
-_KERNELS: dict[str, Callable[..., None]] = {"weighted_sum": _weighted_sums, "masked_mix": _masked_mixes}
+_KERNELS: dict[str, Callable[..., None]] = {"weighted_sum": _weighted_sum, "masked_mix": _masked_mix}
 #: Inductor's settings for the kernels, given with each compile: parallelize every loop (inductor would judge by
 #: the size of the first tensor it saw, which may be small); round a cast to a narrower dtype where it is cast
 #: back (inductor would skip the round trip, so `_store`'s checksum would miss a float16 overflow).
 _INDUCTOR_OPTIONS = {"cpp.dynamic_threads": True, "emulate_precision_casts": True}
-#: Most calls the engine runs as one (run_many), and the numbers of calls it runs as one are powers of two up to
-#: this: each call of a compiled kernel costs 0.3-0.5 ms on CPU on top of its work (experiments/
-#: bench_kernel_calls.py), while compiling a kernel for n calls takes about 2 s per call, once per number.
-GROUP_SIZE = 4
 _compiled: dict[str, Callable[..., None]] = {}
-_compiled_for: set[tuple] = set()  # the signatures (see KernelCall.signature) that compiled in this process
+_compiled_for: set[tuple] = set()  # the signatures (KernelCall.signature, one row or more) compiled in this process
 _unavailable: list[str] = []  # why compiled kernels cannot run in this process, once known
 
 
 @dataclass(frozen=True)
 class KernelCall:
-    """One tensor's merge by a kernel, planned: `run_many` runs it, alone or with calls like it in one call.
+    """One tensor's merge by a kernel, planned: `run_many` runs it, alone or as a row of one call with others.
 
     `inputs` are read elementwise (each with `out`'s number of elements, contiguous); `params` are small tables
-    of numbers, each a nested list and its dtype (the kernel sees them as tensors); `flags` are the kernel's
-    compile-time switches."""
+    of numbers, each a nested list and its dtype (the kernel sees them as tensors, one row per call); `flags` are
+    the kernel's compile-time switches."""
 
     kernel: str
     out: torch.Tensor
@@ -172,18 +153,26 @@ class KernelCall:
     params: tuple[tuple[list, torch.dtype], ...]
     flags: tuple[tuple[str, bool], ...] = ()
 
-    def signature(self) -> tuple:
-        """What the compiled code depends on besides the tensors' sizes: the kernel, its flags, the number,
-        dtypes and devices of its tensors, and whether `out` has at most one element (a size torch.compile
-        specializes)."""
+    def signature(self, flags: tuple[tuple[str, bool], ...] | None = None) -> tuple:
+        """What the compiled code depends on besides the tensors' sizes: the kernel, its flags (or `flags`), the
+        number, dtypes and devices of its tensors, and whether `out` has at most one element (a size
+        torch.compile specializes)."""
         return (
-            self.kernel, self.flags, self.out.dtype, self.out.device, self.out.numel() <= 1,
-            tuple((t.dtype, t.device) for t in self.inputs), tuple(dtype for _, dtype in self.params),
+            self.kernel, self.flags if flags is None else flags, self.out.dtype, self.out.device,
+            self.out.numel() <= 1, tuple((t.dtype, t.device) for t in self.inputs),
+            tuple(dtype for _, dtype in self.params),
         )
 
     def group(self) -> tuple:
-        """Calls with equal groups can run as one: the same signature and number of elements."""
-        return self.signature(), self.out.numel()
+        """Calls with equal groups can run as rows of one call: the same signature but for the flags that can
+        be on for all (_MERGEABLE_FLAGS), and the same number of elements."""
+        return self.signature(tuple(f for f in self.flags if f[0] not in _MERGEABLE_FLAGS)), self.out.numel()
+
+
+#: Flags whose "off" a call's params stand for as well (masked_mix: a cut that keeps all, a draw limit that keeps
+#: all), so that calls that differ in them run as rows of one call with them on: a search that gives some layers
+#: a density of 1 still merges each size in one call.
+_MERGEABLE_FLAGS = frozenset({"magnitude", "random"})
 
 
 def usable(out: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
@@ -198,30 +187,79 @@ def run(call: KernelCall, checksum: torch.Tensor | None = None) -> bool:
 
 
 def run_many(calls: list[KernelCall], checksums: torch.Tensor | None = None) -> bool:
-    """Run calls of one group (KernelCall.group; see `usable`) as one call of their compiled kernel, and the
-    float32 sum of what each stored into `checksums[t]` (a float32 tensor of one entry per call, when given);
-    False, with nothing written, when compiled kernels turn out not to run here."""
+    """Run calls of one group (KernelCall.group; see `usable`): calls whose tensors lie back to back in memory,
+    in the order of their targets (rows of one buffer each, as evomerge/layout.py lays them out), as one call of
+    their compiled kernel over those rows; any other alone. The float32 sum of what each call stored goes to
+    `checksums[t]` (a float32 tensor of one entry per call, when given). False, with nothing written, when
+    compiled kernels turn out not to run here."""
     if _unavailable:
         return False
     first = calls[0]
     if first.kernel not in _compiled:
         _compiled[first.kernel] = torch.compile(_KERNELS[first.kernel], dynamic=True, options=_INDUCTOR_OPTIONS)
     device = first.out.device
-    outs = [flat(call.out) for call in calls]
-    inputs = [[flat(t) for t in call.inputs] for call in calls]
+    order = sorted(range(len(calls)), key=lambda t: calls[t].out.data_ptr())
+    sums = torch.empty(len(calls), dtype=torch.float32, device=device)  # in `order`
+    start = 0
+    for stop in _row_runs([calls[t] for t in order]):
+        if not _run_rows([calls[t] for t in order[start:stop]], sums[start:stop]):
+            return False
+        start = stop
+    if checksums is not None:
+        checksums.index_copy_(0, torch.tensor(order, device=device), sums)
+    return True
+
+
+def _row_runs(calls: list[KernelCall]) -> list[int]:
+    """Where each run of calls ends (exclusive), runs being calls whose `out` and each input lie right after the
+    previous call's, in the same storage."""
+    ends = []
+    for t in range(1, len(calls)):
+        previous, call = calls[t - 1], calls[t]
+        if not all(_follows(a, b) for a, b in zip([previous.out, *previous.inputs], [call.out, *call.inputs],
+                                                     strict=True)):
+            ends.append(t)
+    return [*ends, len(calls)]
+
+
+def _follows(before: torch.Tensor, after: torch.Tensor) -> bool:
+    """Whether `after` starts where `before` ends, in the same storage."""
+    return (
+        after.untyped_storage().data_ptr() == before.untyped_storage().data_ptr()
+        and after.storage_offset() == before.storage_offset() + before.numel()
+    )
+
+
+def _rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Tensors of n elements each, back to back in one storage, as one [len(tensors), n] tensor over that memory
+    that is not a view of any of them (torch.compile guards on a view's base)."""
+    first = tensors[0]
+    alias = torch.empty(0, dtype=first.dtype, device=first.device)
+    return alias.set_(first.untyped_storage(), first.storage_offset(), (len(tensors), first.numel()),
+                      (first.numel(), 1))
+
+
+def _run_rows(calls: list[KernelCall], sums: torch.Tensor) -> bool:
+    """One compiled call over calls that lie back to back (see run_many), their sums into `sums`."""
+    first = calls[0]
+    out = _rows([call.out for call in calls])
+    inputs = [_rows([call.inputs[i] for call in calls]) for i in range(len(first.inputs))]
     params = [
-        torch.tensor([call.params[j][0] for call in calls], dtype=dtype, device=device)
+        torch.tensor([call.params[j][0] for call in calls], dtype=dtype, device=out.device)
         for j, (_, dtype) in enumerate(first.params)
     ]
-    sums = checksums if checksums is not None else torch.empty(len(calls), dtype=torch.float32, device=device)
-    signature = (first.signature(), len(calls))
+    flags = {
+        name: any(dict(call.flags)[name] for call in calls) if name in _MERGEABLE_FLAGS else on
+        for name, on in first.flags
+    }
+    signature = (first.signature(tuple(flags.items())), len(calls) == 1)  # one row: a size compile specializes
     try:
         with torch.no_grad():
             if signature in _compiled_for:
-                _compiled[first.kernel](outs, sums, inputs, params, **dict(first.flags))
+                _compiled[first.kernel](out, sums, inputs, *params, **flags)
             else:
                 with _recompile_settings():
-                    _compiled[first.kernel](outs, sums, inputs, params, **dict(first.flags))
+                    _compiled[first.kernel](out, sums, inputs, *params, **flags)
                 _compiled_for.add(signature)
     except Exception as error:  # noqa: BLE001 - inductor's failures have many types; any one means "use blocks"
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
@@ -230,7 +268,7 @@ def run_many(calls: list[KernelCall], checksums: torch.Tensor | None = None) -> 
             f"evomerge: compiled merge kernels cannot run here ({reason}); merging block by block instead "
             "(slower; set kernels: blocks in the run config to skip compiling)",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         return False
     return True
@@ -238,10 +276,10 @@ def run_many(calls: list[KernelCall], checksums: torch.Tensor | None = None) -> 
 
 @contextlib.contextmanager
 def _recompile_settings() -> Iterator[None]:
-    """Dynamo's settings around a call that may compile: each method, number of sources and number of calls
-    run as one compiles anew, so allow many recompiles, and raise rather than run the kernel uncompiled
-    (whole-tensor temporaries) past them. Set by hand, not by config.patch (about 0.1 ms), and only around calls
-    of a new signature: setting them costs about 50 us, and a candidate runs hundreds of tensors."""
+    """Dynamo's settings around a call that may compile: each method, number of sources and one row or more
+    compiles anew, so allow many recompiles, and raise rather than run the kernel uncompiled (whole-tensor
+    temporaries) past them. Set by hand, not by config.patch (about 0.1 ms), and only around calls of a new
+    signature: setting them costs about 50 us."""
     dynamo = torch._dynamo.config
     saved = dynamo.recompile_limit, dynamo.accumulated_recompile_limit, dynamo.fail_on_recompile_limit_hit
     dynamo.recompile_limit, dynamo.accumulated_recompile_limit = 512, max(saved[1], 1024)
@@ -250,16 +288,6 @@ def _recompile_settings() -> Iterator[None]:
         yield
     finally:
         dynamo.recompile_limit, dynamo.accumulated_recompile_limit, dynamo.fail_on_recompile_limit_hit = saved
-
-
-def flat(tensor: torch.Tensor) -> torch.Tensor:
-    """A contiguous tensor as a 1-D tensor over the same memory that is not a view of it (the tensor itself
-    when it is one): torch.compile guards on a view's base, so views of 1-D and 2-D tensors would compile the
-    kernel twice."""
-    if tensor.dim() == 1 and tensor._base is None:
-        return tensor
-    alias = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
-    return alias.set_(tensor.untyped_storage(), tensor.storage_offset(), (tensor.numel(),), (1,))
 
 
 def weighted_sum_call(out: torch.Tensor, tensors: list[torch.Tensor], coefficients: list[float]) -> KernelCall:

@@ -178,8 +178,8 @@ def _prepared(
 ) -> tuple[torch.Tensor, list[torch.Tensor], Callable[[], torch.Tensor], _Plan]:
     """The flattened base and sources, the block path's working blocks (rows per source, then base, scratch,
     spare and mixed; made on first use: a kernel needs none, unless a cut is selected) and the merge's plan."""
-    base_flat = _flattened(base)
-    flats = [_flattened(source) for source in sources]
+    base_flat = base.reshape(-1)
+    flats = [source.reshape(-1) for source in sources]
     step = block_size(base, block)
     working = functools.cache(lambda: torch.empty(len(flats) + 4, step, dtype=torch.float32, device=base.device))
 
@@ -200,11 +200,6 @@ def _prepared(
     coefficients = [scale * f / divisor for f in factors]  # without sign consensus: base + sum_i c_i kept_i
     whole = consensus is None and all(k is None for k in keepers)
     return base_flat, flats, working, _Plan(keepers, factors, coefficients, whole)
-
-
-def _flattened(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor as 1-D: itself when it is (the engine passes kernels' inputs flattened once: fused.flat)."""
-    return tensor if tensor.dim() == 1 else tensor.reshape(-1)
 
 
 @dataclass(frozen=True)

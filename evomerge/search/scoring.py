@@ -42,7 +42,7 @@ class CandidateScorer:
         if config.stack is not None:
             self.model = self.engine.new_target()
         else:
-            self.model = self.engine.new_target(recipe_dtype(config.recipe))
+            self.model = self.engine.new_target(recipe_dtype(config.recipe), stacked=True)
 
     def score(self, recipe: Recipe | StackRecipe, split: str = "search") -> Scores:
         """The recipe's `{task: {metric: value}}` on one split (materialized into the target model first)."""
