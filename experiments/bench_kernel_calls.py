@@ -4,7 +4,10 @@
     python experiments/bench_kernel_calls.py --size 0.5b --sources 4
 
 For random tensors of a Llama's shapes (no files, no engine), and each method, it times in one process:
-- per tensor: every tensor merged by its own kernel call into its own target, as the engine does;
+- per tensor: every tensor merged by its own kernel call into its own target (as the engine merges into a
+  target that is not stacked);
+- as rows: the tensors of one size laid out as rows of one buffer (evomerge/layout.py), in base, sources and
+  targets, and merged in one kernel call per size (as the engine merges into a stacked target, a search's);
 - one call: the same elements as one tensor, merged by one call (the kernels' throughput without any per-call
   cost);
 - Python: the per-tensor loop with the kernel call left out (our code around the kernels);
@@ -29,9 +32,10 @@ import torch
 from bench_merge import SIZES, copy_seconds
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from evomerge import layout
 from evomerge.methods import fused
 from evomerge.methods.magnitude_cut import MagnitudeCut
-from evomerge.methods.task_arithmetic import generalized_task_arithmetic
+from evomerge.methods.task_arithmetic import generalized_task_arithmetic, task_arithmetic_call
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_kernel_calls.json"
 #: generalized_task_arithmetic's settings per method, as the registry gives them (weights added per run)
@@ -76,6 +80,32 @@ def merge_call(method: str, sources: int) -> Callable[[torch.Tensor, list[torch.
     return call
 
 
+def merge_rows(method: str, sources: int) -> Callable[[list[torch.Tensor], list[list[torch.Tensor]],
+                                                       list[torch.Tensor]], None]:
+    """Like merge_call, over all tensors at once: each tensor's call planned, then calls of one size run as one
+    (fused.run_many), as the engine runs them."""
+    weights = [0.5, 0.3, 0.2, 0.4, 0.1, 0.6][:sources]
+    extra = {"ties": {"density": [0.5] * sources}, "dare_ties": {"drop": [0.5] * sources}}.get(method, {})
+
+    def merge(base: list[torch.Tensor], per_source: list[list[torch.Tensor]], targets: list[torch.Tensor]) -> None:
+        groups: dict[tuple, list[fused.KernelCall]] = {}
+        for b, inputs, out in zip(base, per_source, targets, strict=True):
+            ranks = [FixedCut(b.numel())] * sources if method == "ties" else None
+            call = task_arithmetic_call(out, b, list(inputs), weight=weights, ranks=ranks, **METHODS[method], **extra)
+            groups.setdefault(call.group(), []).append(call)
+        for calls in groups.values():
+            fused.run_many(calls)
+
+    return merge
+
+
+def stacked_copy(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of the tensors, those of one size as rows of one buffer (layout.stack)."""
+    named = {str(i): t.clone() for i, t in enumerate(tensors)}
+    layout.stack(named)
+    return list(named.values())
+
+
 def median_seconds(work: Callable[[], None], repeats: int) -> float:
     work()  # compiles, and warms the caches
     times = []
@@ -97,9 +127,13 @@ def main() -> None:
     base, sources = model_tensors(args.size, args.sources)
     per_source = list(zip(*sources, strict=True))
     targets = [torch.empty_like(b) for b in base]
+    rows_base, rows_targets = stacked_copy(base), stacked_copy(targets)
+    rows_per_source = list(zip(*[stacked_copy(source) for source in sources], strict=True))
     whole_base = torch.cat([b.reshape(-1) for b in base])
     whole_sources = [torch.cat([t.reshape(-1) for t in source]) for source in sources]
     whole_target = torch.empty_like(whole_base)
+    classes = layout.size_classes({str(i): b for i, b in enumerate(base)})
+    calls_as_rows = len(classes) + len(base) - sum(len(names) for names in classes)  # a call per class or tensor
     copy = copy_seconds(base, args.repeats)
     rows = []
     for method in METHODS:
@@ -114,6 +148,10 @@ def main() -> None:
             "method": method,
             "tensors": len(base),
             "per_tensor_seconds": median_seconds(per_tensor, args.repeats),
+            "rows_seconds": median_seconds(
+                lambda method=method: merge_rows(method, args.sources)(rows_base, rows_per_source, rows_targets),
+                args.repeats),
+            "kernel_calls_as_rows": calls_as_rows,
             "one_call_seconds": median_seconds(lambda call=call: call(whole_base, whole_sources, whole_target),
                                                args.repeats),
             "memory_bound_seconds": copy * (inputs + 1) / 2,
@@ -122,7 +160,8 @@ def main() -> None:
             row["python_seconds"] = median_seconds(per_tensor, args.repeats)
         row["per_call_ms"] = (row["per_tensor_seconds"] - row["one_call_seconds"]) / len(base) * 1e3
         rows.append(row)
-        print(f"{method:16} per tensor {row['per_tensor_seconds']:.3f} s  one call {row['one_call_seconds']:.3f} s  "
+        print(f"{method:16} per tensor {row['per_tensor_seconds']:.3f} s  as rows {row['rows_seconds']:.3f} s "
+              f"({row['kernel_calls_as_rows']} calls)  one call {row['one_call_seconds']:.3f} s  "
               f"memory-bound {row['memory_bound_seconds']:.3f} s (x{row['per_tensor_seconds'] / row['memory_bound_seconds']:.1f}"
               f" / x{row['one_call_seconds'] / row['memory_bound_seconds']:.1f})  python {row['python_seconds']:.3f} s  "
               f"per call {row['per_call_ms']:.2f} ms over one call's rate")

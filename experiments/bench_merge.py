@@ -5,8 +5,9 @@
     python experiments/bench_merge.py --size tiny --sources 2 --repeats 1 --no-demo    # a quick check
 
 For each number of sources and each method (linear, task arithmetic, TIES, DARE-TIES) it measures, in one run:
-- ours: seconds per candidate written in place into a resident model (`MergeEngine.materialize`), every
-  candidate with new weights, so nothing is skipped; peak memory of the process as a multiple of the model size;
+- ours: seconds per candidate written in place into a resident model (`MergeEngine.materialize`, into a target
+  made as a search makes it: `new_target(stacked=True)`), every candidate with new weights, so nothing is
+  skipped; peak memory of the process as a multiple of the model size;
 - the memory-bound time: the bytes a candidate must move (read the base and every source, write the target)
   divided by the bandwidth of a plain tensor copy of the model measured in the same process;
 - mergekit (when installed: experiments/setup_mergekit.sh, or --mergekit PATH): `mergekit-yaml` on the same
@@ -166,7 +167,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     paths = [Path(p) for p in args.paths]
     first = recipe_from_dict(our_recipe(args.method, paths, args.sources, 0))
     engine = MergeEngine.from_recipe(first, device=args.device, kernels=args.kernels)
-    model = engine.new_target()
+    model = engine.new_target(stacked=True)
     size = model_bytes(engine.reference)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
