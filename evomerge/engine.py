@@ -301,15 +301,17 @@ class MergeEngine:
         Its weights are overwritten by every materialize; it is loaded (not built from the config) so that
         non-persistent buffers such as rotary frequencies are computed as the architecture computes them.
         `stacked`: lay out its parameters of one size as rows of one buffer (layout.stack_parameters), where
-        this engine merges by compiled kernels: each size is then merged in one kernel call. For a model that
-        is searched over, not for one to be saved.
+        this engine merges by compiled kernels: each size is then merged in one kernel call. Parameters that every
+        materialize writes (all, usually) are then left unset until the first. For a model that is searched
+        over, not for one to be saved.
         """
         dtype = dtype or self.stored_dtype
         ref = self.reference
         model = AutoModelForCausalLM.from_pretrained(ref.directory, gguf_file=ref.gguf_file, dtype=dtype)
         model = model.to(self.device).eval()
         if stacked and self.compiled and self._inputs_resident:
-            layout.stack_parameters(model, self.reference.tensors)
+            written = {name for name, _ in model.named_parameters()} <= self.reference.tensors.keys()
+            layout.stack_parameters(model, self.reference.tensors, values=not written)
         return model
 
     def _check_same_models(self, recipe: Recipe) -> None:

@@ -23,33 +23,39 @@ def size_classes(tensors: Mapping[str, torch.Tensor]) -> list[list[str]]:
     return [names for names in classes.values() if len(names) > 1]
 
 
-def stack(tensors: dict[str, torch.Tensor]) -> None:
-    """Lay out each size class (size_classes) of `tensors` as the rows of one new buffer, in place: the same names,
-    shapes and values. One class at a time, so that (when nothing else holds the tensors) the copies of one
-    class are all the memory this takes besides."""
-    for names in size_classes(tensors):
+def stack(tensors: dict[str, torch.Tensor], values: bool = True) -> None:
+    """Lay out each size class (size_classes) of `tensors` as the rows of one new buffer, in place (the same
+    names and shapes, and values unless `values` is False), and move every other tensor into memory of its own.
+
+    Why the others move too: tensors loaded from safetensors are views of the file's mapping, and any one left
+    would keep the whole file mapped, and as resident as the rows that copy it. One class at a time, so that the
+    copies of one class are all the memory this takes besides the tensors (when nothing else holds them)."""
+    classes = size_classes(tensors)
+    for names in classes:
         rows = _rows_buffer(len(names), tensors[names[0]])
         for row, name in zip(rows, names, strict=True):
-            row.copy_(tensors[name].reshape(-1))
+            if values:
+                row.copy_(tensors[name].reshape(-1))
             tensors[name] = row.view(tensors[name].shape)
+    stacked = {name for names in classes for name in names}
+    for name in [name for name in tensors if name not in stacked]:
+        tensors[name] = tensors[name].clone() if values else torch.empty_like(tensors[name])
 
 
-def stack_parameters(model: torch.nn.Module, order: Iterable[str] = ()) -> None:
-    """Move the model's parameters, each size class (size_classes), into the rows of one buffer (values kept),
-    in the order of the names in `order` (the others after them, in the model's order): the order its inputs'
-    rows are in, so that kernels can run over both.
+def stack_parameters(model: torch.nn.Module, order: Iterable[str] = (), values: bool = True) -> None:
+    """`stack` the model's parameters, each class's rows in the order of the names in `order` (the others after
+    them, in the model's order): the order its inputs' rows are in, so that kernels can run over both. Without
+    `values`, the parameters are left uninitialized: for a model whose every parameter is written next, this
+    spares reading the file a loaded model maps.
 
     For models a search materializes into; not for one to be saved: save_pretrained takes tensors that share
     a buffer for tied weights."""
     named = dict(model.named_parameters())
     parameters = {name: named[name] for name in order if name in named} | named
-    with torch.no_grad():
-        for names in size_classes(parameters):
-            rows = _rows_buffer(len(names), parameters[names[0]])
-            for row, name in zip(rows, names, strict=True):
-                parameter = parameters[name]
-                row.copy_(parameter.reshape(-1))
-                parameter.data = row.view(parameter.shape)
+    tensors = {name: parameter.data for name, parameter in parameters.items()}
+    stack(tensors, values)
+    for name, parameter in parameters.items():
+        parameter.data = tensors[name]
 
 
 def _rows_buffer(count: int, like: torch.Tensor) -> torch.Tensor:

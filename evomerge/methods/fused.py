@@ -190,8 +190,9 @@ def run_many(calls: list[KernelCall], checksums: torch.Tensor | None = None) -> 
     """Run calls of one group (KernelCall.group; see `usable`): calls whose tensors lie back to back in memory,
     in the order of their targets (rows of one buffer each, as evomerge/layout.py lays them out), as one call of
     their compiled kernel over those rows; any other alone. The float32 sum of what each call stored goes to
-    `checksums[t]` (a float32 tensor of one entry per call, when given). False, with nothing written, when
-    compiled kernels turn out not to run here."""
+    `checksums[t]` (a float32 tensor of one entry per call, when given). False when compiled kernels turn out
+    not to run here: the calls are then for the block path to merge (those of a run compiled before may have
+    been written)."""
     if _unavailable:
         return False
     first = calls[0]
