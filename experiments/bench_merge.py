@@ -7,7 +7,8 @@
 For each number of sources and each method (linear, task arithmetic, TIES, DARE-TIES) it measures, in one run:
 - ours: seconds per candidate written in place into a resident model (`MergeEngine.materialize`, into a target
   made as a search makes it: `new_target(stacked=True)`), every candidate with new weights, so nothing is
-  skipped; peak memory of the process as a multiple of the model size;
+  skipped; peak memory of the process as a multiple of the model size, over the timed candidates (what a
+  search holds), and through the first candidate (loading, compiling the kernels, finding the cuts);
 - the memory-bound time: the bytes a candidate must move (read the base and every source, write the target)
   divided by the bandwidth of a plain tensor copy of the model measured in the same process;
 - mergekit (when installed: experiments/setup_mergekit.sh, or --mergekit PATH): `mergekit-yaml` on the same
@@ -139,6 +140,12 @@ def peak_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 
 
+def reset_peak_rss() -> None:
+    """Start this process's VmHWM anew from its present resident memory (Linux: clear_refs 5)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
 def copy_seconds(tensors: list[torch.Tensor], repeats: int) -> float:
     """Median seconds of a plain copy of all `tensors` into preallocated ones (the model's memcpy)."""
     targets = [torch.empty_like(t) for t in tensors]
@@ -174,6 +181,8 @@ def run_ours(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     engine.materialize(first, model)  # warm-up: compiles the kernel and sorts the task vectors (TIES) once
     first_seconds = time.perf_counter() - started
+    peak_first = peak_rss()
+    reset_peak_rss()  # from here: the peak of a search's every later candidate
     times = []
     for candidate in range(1, args.repeats + 1):
         recipe = recipe_from_dict(our_recipe(args.method, paths, args.sources, candidate))
@@ -200,6 +209,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         "peak_rss_bytes": peak,
         "rss_before_bytes": rss_before,
         "peak_models": (peak - rss_before) / size,
+        "peak_models_through_first_candidate": (peak_first - rss_before) / size,
         "memory_goal_models": inputs + 2,
     }
     if args.device.startswith("cuda"):
@@ -448,7 +458,7 @@ def precomputed_vs_on_the_fly(paths: list[Path], repeats: int) -> dict:
         return result.add_(base_flat[start:stop])
 
     def on_the_fly() -> None:
-        generalized_task_arithmetic(base, sources, sparsification=None, consensus=None, weight=list(WEIGHTS[:3]),
+        generalized_task_arithmetic(base, sources, sparsification=None, consensus=None, weight=list(WEIGHTS[: len(sources)]),
                                     out=out)
 
     timings = {}
@@ -487,7 +497,8 @@ def print_row(row: dict) -> None:
     ours = row["ours"]
     text = (f"{row['method']:16} sources={row['sources']}  ours ({ours['kernels']}) {ours['seconds']:.3f} s "
             f"(memory-bound {ours['memory_bound_seconds']:.3f} s, x{ours['seconds'] / ours['memory_bound_seconds']:.1f}; "
-            f"peak {ours['peak_models']:.1f} models, goal <= {ours['memory_goal_models']})")
+            f"peak {ours['peak_models']:.1f} models, goal <= {ours['memory_goal_models']}; through the first "
+            f"candidate {ours['peak_models_through_first_candidate']:.1f})")
     if "mergekit_yaml" in row:
         mk = row["mergekit_yaml"]["seconds"]
         text += f"  mergekit-yaml {mk:.2f} s (x{mk / ours['seconds']:.0f})"
