@@ -458,8 +458,8 @@ def precomputed_vs_on_the_fly(paths: list[Path], repeats: int) -> dict:
         return result.add_(base_flat[start:stop])
 
     def on_the_fly() -> None:
-        generalized_task_arithmetic(base, sources, sparsification=None, consensus=None, weight=list(WEIGHTS[: len(sources)]),
-                                    out=out)
+        generalized_task_arithmetic(base, sources, sparsification=None, consensus=None,
+                                    weight=list(WEIGHTS[: len(sources)]), out=out)
 
     timings = {}
     for label, action in (("on_the_fly_seconds", on_the_fly),

@@ -10,9 +10,10 @@ A kernel merges tensors of one size that lie back to back in memory as the rows 
 engine plans each tensor's call, KernelCall, and lays out its models so, evomerge/layout.py), because every call
 has a cost of its own besides its work.
 
-Compiling costs seconds per method, number of sources and one row or more, once per process (torch caches the compiled code on disk across processes), so the engine uses these kernels for large
-models only (its `kernels` setting). When compiling fails (no C++ compiler, say), one warning says so and
-every merge of the process computes by blocks.
+Compiling costs seconds per method, number of sources and one row or more, once per process (torch caches the
+compiled code on disk across processes), so the engine uses these kernels for large models only (its `kernels`
+setting). When compiling fails (no C++ compiler, say), one warning says so and every merge of the process
+computes by blocks.
 """
 
 from __future__ import annotations
@@ -68,10 +69,10 @@ def _masked_mix(
     normalize: bool,
     wide: bool,
 ) -> None:
-    """Row by row (each row one tensor; `inputs` are the base and the sources): sparsify each delta (`magnitude`: keep its upper cut, minus its lower
-    cut when `band`; `random`: keep draws below the limit), weight it by its factor, mix (sum, or TIES' sign
-    election and disjoint sum divided by the agreeing weights when `normalize`), and write base + scale * mix:
-    task_arithmetic.py's definition.
+    """Row by row (each row one tensor; `inputs` are the base and the sources): sparsify each delta
+    (`magnitude`: keep its upper cut, minus its lower cut when `band`; `random`: keep draws below the limit),
+    weight it by its factor, mix (sum, or TIES' sign election and disjoint sum divided by the agreeing weights
+    when `normalize`), and write base + scale * mix: task_arithmetic.py's definition.
 
     Per row and source i: `numbers` (float32, [rows, 5, sources]) holds the upper threshold, lower threshold,
     factor, weight, and scale (repeated), `last_indices` ([rows, 2, sources]) the upper and lower cuts' last
