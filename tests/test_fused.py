@@ -84,11 +84,14 @@ FUSED_PARAMS = {"weight": [0.7, -0.3, 1.2], "density": [0.5, 0.25, 0.75], "drop"
                 "gamma": [0.125, 0.0625, 0.25], "scale": 0.9}
 
 
-@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("wide, kept_hash", [(False, True), (False, False), (True, False)])
 @pytest.mark.parametrize("name", ["task_arithmetic", "ties", "dare_ties", "breadcrumbs"])
-def test_compiled_kernels_give_the_block_path_merge(name, wide, monkeypatch):
+def test_compiled_kernels_give_the_block_path_merge(name, wide, kept_hash, monkeypatch):
     if wide:  # index the elements in int64, as for tensors of 2^31 elements or more
         monkeypatch.setattr(fused, "WIDE_FROM_ELEMENTS", 0)
+    if not kept_hash:  # DARE's index hash computed in the kernel, as for rows longer than KEPT_HASH_ELEMENTS
+        monkeypatch.setattr(fused, "KEPT_HASH_ELEMENTS", 0)
+    monkeypatch.setattr(fused, "_kept_hashes", {})
     method = get_method(name)
     base, sources = tie_heavy(20_011)
     params = {spec.name: FUSED_PARAMS.get(spec.name, spec.default) for spec in method.params}
@@ -100,6 +103,9 @@ def test_compiled_kernels_give_the_block_path_merge(name, wide, monkeypatch):
     assert not fused._unavailable, fused._unavailable  # the kernel ran: no fall back to blocks
     torch.testing.assert_close(compiled, blocks, rtol=1e-6, atol=1e-6)
     assert torch.equal(compiled == 0, blocks == 0)  # the same entries dropped
+    kept = list(fused._kept_hashes.values())
+    assert len(kept) == (name == "dare_ties" and kept_hash and not wide)
+    assert all(torch.equal(hashed, index_hash(0, 20_011)) for hashed in kept)
 
 
 @pytest.mark.parametrize("stacked", [True, False])
