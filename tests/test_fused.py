@@ -174,7 +174,6 @@ def without_a_compiler(monkeypatch):
 
     monkeypatch.setattr(fused, "_unavailable", [])
     monkeypatch.setattr(fused, "_compiled", {})
-    monkeypatch.setattr(fused, "_compiled_for", set())
     monkeypatch.setattr(torch, "compile", no_compiler)
 
 
@@ -242,18 +241,23 @@ def test_a_merge_that_overflows_only_in_float16_fails_by_kernels_and_by_blocks(t
         engine.materialize(recipe, engine.new_target(torch.float16))
 
 
-def test_only_a_call_of_a_new_signature_sets_the_recompile_settings(monkeypatch):
-    entered = []
-    settings = fused._recompile_settings
-    monkeypatch.setattr(fused, "_recompile_settings", lambda: entered.append(1) or settings())
-    monkeypatch.setattr(fused, "_compiled_for", set())
-    for n, dtype in [(1000, torch.bfloat16), (3000, torch.bfloat16), (2000, torch.float16), (5000, torch.float16)]:
-        tensors = [torch.randn(n).to(dtype) for _ in range(3)]
-        out = torch.empty(n, dtype=dtype)
-        assert fused.weighted_sum(out, tensors, [0.5, 0.25, 0.25])
-        expected = sum(c * t.float() for c, t in zip([0.5, 0.25, 0.25], tensors, strict=True)).to(dtype)
+def test_kernels_of_many_shapes_and_dtypes_all_run_compiled(monkeypatch):
+    """More compiled variants of one kernel than dynamo's default limit (8), each first met after the kernel
+    has compiled: all compile (past dynamo's limit, a call would raise here rather than run uncompiled)."""
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(fused, "_unavailable", [])
+    variants = [(rows, n, dtype, sources) for rows, n in [(1, 1000), (3, 1000), (1, 5000), (3, 5000)]
+                for dtype in (torch.bfloat16, torch.float16) for sources in (2, 3)]
+    for rows, n, dtype, sources in variants:
+        tensors = [torch.randn(rows, n).to(dtype) for _ in range(sources)]
+        out = torch.empty(rows, n, dtype=dtype)
+        coefficients = [0.5, 0.25, 0.25][:sources]
+        calls = [fused.weighted_sum_call(out[r], [t[r] for t in tensors], coefficients) for r in range(rows)]
+        assert fused.run_many(calls), fused._unavailable
+        expected = sum(c * t.float() for c, t in zip(coefficients, tensors, strict=False)).to(dtype)
         torch.testing.assert_close(out, expected, rtol=1e-2, atol=1e-2)
-    assert len(entered) == 2  # once per dtype: a new size of a known signature needs no recompile
 
 
 def test_a_kernel_that_cannot_compile_falls_back_to_blocks_with_one_warning(without_a_compiler):

@@ -146,7 +146,6 @@ _KERNELS: dict[str, Callable[..., None]] = {"weighted_sum": _weighted_sum, "mask
 #: back (inductor would skip the round trip, so `_store`'s checksum would miss a float16 overflow).
 _INDUCTOR_OPTIONS = {"cpp.dynamic_threads": True, "emulate_precision_casts": True}
 _compiled: dict[str, Callable[..., None]] = {}
-_compiled_for: set[tuple] = set()  # the signatures (KernelCall.signature, one row or more) compiled in this process
 _unavailable: list[str] = []  # why compiled kernels cannot run in this process, once known
 
 
@@ -267,16 +266,9 @@ def _run_rows(calls: list[KernelCall], sums: torch.Tensor) -> bool:
     extra = {}
     if first.kernel == "masked_mix":
         extra["hashed_index"] = _kept_hash(first.out.numel(), out.device, flags)
-    # compiled anew for: other flags, one row (a size torch.compile specializes), a kept hash or none
-    signature = (first.signature(tuple(flags.items())), len(calls) == 1, extra.get("hashed_index") is None)
     try:
-        with torch.no_grad():
-            if signature in _compiled_for:
-                _compiled[first.kernel](out, sums, inputs, *params, **extra, **flags)
-            else:
-                with _recompile_settings():
-                    _compiled[first.kernel](out, sums, inputs, *params, **extra, **flags)
-                _compiled_for.add(signature)
+        with torch.no_grad(), _recompile_settings():
+            _compiled[first.kernel](out, sums, inputs, *params, **extra, **flags)
     except Exception as error:  # noqa: BLE001 - inductor's failures have many types; any one means "use blocks"
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         _unavailable.append(reason)
@@ -302,10 +294,11 @@ def _kept_hash(n: int, device: torch.device, flags: dict[str, bool]) -> torch.Te
 
 @contextlib.contextmanager
 def _recompile_settings() -> Iterator[None]:
-    """Dynamo's settings around a call that may compile: each method, number of sources and one row or more
-    compiles anew, so allow many recompiles, and raise rather than run the kernel uncompiled (whole-tensor
-    temporaries) past them. Set by hand, not by config.patch (about 0.1 ms), and only around calls of a new
-    signature: setting them costs about 50 us."""
+    """Dynamo's settings around every call of a kernel (any call may compile: each method, number of sources,
+    one row or more, a kept hash or none, and size ranges inductor specializes, such as rows shorter than 4097,
+    compile anew, and dynamo counts them all against one function): allow many recompiles, and raise rather than
+    run the kernel uncompiled (whole-tensor temporaries) past them. Set by hand: config.patch costs about
+    0.1 ms, this about 0.05 ms, a few times per candidate for a stacked model."""
     dynamo = torch._dynamo.config
     saved = dynamo.recompile_limit, dynamo.accumulated_recompile_limit, dynamo.fail_on_recompile_limit_hit
     dynamo.recompile_limit, dynamo.accumulated_recompile_limit = 512, max(saved[1], 1024)
