@@ -9,7 +9,8 @@ The engine's contract:
   parameters did not change since the last materialize into the same model is not written again.
 - **Memory.** Resident: the base and the sources in their own dtype (or `sources_dtype`), on the device or, with
   `sources_device="cpu"`, in host memory (each tensor then crosses to the device when it is merged); the
-  target; working blocks. `from_recipe` checks this fits before loading and raises UsageError when it cannot.
+  target; working blocks (and, for compiled DARE, its index hash per row length: fused.KEPT_HASH_ELEMENTS).
+  `from_recipe` checks this fits before loading and raises UsageError when it cannot.
 - **Bit-reproducible.** The same recipe over the same sources gives bit-identical tensors, whatever was
   materialized before and on whatever device: each tensor's random draws (DARE) are a hash of the recipe's seed,
   the tensor's name and the element (methods/counter_random.py).
