@@ -163,20 +163,14 @@ class KernelCall:
     params: tuple[tuple[list, torch.dtype], ...]
     flags: tuple[tuple[str, bool], ...] = ()
 
-    def signature(self, flags: tuple[tuple[str, bool], ...] | None = None) -> tuple:
-        """What the compiled code depends on besides the tensors' sizes: the kernel, its flags (or `flags`), the
-        number, dtypes and devices of its tensors, and whether `out` has at most one element (a size
-        torch.compile specializes)."""
-        return (
-            self.kernel, self.flags if flags is None else flags, self.out.dtype, self.out.device,
-            self.out.numel() <= 1, tuple((t.dtype, t.device) for t in self.inputs),
-            tuple(dtype for _, dtype in self.params),
-        )
-
     def group(self) -> tuple:
-        """Calls with equal groups can run as rows of one call: the same signature but for the flags that can
-        be on for all (_MERGEABLE_FLAGS), and the same number of elements."""
-        return self.signature(tuple(f for f in self.flags if f[0] not in _MERGEABLE_FLAGS)), self.out.numel()
+        """Calls with equal groups can run as rows of one call: the same kernel, flags (but for those that can be
+        on for all, _MERGEABLE_FLAGS), number, dtypes and devices of tensors, and number of elements."""
+        return (
+            self.kernel, tuple(f for f in self.flags if f[0] not in _MERGEABLE_FLAGS), self.out.dtype,
+            self.out.device, tuple((t.dtype, t.device) for t in self.inputs), tuple(dtype for _, dtype in self.params),
+            self.out.numel(),
+        )
 
 
 #: Flags whose "off" a call's params stand for as well (masked_mix: a cut that keeps all, a draw limit that keeps
