@@ -94,7 +94,8 @@ def snapshot() -> dict:
             print("$", " ".join(command[1:]), flush=True)
             subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
                            stdout=subprocess.DEVNULL)
-            found[name] = ledger(run_dir)
+            # the runs' directories are temporary: their path is written as RUN_ROOT
+            found[name] = json.loads(json.dumps(ledger(run_dir)).replace(str(root), "RUN_ROOT"))
     return found
 
 
