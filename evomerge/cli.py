@@ -7,26 +7,14 @@ nothing written.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import yaml
 
 from evomerge import __version__
 from evomerge.errors import MergeFailure, UsageError
 from evomerge.search.timing import GRACE_HEARTBEATS, HEARTBEAT_SECONDS, PATIENCE_SECONDS
-
-if TYPE_CHECKING:
-    from evomerge.config import RunConfig
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-DEMO_MARKER = "demo.json"
-RUN_CONFIG = "config.yaml"
 
 DESCRIPTION = """\
 evomerge searches for the best way to merge fine-tuned language models into one.
@@ -161,6 +149,25 @@ def build_parser() -> argparse.ArgumentParser:
         "has no held-out score for them yet (a finished run has them), and store those scores in the ledger",
     )
     status.set_defaults(run=_run_status)
+
+    score = commands.add_parser(
+        "score",
+        help="score a run's candidates on the held-out split and record the scores in its ledger",
+        description="Score on the held-out split the best candidate, every Pareto point and the models the "
+        "search is measured against (each source alone in a layer-stacking run), or the trials --trial names, "
+        "where the ledger has no held-out score for them yet, and store the scores in the ledger, where "
+        "status, report and export read them. A finished run has scored its best and Pareto candidates "
+        "already; use this for a run still going or stopped, or for a trial you want to export.",
+        epilog="examples: evomerge score runs/demo; evomerge score runs/demo --trial 17 --trial 40",
+    )
+    score.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="the run directory")
+    score.add_argument("--storage", metavar="URL", help="instead of RUN_DIR: the storage of a shared run")
+    score.add_argument("--study", metavar="NAME", help="with --storage: the study's name")
+    score.add_argument("--trial", type=int, action="append", metavar="N",
+                       help="score this trial (repeat for several) instead of the ones the run shows")
+    score.add_argument("--phase", choices=("merge", "stack"),
+                       help="a hybrid run, with --trial: the phase of the trials (default: stack)")
+    score.set_defaults(run=_run_score)
     _add_result_commands(commands)
     return parser
 
@@ -190,7 +197,8 @@ def _add_result_commands(commands: argparse._SubParsersAction) -> None:
         "best recipe's per-layer parameters, and a table of the best and Pareto candidates with search and "
         "held-out scores, merge and evaluation time. For a layer-stacking run, each source alone takes the "
         "baselines' place and a bar chart of the best stack (each layer's source, source layer and scale) "
-        "the heat map's. Held-out scores missing from the ledger are computed and stored first. The run "
+        "the heat map's. It only reads the ledger: held-out scores are those the run recorded (`evomerge "
+        "score` adds missing ones); rows without one show a dash. The run "
         "directory also opens in optuna-dashboard as it is.",
         epilog="example: evomerge report runs/demo",
     )
@@ -206,7 +214,8 @@ def _add_result_commands(commands: argparse._SubParsersAction) -> None:
         "a model card with the sources, method, search settings and scores. A layer-stacking run's candidate "
         "is written as an ordinary checkpoint of the new depth, each layer's scale folded into its attention "
         "and MLP output projections (exact up to RMSNorm's epsilon), its card listing the layers. The "
-        "candidate's held-out scores are computed and stored in the ledger if it has none.",
+        "card's held-out scores are those in the ledger (`evomerge score RUN_DIR --trial N` adds them for a "
+        "trial the run did not score).",
         epilog="examples: evomerge export runs/demo --out merged; evomerge export runs/pareto --pick pareto:2 "
         "--out merged-p2 --format mergekit",
     )
@@ -278,6 +287,12 @@ def _quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created; the ledger has it all
 
 
+def _run_demo(args: argparse.Namespace) -> None:
+    from evomerge.demo import run_demo
+
+    run_demo(args.out)
+
+
 def _run_zoo_build(args: argparse.Namespace) -> None:
     from evomerge.zoo import build_zoo, format_matrix
 
@@ -288,18 +303,14 @@ def _run_zoo_build(args: argparse.Namespace) -> None:
 
 
 def _run_merge(args: argparse.Namespace) -> None:
-    from evomerge.dfs import StackRecipe
-    from evomerge.export import write_merge
     from evomerge.files import read_yaml
-    from evomerge.search.space import candidate_from_dict
-    from evomerge.stacking import write_stack
+    from evomerge.search.space import space_class_of
 
-    recipe = candidate_from_dict(read_yaml(args.recipe, "recipe"), origin=f"recipe '{args.recipe}'")
+    data = read_yaml(args.recipe, "recipe")
+    space = space_class_of(data)
+    candidate = space.parse(data, origin=f"recipe '{args.recipe}'")
     started = time.perf_counter()
-    if isinstance(recipe, StackRecipe):
-        write_stack(recipe, args.out, device=args.device)
-    else:
-        write_merge(recipe, args.out, device=args.device)
+    space.write(candidate, args.out, device=args.device)
     print(f"merged model written to {args.out} in {time.perf_counter() - started:.1f} s")
 
 
@@ -321,174 +332,122 @@ def _run_search(args: argparse.Namespace) -> None:
     from evomerge.config import load_config
 
     config = load_config(args.config, _search_overrides(args))
-    _search(config, shared=args.storage is not None, heartbeat=args.heartbeat, patience=args.patience)
+    _searched(config, shared=args.storage is not None, heartbeat=args.heartbeat, patience=args.patience)
 
 
 def _run_worker(args: argparse.Namespace) -> None:
     from evomerge.search.worker import joined_config
 
     config = joined_config(args.storage, args.study, args.device, str(args.run_dir) if args.run_dir else None)
-    _search(config, shared=True, patience=args.patience)
+    _searched(config, shared=True, patience=args.patience)
 
 
 def _run_resume(args: argparse.Namespace) -> None:
-    _search(_stored_config(args.run_dir, _search_overrides(args)))
+    from evomerge.search.runs import stored_config
+
+    _searched(stored_config(args.run_dir, _search_overrides(args)))
 
 
-def _stored_config(run_dir: Path, overrides: dict[str, object]) -> RunConfig:
-    """The config a run directory was started with (it may have moved: `run_dir` is where it is now)."""
-    from evomerge.config import load_config
+def _searched(config, **options) -> None:
+    """Run the search, then print its status; Ctrl-C says how to go on."""
+    from evomerge.search.hybrid import run_status_text
+    from evomerge.search.runs import run_search
 
-    if not (run_dir / RUN_CONFIG).is_file():
-        raise UsageError(f"'{run_dir}' holds no run (no {RUN_CONFIG}); start one with: evomerge run CONFIG")
-    return load_config(run_dir / RUN_CONFIG, {**overrides, "run_dir": str(run_dir)})
-
-
-def _search(
-    config: RunConfig,
-    shared: bool = False,
-    heartbeat: int = HEARTBEAT_SECONDS,
-    patience: float = PATIENCE_SECONDS,
-) -> None:
-    """Run (or resume) a search; a shared one, or a run whose study is shared, as one of its workers."""
-    from evomerge.search.hybrid import HybridSearch, run_status_text
-    from evomerge.search.loop import Search
-    from evomerge.search.worker import SharedSearch, is_shared
-
-    if config.hybrid:
-        if shared:
-            raise UsageError("a hybrid run (recipe, genome and stack) runs in one process; drop --storage")
-        search = HybridSearch(config)
-    elif shared or is_shared(config):
-        search = SharedSearch(config, heartbeat_seconds=heartbeat, patience=patience)
-    else:
-        search = Search(config)
-    _write_run_config(config)
     try:
-        search.run()
+        run_search(config, **options)
     except KeyboardInterrupt:
         print(f"evomerge: stopped; nothing is lost: evomerge resume {config.run_dir}", file=sys.stderr)
         raise SystemExit(130) from None
     print(run_status_text(config))
 
 
-def _write_run_config(config: RunConfig) -> None:
-    """The config beside the ledger, for resume, status, report and export (kept if already there)."""
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    if not (config.run_dir / RUN_CONFIG).is_file():
-        (config.run_dir / RUN_CONFIG).write_text(yaml.safe_dump(config.to_json_dict(), sort_keys=False))
-
-
 def _run_status(args: argparse.Namespace) -> None:
-    from evomerge.search.hybrid import phase_configs, run_status_text
+    from evomerge.search.hybrid import run_status_text
+
+    config = _located_config(args)
+    if args.held_out:
+        _record_held_out(config)
+    print(run_status_text(config))
+
+
+def _run_score(args: argparse.Namespace) -> None:
+    from evomerge.search.held_out import record_held_out
+    from evomerge.search.hybrid import exported_phase, run_status_text
     from evomerge.search.ledger import load_run_study
+
+    config = _located_config(args)
+    if args.trial:
+        phase = exported_phase(config, args.phase)
+        study = load_run_study(phase)
+        trials = {t.number: t for t in study.get_trials(deepcopy=False) if t.values is not None}
+        missing = sorted(set(args.trial) - set(trials))
+        if missing:
+            raise UsageError(
+                f"--trial {', '.join(map(str, missing))}: no completed trial of that number in the run in "
+                f"{config.run_dir}; `evomerge status` lists them"
+            )
+        record_held_out(phase, study, trials=[trials[number] for number in args.trial])
+    else:
+        _record_held_out(config)
+    print(run_status_text(config))
+
+
+def _located_config(args: argparse.Namespace):
+    """The config of the run named by RUN_DIR, or by --storage and --study."""
+    from evomerge.search.runs import stored_config
     from evomerge.search.worker import joined_config
 
     if args.storage is not None and args.study is not None and args.run_dir is None:
-        config = joined_config(args.storage, args.study, worker=False)
-    elif args.storage is None and args.study is None and args.run_dir is not None:
-        config = _stored_config(args.run_dir, {})
-    else:
-        raise UsageError("give either RUN_DIR or both --storage URL and --study NAME")
-    if args.held_out:
-        from evomerge.search.held_out import record_held_out
+        return joined_config(args.storage, args.study, worker=False)
+    if args.storage is None and args.study is None and args.run_dir is not None:
+        return stored_config(args.run_dir)
+    raise UsageError("give either RUN_DIR or both --storage URL and --study NAME")
 
-        for _, phase in phase_configs(config):
-            record_held_out(phase, load_run_study(phase))
-    print(run_status_text(config))
+
+def _record_held_out(config) -> None:
+    """Score on the held-out split, in each phase, the trials a run shows that have no held-out score yet."""
+    from evomerge.search.held_out import record_held_out
+    from evomerge.search.hybrid import phase_configs
+    from evomerge.search.ledger import load_run_study
+
+    for _, phase in phase_configs(config):
+        record_held_out(phase, load_run_study(phase))
 
 
 def _run_report(args: argparse.Namespace) -> None:
     from evomerge.report import write_report
+    from evomerge.search.runs import stored_config
 
-    print(f"report written to {write_report(_stored_config(args.run_dir, {}))}")
+    print(f"report written to {write_report(stored_config(args.run_dir))}")
 
 
 def _run_export(args: argparse.Namespace) -> None:
     from evomerge.search.export import export_candidate, pick_trial
+    from evomerge.search.hybrid import exported_phase
     from evomerge.search.ledger import load_run_study
+    from evomerge.search.runs import stored_config
 
-    config = _exported_phase(_stored_config(args.run_dir, {}), args.phase)
+    config = exported_phase(stored_config(args.run_dir), args.phase)
     study = load_run_study(config)
     trial, chosen_as = pick_trial(config, study, args.trial, args.pick)
     export_candidate(config, study, trial, chosen_as, args.out, force=args.force, fmt=args.format)
     print(f"trial {trial.number} ({chosen_as}) written to {args.out}")
 
 
-def _exported_phase(config: RunConfig, phase: str | None) -> RunConfig:
-    """The run config of the study to export from: the run's, or the chosen phase's of a hybrid run."""
-    from evomerge.search.hybrid import phase_configs
-
-    if not config.hybrid:
-        if phase is not None:
-            raise UsageError("--phase: only a hybrid run (recipe, genome and stack) has phases; drop it")
-        return config
-    phases = dict(phase_configs(config))
-    name = "merge phase" if phase == "merge" else "layer-stacking phase"
-    if name not in phases:
-        raise UsageError(
-            f"the layer-stacking phase of the run in {config.run_dir} has not started yet; export the merge "
-            "phase's best with --phase merge"
-        )
-    return phases[name]
-
-
 def _run_baselines(args: argparse.Namespace) -> None:
     from evomerge.config import load_config
-    from evomerge.report import baseline_rows, results_table
-    from evomerge.search.baselines import run_baselines
+    from evomerge.report import results_table
+    from evomerge.search.baselines import baseline_rows, run_baselines
+    from evomerge.search.runs import stored_config, write_run_config
 
     if args.config.is_dir():
-        config = _stored_config(args.config, {})
+        config = stored_config(args.config)
     else:
         config = load_config(args.config, {} if args.run_dir is None else {"run_dir": str(args.run_dir)})
     searched = config.merge_phase() if config.hybrid else config  # a hybrid's baselines: its merge phase's
-    if searched.stack is not None:
-        raise UsageError(
-            "evomerge baselines does not handle layer-stacking (stack:) runs: its baselines are merges of a "
-            "run's recipe; `evomerge report RUN_DIR` compares the best stack with each source alone"
-        )
     baselines = run_baselines(searched)
-    _write_run_config(config)
+    write_run_config(config)
     print(results_table(config, baseline_rows(config, baselines)))
-
-
-def _run_demo(args: argparse.Namespace) -> None:
-    from evomerge.config import load_config
-    from evomerge.report import Row, baseline_rows, objective_values, results_table, write_report
-    from evomerge.search.baselines import run_baselines
-    from evomerge.search.export import export_candidate, pick_trial
-    from evomerge.search.ledger import load_run_study
-    from evomerge.search.loop import Search
-    from evomerge.search.results import held_out_scores
-    from evomerge.zoo import ensure_zoo
-
-    out: Path = args.out
-    if out.exists():
-        if not (out / DEMO_MARKER).is_file():
-            raise UsageError(f"'{out}' exists and is not a previous demo's output; choose another --out")
-        shutil.rmtree(out)
-    zoo = ensure_zoo()
-    out.mkdir(parents=True)
-    (out / DEMO_MARKER).write_text(json.dumps({"zoo": str(zoo), "finished": False}) + "\n")
-    config = load_config(CONFIGS / "demo.yaml", {"run_dir": str(out / "run")})
-    print(f"searching per-layer DARE weights and drop rates ({config.budget.evaluations} candidates, CMA-ES) ...")
-    _write_run_config(config)
-    Search(config).run()
-    print("merging the experts the usual ways (baselines, each tuned on the search split) ...")
-    baselines = run_baselines(config)
-    report = write_report(config)
-    study = load_run_study(config)
-    best, chosen_as = pick_trial(config, study, None, "best")
-    export_candidate(config, study, best, chosen_as, out / "evolved")
-    evolved = Row(f"evolved (CMA-ES, trial {best.number})", list(best.values),
-                  objective_values(config, held_out_scores(study)[best.number]))
-    rows = [*baseline_rows(config, baselines), evolved]
-    table = {row.name: dict(zip((o.task for o in config.objectives), row.held_out)) for row in rows}
-    (out / DEMO_MARKER).write_text(json.dumps({"zoo": str(zoo), "finished": True, "held_out": table}, indent=2) + "\n")
-    print("\nexact match on the held-out split (the search and the baselines' grids saw only the search split):")
-    print(results_table(config, rows))
-    print(f"\nreport: {report}; the evolved model (with recipe.yaml and README.md): {out / 'evolved'}")
 
 
 if __name__ == "__main__":

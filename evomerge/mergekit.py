@@ -110,14 +110,20 @@ def _no_layers(model: str) -> dict[str, Any]:
     return {"sources": [{"model": model, "layer_range": [0, 0]}]}
 
 
-def mergekit_yaml(candidate: Recipe | StackRecipe, tensor_names: list[str]) -> str:
-    """The mergekit config of a merge recipe over models with these tensor names, or of a stack, as YAML."""
-    header = "# mergekit configuration of this merge (mergekit-yaml mergekit.yaml OUT_DIR).\n"
-    if isinstance(candidate, StackRecipe):
-        return header + yaml.safe_dump(stack_mergekit_config(candidate), sort_keys=False)
-    if "drop" in candidate.method_def.param_names():
+HEADER = "# mergekit configuration of this merge (mergekit-yaml mergekit.yaml OUT_DIR).\n"
+
+
+def recipe_mergekit_yaml(recipe: Recipe, tensor_names: list[str]) -> str:
+    """The mergekit config of a merge recipe over models with these tensor names, as YAML."""
+    header = HEADER
+    if "drop" in recipe.method_def.param_names():
         header += "# evomerge's recipe.yaml rebuilds the exact tensors; mergekit draws DARE's random drops itself.\n"
-    return header + yaml.safe_dump(mergekit_config(candidate, tensor_names), sort_keys=False)
+    return header + yaml.safe_dump(mergekit_config(recipe, tensor_names), sort_keys=False)
+
+
+def stack_mergekit_yaml(stack: StackRecipe) -> str:
+    """The mergekit config of a layer stack (a passthrough merge of one slice per layer), as YAML."""
+    return HEADER + yaml.safe_dump(stack_mergekit_config(stack), sort_keys=False)
 
 
 def _model_path(ref: str) -> str:

@@ -6,11 +6,9 @@ from __future__ import annotations
 from optuna.trial import FrozenTrial
 
 from evomerge.config import RunConfig
-from evomerge.dfs import StackRecipe
 from evomerge.evaluate.specs import TaskSpec
 from evomerge.evaluate.tasks import Scores
-from evomerge.recipe import Recipe
-from evomerge.stacking import folded_factors, source_label
+from evomerge.search.space import Candidate, space_of
 
 
 def task_description(spec: TaskSpec) -> str:
@@ -29,24 +27,27 @@ def task_description(spec: TaskSpec) -> str:
 def model_card(
     config: RunConfig,
     trial: FrozenTrial,
-    candidate: Recipe | StackRecipe,
-    held_out: Scores,
+    candidate: Candidate,
+    held_out: Scores | None,
     chosen_as: str,
     evaluations: int,
 ) -> str:
     """The README.md of an exported candidate: a merge recipe or a layer stack, with how it was found and
     its scores on both splits."""
-    if isinstance(candidate, StackRecipe):
-        title, body, searched = _stack_parts(config, candidate)
-    else:
-        title, body, searched = _merge_parts(config, candidate)
+    title, body, searched = space_of(config).card_parts(candidate)
     objectives = {(o.task, o.metric) for o in config.objectives}
     score_rows = [
-        f"| {task} | {metric} | {value:.4f} | {held_out[task][metric]:.4f} | "
+        f"| {task} | {metric} | {value:.4f} | "
+        + (f"{held_out[task][metric]:.4f}" if held_out else "–") + " | "
         + ("yes" if (task, metric) in objectives else "no") + " |"
         for task, metrics in trial.user_attrs["scores"].items()
         for metric, value in metrics.items()
     ]
+    held_out_text = (
+        "scores were computed after the search and stored in the run's ledger." if held_out else
+        f"scores are not in the run's ledger yet: `evomerge score {config.run_dir} --trial {trial.number}` "
+        "computes them; export again to have them here."
+    )
     data = "\n".join(f"- `{name}`: {task_description(spec)}" for name, spec in config.tasks.items())
     return f"""---
 library_name: transformers
@@ -77,7 +78,7 @@ The tasks and how each is scored:
 
 The search split is what the optimizer saw: this candidate was selected on it, so its search scores are
 optimistic. The held-out split is disjoint from it (checked) and was never shown to the optimizer; its
-scores were computed after the search, for this export or for the run's report.
+{held_out_text}
 
 ## Use
 
@@ -88,87 +89,6 @@ model = AutoModelForCausalLM.from_pretrained("PATH/TO/THIS/DIRECTORY")
 tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/DIRECTORY")
 ```
 """
-
-
-def _merge_parts(config: RunConfig, recipe: Recipe) -> tuple[str, str, str]:
-    """Title, the models and method sections, and the searched parameters of a merge recipe."""
-    title = f"Merge of {len(recipe.sources)} models: `{recipe.method}`"
-    reference = recipe.method_def.reference or "see evomerge/methods/"
-    body = f"""## Models
-
-- base: {f"`{recipe.base}`" if recipe.base else "none"}
-{chr(10).join(f"- source: `{s.model}`" for s in recipe.sources)}
-
-## Method
-
-`{recipe.method}` ({reference}), with the parameters in `recipe.yaml` (per source, per layer where the search
-varied them). `evomerge merge recipe.yaml --out DIR` rebuilds this model's tensors bit for bit from the same
-models.
-"""
-    searched = "- searched parameters:\n" + "\n".join(
-        f"  - `{g.param}`: {g.granularity}"
-        + (f" (groups of {g.group_size} layers)" if g.granularity == "group" else "")
-        + f", {g.low:g} to {g.high:g}" + (" on a log scale" if g.log else "")
-        for g in config.genome
-    )
-    return title, body, searched
-
-
-def _stack_parts(config: RunConfig, stack: StackRecipe) -> tuple[str, str, str]:
-    """Title, the models and layers sections, and the searched layout of a layer stack."""
-    space = config.stack
-    title = f"Layer stack of {len(stack.sources)} models ({len(stack.layers)} layers)"
-    sources = "\n".join(
-        f"- source {index}: `{ref}`" if isinstance(ref, str)
-        else f"- source {index}: {source_label(ref)} (`{ref.method}`, its recipe inline in `recipe.yaml`)"
-        for index, ref in enumerate(stack.sources)
-    )
-    layers = "\n".join(
-        f"| {index} | {layer.source} | {layer.layer} | {layer.scale:.4f} | {factor:.6g} |"
-        for index, (layer, factor) in enumerate(zip(stack.layers, folded_factors(stack)))
-    )
-    if all(layer.scale == 1.0 for layer in stack.layers):
-        fold = (
-            "Every scale is 1: each layer is a copy of its source's layer, and this checkpoint computes "
-            "exactly the stack that was searched."
-        )
-    else:
-        fold = (
-            "The scales are folded into the weights: each layer's attention output projection (`o_proj`) "
-            "and MLP down projection (`down_proj`) are multiplied by its folded factor, 1 over the product "
-            "of the scales up to and including that layer. As RMSNorm(s h) = RMSNorm(h) but for the epsilon "
-            "inside the norm, this computes the scaled stack exactly up to RMSNorm's epsilon "
-            "(evomerge/stacking.py derives it). The scores below were measured on the searched stack (scales "
-            "applied to the hidden states), not on this checkpoint."
-        )
-    body = f"""## Models
-
-{sources}
-- embeddings, final norm and head: source {stack.embeddings}
-
-## Layers
-
-The model's decoder layers in order, each a copy of a source's layer. During the search, the hidden state
-entering each layer was multiplied by its scale.
-
-| layer | source | source layer | scale | folded factor |
-| ---: | ---: | ---: | ---: | ---: |
-{layers}
-
-This checkpoint is an ordinary model of the embeddings source's architecture with {len(stack.layers)} layers.
-{fold} `evomerge merge recipe.yaml --out DIR` writes the same checkpoint again from the same models.
-"""
-    scales = (
-        f"a scale per kept layer from {space.scale_low:g} to {space.scale_high:g}"
-        if space.searches_scales else f"no scale (every scale {space.scale_low:g})"
-    )
-    searched = (
-        "- searched layer stack:\n"
-        f"  - the sources' layers laid out in order and repeated {space.repeats} times, a slot kept when its "
-        "inclusion gene is above 0.5\n"
-        f"  - depth from {space.min_depth} to {space.max_depth or 'every slot'} layers; {scales}"
-    )
-    return title, body, searched
 
 
 def _optimizer_text(config: RunConfig) -> str:

@@ -97,7 +97,8 @@ def test_export_loads_in_transformers_and_its_recipe_remerges_bit_for_bit(
     assert not study(tmp_path / "run").user_attrs.get(f"{HELD_OUT_PREFIX}0")
     out = tmp_path / "exported"
     assert main(["export", str(tmp_path / "run"), "--out", str(out)]) == 0
-    assert f"{HELD_OUT_PREFIX}0" in study(tmp_path / "run").user_attrs  # computed for the export, and stored
+    assert f"{HELD_OUT_PREFIX}0" not in study(tmp_path / "run").user_attrs  # export scores nothing
+    assert f"evomerge score {tmp_path / 'run'} --trial 0" in (out / "README.md").read_text()
 
     files = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "recipe.yaml", "README.md")
     for name in files:
@@ -114,8 +115,13 @@ def test_export_loads_in_transformers_and_its_recipe_remerges_bit_for_bit(
     assert exported.keys() == rebuilt.keys()
     assert all(torch.equal(exported[name], rebuilt[name]) for name in exported)
 
+    assert main(["score", str(tmp_path / "run"), "--trial", "1"]) == 0
+    assert set(study(tmp_path / "run").user_attrs) >= {f"{HELD_OUT_PREFIX}1"}
     (out / "model.safetensors").write_bytes(b"stale")
     assert main(["export", str(tmp_path / "run"), "--trial", "1", "--out", str(out), "--force"]) == 0
+    held_out = study(tmp_path / "run").user_attrs[f"{HELD_OUT_PREFIX}1"]["t"]["exact_match"]
+    assert f"| t | exact_match | {study(tmp_path / 'run').trials[1].values[0]:.4f} | {held_out:.4f} |" in (
+        out / "README.md").read_text()
     assert yaml.safe_load((out / "recipe.yaml").read_text())["sources"] == yaml.safe_load(
         study(tmp_path / "run").trials[1].user_attrs["recipe"])["sources"]
     assert load_file(out / "model.safetensors").keys() == exported.keys()
@@ -213,7 +219,7 @@ def test_help_of_report_export_and_baselines(command, phrase, capsys):
 
 
 def test_the_heat_map_resolves_lists_gradients_and_kind_maps_per_layer(tiny_models):
-    from evomerge.report import recipe_grid
+    from evomerge.merge.space import recipe_grid
 
     recipe = recipe_from_dict({
         "method": "ties", "base": str(tiny_models["base"]), "parameters": {"scale": {"gradient": [1.0, 0.5]}},

@@ -12,19 +12,29 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from evomerge.config import RunConfig
-from evomerge.errors import MergeFailure
+from evomerge.errors import MergeFailure, UsageError
 from evomerge.evaluate.tasks import Scores
 from evomerge.recipe import Recipe, recipe_from_dict
 from evomerge.search.ledger import open_storage, open_study
-from evomerge.search.results import HELD_OUT_PREFIX, best_trial, held_out_scores, trial_recipe
-from evomerge.search.scoring import CandidateScorer
+from evomerge.search.results import (
+    HELD_OUT_PREFIX,
+    Row,
+    best_trial,
+    held_out_scores,
+    objective_values,
+    trial_recipe,
+)
 from evomerge.sources import source_name
+
+if TYPE_CHECKING:
+    from evomerge.search.scoring import CandidateScorer
 
 BASELINES_STUDY = "baselines"
 FAMILY_ATTR = "family"
@@ -97,6 +107,13 @@ def run_baselines(
     `scorer` is a resident one of this config when the caller has it (the demo); otherwise one is built, and
     only if something is left to score. Rerunning scores nothing twice.
     """
+    from evomerge.search.scoring import CandidateScorer
+
+    if config.recipe is None:
+        raise UsageError(
+            "evomerge baselines does not handle layer-stacking (stack:) runs: its baselines are merges of a "
+            "run's recipe; `evomerge report RUN_DIR` compares the best stack with each source alone"
+        )
     config.run_dir.mkdir(parents=True, exist_ok=True)
     study, _ = open_study(config.model_copy(update={"study": BASELINES_STUDY}))
     done = {t.user_attrs[LABEL_ATTR] for t in study.get_trials(deepcopy=False)}
@@ -142,3 +159,12 @@ def load_baselines(config: RunConfig) -> list[BaselineResult]:
     if BASELINES_STUDY not in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
         return []
     return chosen_baselines(config, optuna.load_study(study_name=BASELINES_STUDY, storage=storage))
+
+
+def baseline_rows(config: RunConfig, baselines: list[BaselineResult]) -> list[Row]:
+    """Results-table rows of the chosen baselines."""
+    return [
+        Row(result.label, list(result.trial.values),
+            objective_values(config, result.held_out) if result.held_out else None, result.trial)
+        for result in baselines
+    ]

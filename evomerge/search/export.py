@@ -1,10 +1,10 @@
 """`evomerge export RUN_DIR --out DIR`: one candidate of a run as a model directory with its card.
 
-The directory is what `evomerge.export.write_model_dir` writes (safetensors, config, generation config,
-tokenizer, `recipe.yaml`) for a merge, or `evomerge.stacking.write_stack_dir` for a layer stack (an ordinary
-checkpoint, scales folded), plus `README.md` (the model card) and, with `--format mergekit`, `mergekit.yaml`.
-The candidate's held-out scores are computed and stored in the ledger first if the ledger has none.
-Everything the user could get wrong is checked before anything is written.
+The directory is what the run's search space exports (`SearchSpace.export`: safetensors, config, generation
+config, tokenizer, `recipe.yaml`; a layer stack as an ordinary checkpoint, scales folded), plus `README.md`
+(the model card, with the held-out scores the ledger holds) and, with `--format mergekit`, `mergekit.yaml`.
+Export loads the run's models but scores nothing: held-out scores are recorded by the run, or by
+`evomerge score`. Everything the user could get wrong is checked before anything is written.
 """
 
 from __future__ import annotations
@@ -15,15 +15,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig
-from evomerge.dfs import StackRecipe
 from evomerge.errors import UsageError
-from evomerge.export import check_output_dir, write_model_dir
-from evomerge.mergekit import mergekit_yaml
+from evomerge.export import check_output_dir
 from evomerge.model_card import model_card
-from evomerge.search.held_out import record_held_out
-from evomerge.search.results import best_trial, evaluated_trials, pareto_front, trial_recipe
-from evomerge.search.scoring import CandidateScorer
-from evomerge.stacking import write_stack_dir
+from evomerge.search.results import best_trial, evaluated_trials, held_out_scores, pareto_front, trial_recipe
+from evomerge.search.space import space_of
 
 FORMATS = ("hf", "mergekit")
 
@@ -62,18 +58,13 @@ def export_candidate(
     """Write the trial's merge or layer stack to `out`; returns `out`."""
     check_output_dir(out, replace=force)
     candidate = trial_recipe(trial)
-    scorer = CandidateScorer(config)
-    stack = isinstance(candidate, StackRecipe)
+    space = space_of(config)
+    engine = space.load_engine()
     files = {}
     if fmt == "mergekit":
-        tensor_names = [] if stack else list(scorer.engine.reference.tensors)
-        files["mergekit.yaml"] = mergekit_yaml(candidate, tensor_names)
-    held_out = record_held_out(config, study, scorer, [trial])[trial.number]
+        files["mergekit.yaml"] = space.mergekit_yaml(candidate, engine)
+    held_out = held_out_scores(study).get(trial.number)
     evaluations = len(evaluated_trials(study))
     files["README.md"] = model_card(config, trial, candidate, held_out, chosen_as, evaluations)
-    if stack:
-        write_stack_dir(scorer.engine, candidate, out, files, replace=force)
-    else:
-        scorer.engine.materialize(candidate, scorer.model)
-        write_model_dir(scorer.model, scorer.engine.reference, candidate, out, files, replace=force)
+    space.export(engine, candidate, out, files, replace=force)
     return out

@@ -88,6 +88,23 @@ def phase_configs(config: RunConfig) -> list[tuple[str, RunConfig]]:
     return phases
 
 
+def exported_phase(config: RunConfig, phase: str | None) -> RunConfig:
+    """The run config of the study to export from: the run's, or the chosen phase's of a hybrid run (`merge`,
+    or by default `stack`, the final models)."""
+    if not config.hybrid:
+        if phase is not None:
+            raise UsageError("--phase: only a hybrid run (recipe, genome and stack) has phases; drop it")
+        return config
+    phases = dict(phase_configs(config))
+    name = "merge phase" if phase == "merge" else "layer-stacking phase"
+    if name not in phases:
+        raise UsageError(
+            f"the layer-stacking phase of the run in {config.run_dir} has not started yet; export the merge "
+            "phase's best with --phase merge"
+        )
+    return phases[name]
+
+
 def run_status_text(config: RunConfig) -> str:
     """`evomerge status`: the run's status, or each phase's under its name for a hybrid run."""
     from evomerge.search.status import status_text

@@ -36,7 +36,6 @@ from evomerge.search.ledger import ELAPSED_ATTR, open_study
 from evomerge.search.optimizers import losses, optuna_sampler, pycma_options, scalarize, scalarized, trial_seed
 from evomerge.search.pruning import Pruner
 from evomerge.search.scoring import CandidateScorer
-from evomerge.search.space import search_genome
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SEEDED_ATTR = "seeded"
@@ -64,7 +63,7 @@ class Search:
         self.config = config
         self.progress = progress
         self.scorer = CandidateScorer(config)
-        self.genome, self.seed_recipes = search_genome(config, self.scorer)
+        self.genome, self.seed_recipes = self.scorer.space.genome(self.scorer.engine)
         self.seed_points = [self.genome.encode(recipe) for recipe in self.seed_recipes]
         early = config.early_stopping
         self.pruner = Pruner(config, self.scorer.evaluator.metrics()) if early.enabled else None

@@ -1,6 +1,9 @@
-"""Reading a run's results from its ledger: the best candidate, the Pareto front, the held-out records."""
+"""Reading a run's results from its ledger: the best candidate, the Pareto front, the held-out records, and
+the rows of a results table."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -8,11 +11,25 @@ from optuna.trial import FrozenTrial, TrialState
 from evomerge.config import RunConfig
 from evomerge.evaluate.tasks import Scores
 from evomerge.search.optimizers import scalarized
-from evomerge.search.space import Candidate, candidate_from_yaml, seed_count
+from evomerge.search.space import Candidate, candidate_from_yaml, space_of
 
 #: Held-out scores live in study user attributes `held_out.N` for trial N: Optuna refuses changes to a
 #: finished trial's own attributes, and they are computed after the trial finished (search/held_out.py).
 HELD_OUT_PREFIX = "held_out."
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model of a results table: its objective values on the search split and, if scored, the held-out one."""
+
+    name: str
+    search: list[float]
+    held_out: list[float] | None
+    trial: FrozenTrial | None = None
+
+
+def objective_values(config: RunConfig, scores: Scores) -> list[float]:
+    return [scores[o.task][o.metric] for o in config.objectives]
 
 
 def best_trial(config: RunConfig, completed: list[FrozenTrial]) -> FrozenTrial:
@@ -37,15 +54,15 @@ def reported_trials(config: RunConfig, study: optuna.Study) -> list[FrozenTrial]
 
 
 def seed_trials(config: RunConfig, study: optuna.Study) -> dict[int, FrozenTrial]:
-    """The completed trial of each seed candidate, by its index in `search_genome`'s seed list (for a
-    layer-stacking run, index i < number of sources is source i alone).
+    """The completed trial of each seed candidate, by its index in the seed list of the run's space
+    (`SearchSpace.genome`; for a layer-stacking run, index i < number of sources is source i alone).
 
     Seeds are the first trials of a study: the loop adds them (pycma, user attribute `seed_index`) or
     enqueues them (Optuna samplers, also a shared run's creator) before anything else, so trial N is seed N
-    for N below `seed_count`. A shared run's retry of a lost seed names it in Optuna's `failed_trial` system
+    for N below `SearchSpace.seed_count`. A shared run's retry of a lost seed names it in Optuna's `failed_trial` system
     attribute.
     """
-    count = seed_count(config)
+    count = space_of(config).seed_count()
     found: dict[int, FrozenTrial] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         index = trial.user_attrs.get("seed_index", trial.system_attrs.get("failed_trial", trial.number))

@@ -1,48 +1,191 @@
-"""A run's search space: merge parameters (Genome, Recipe) or layer stacking (DfsGenome, StackRecipe).
+"""The search-space protocol: what the loop, the ledger readers, the report and export need of one kind of search.
 
-The loop sees either through one shape: genes, `decode` to a candidate, `encode` a seed, and a candidate that
-the scorer's engine materializes and that writes itself as YAML into the ledger.
+evomerge searches two spaces, as in "Evolutionary Optimization of Model Merging Recipes" (Akiba et al., 2024):
+the parameter space (a merge recipe's per-layer parameters: `evomerge/merge/space.py`) and the data-flow space
+(which layers of which sources, in which order: `evomerge/stack/space.py`). A hybrid run is the two in sequence
+(`evomerge/search/hybrid.py`). Everything that differs between them lives behind `SearchSpace`; nothing else
+asks which space it is in.
+
+A space is made from a run config without loading a model (`space_of`): status, report and the ledger readers
+use it that way. `load_engine` loads its resident models, over which the search materializes candidates.
+
+Adding a space: a module with a `SearchSpace` subclass, its run-config section in `evomerge/config.py`, and
+one line in `SPACES` (`evomerge/search/spaces.py`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import yaml
 
-from evomerge.config import RunConfig
-from evomerge.dfs import DfsGenome, StackRecipe, is_stack_data, load_stack, stack_from_dict
-from evomerge.genome import Genome
-from evomerge.recipe import Recipe, load_recipe, recipe_from_dict
-from evomerge.search.scoring import CandidateScorer
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+    from transformers import PreTrainedModel
 
-Candidate = Recipe | StackRecipe
-
-
-def search_genome(config: RunConfig, scorer: CandidateScorer) -> tuple[Genome | DfsGenome, list[Candidate]]:
-    """The run's genome over the scorer's resident models, and its seed candidates (evaluated first, in
-    order): the template recipe then the user's seeds; for a stack search, each source as it is then the user's."""
-    engine = scorer.engine
-    if config.stack is not None:
-        genome = DfsGenome(config.stack, engine.source_layers)
-        own = [genome.source_stack(source, count) for source, count in enumerate(engine.source_layers)]
-        return genome, [*own, *(load_stack(path) for path in config.seed_recipes)]
-    genome = Genome(config.recipe, config.genome, engine.num_layers, engine.reference.module_kinds)
-    seeds = [config.recipe, *(load_recipe(path) for path in config.seed_recipes)]
-    engine.plan(genome.decode(genome.encode(seeds[0])))
-    return genome, seeds
+    from evomerge.config import RunConfig
+    from evomerge.evaluate.tasks import Scores
+    from evomerge.search.genes import GeneSpace
+    from evomerge.search.results import Row
 
 
-def seed_count(config: RunConfig) -> int:
-    """How many seed candidates `search_genome` gives the run (without loading a model)."""
-    own = len(config.stack.sources) if config.stack is not None else 1
-    return own + len(config.seed_recipes)
+class Candidate(Protocol):
+    """What a search proposes and the ledger records: plain data with a YAML form (a Recipe, a StackRecipe)."""
+
+    def to_yaml(self) -> str: ...
+
+
+class TokenizerSource(Protocol):
+    """Where a model's tokenizer comes from (a merge's reference model, a stack's embeddings source)."""
+
+    @property
+    def directory(self) -> Path: ...
+
+    @property
+    def gguf_file(self) -> str | None: ...
+
+
+class Engine(Protocol):
+    """A space's resident models.
+
+    Contract: `materialize(candidate, target)` writes the candidate into `target` (a model from `new_target`)
+    in place, depending on nothing but the candidate and the resident models, so the same candidate always gives
+    the same model; it reads no file.
+    """
+
+    @property
+    def reference(self) -> TokenizerSource: ...
+
+    def materialize(self, candidate: Any, model: PreTrainedModel) -> None: ...
+
+
+class SearchSpace(ABC):
+    """One kind of search over a run config: its candidates, genome and seeds, engine, report and export."""
+
+    #: what the report and the plots call the models a search is measured against
+    reference_kind: ClassVar[str]
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+
+    @staticmethod
+    @abstractmethod
+    def selected_by(config: RunConfig) -> bool:
+        """Whether a one-space run config searches this space (by the config sections it has)."""
+
+    # ------------------------------------------------------------------ candidates
+
+    @staticmethod
+    @abstractmethod
+    def holds(data: Any) -> bool:
+        """Whether plain candidate data (a recipe file, a ledger's YAML) is one of this space's candidates."""
+
+    @staticmethod
+    @abstractmethod
+    def parse(data: Any, origin: str) -> Candidate:
+        """Plain data validated as this space's candidate; UsageError naming `origin` otherwise."""
+
+    @staticmethod
+    @abstractmethod
+    def write(candidate: Any, out: Path, device: str) -> None:
+        """Build `candidate` from its models on `device` and write it to `out` (`evomerge merge`)."""
+
+    # ------------------------------------------------------------------ the search
+
+    @abstractmethod
+    def load_engine(self) -> Engine:
+        """The resident models of the run (loaded here: seconds to minutes for large models)."""
+
+    @abstractmethod
+    def new_target(self, engine: Any) -> PreTrainedModel:
+        """The one model candidates are materialized into during a search."""
+
+    @abstractmethod
+    def genome(self, engine: Any) -> tuple[GeneSpace, list[Candidate]]:
+        """The genes over the engine's models, and the seed candidates the search evaluates first, in order."""
+
+    @abstractmethod
+    def seed_count(self) -> int:
+        """How many seed candidates `genome` gives (without loading a model)."""
+
+    # ------------------------------------------------------------------ what a finished search shows
+
+    def reference_trials(self, study: optuna.Study) -> dict[int, FrozenTrial]:
+        """Trials of the study that the search is measured against, by seed index (scored on the held-out
+        split at the end of a run, with the reported ones); none by default."""
+        return {}
+
+    @abstractmethod
+    def reference_rows(self, study: optuna.Study, held_out: dict[int, Scores]) -> list[Row]:
+        """Rows of the models the search is measured against (`reference_kind`), with their held-out scores."""
+
+    @abstractmethod
+    def references_text(self, references: list[Row]) -> str:
+        """A sentence under the report's results table saying what the reference rows are."""
+
+    def studies(self) -> list[str]:
+        """The studies of the run's storage that its report covers."""
+        return [self.config.study]
+
+    @abstractmethod
+    def settings_lines(self) -> list[str]:
+        """Markdown bullet lines saying what the study searched."""
+
+    @abstractmethod
+    def status_lines(self, study: optuna.Study, best: FrozenTrial, values: ValuesText) -> list[str]:
+        """Lines of `evomerge status` after the best candidate's (the reference models, the first candidate)."""
+
+    @abstractmethod
+    def best_plots(self, directory: Path, prefix: str, best: Any, title: str) -> list[tuple[str, str]]:
+        """Draw the plot of the best candidate into `directory`; returns (title, file name) of each."""
+
+    @abstractmethod
+    def candidate_heading(self) -> str:
+        """What a candidate is called in headings: `recipe`, `stack recipe`."""
+
+    # ------------------------------------------------------------------ export
+
+    @abstractmethod
+    def card_parts(self, candidate: Any) -> tuple[str, str, str]:
+        """The model card's title, its models-and-method sections, and the searched-settings lines."""
+
+    @abstractmethod
+    def mergekit_yaml(self, candidate: Any, engine: Any) -> str:
+        """The candidate as a mergekit config (YAML); UsageError when mergekit cannot express it."""
+
+    @abstractmethod
+    def export(self, engine: Any, candidate: Any, out: Path, files: dict[str, str], replace: bool) -> None:
+        """Write the candidate as a model directory with extra text `files`, all or nothing."""
+
+
+class ValuesText(Protocol):
+    """Formats a trial's objective values (and held-out ones when recorded) for `evomerge status`."""
+
+    def __call__(self, trial: FrozenTrial, held_out: Scores | None) -> str: ...
 
 
 def candidate_from_yaml(text: str, origin: str) -> Candidate:
-    """A candidate as the ledger stores it (a trial's `recipe` attribute), or a recipe file's data."""
+    """A candidate as the ledger stores it (a trial's `recipe` attribute)."""
     return candidate_from_dict(yaml.safe_load(text), origin)
 
 
 def candidate_from_dict(data: Any, origin: str) -> Candidate:
-    return stack_from_dict(data, origin) if is_stack_data(data) else recipe_from_dict(data, origin)
+    """Plain data as the candidate of whichever space holds it (a recipe file's data, say)."""
+    return space_class_of(data).parse(data, origin)
+
+
+def space_class_of(data: Any) -> type[SearchSpace]:
+    """The space whose candidates look like `data` (the last, the parameter space, takes anything else)."""
+    from evomerge.search.spaces import SPACES
+
+    return next((space for space in SPACES if space.holds(data)), SPACES[-1])
+
+
+def space_of(config: RunConfig) -> SearchSpace:
+    """The search space of a one-space run config (a hybrid run's phases each have one)."""
+    from evomerge.search.spaces import SPACES
+
+    return next(space for space in SPACES if space.selected_by(config))(config)

@@ -8,8 +8,8 @@ from optuna.trial import FrozenTrial, TrialState
 from evomerge.config import RunConfig
 from evomerge.evaluate.tasks import Scores
 from evomerge.search.ledger import ELAPSED_ATTR, counts_toward_budget, load_run_study
-from evomerge.search.results import best_trial, held_out_scores, pareto_front, seed_trials
-from evomerge.stacking import source_label
+from evomerge.search.results import best_trial, held_out_scores, pareto_front
+from evomerge.search.space import space_of
 
 
 def status_text(config: RunConfig) -> str:
@@ -40,20 +40,7 @@ def status_text(config: RunConfig) -> str:
     if completed:
         best = best_trial(config, completed)
         lines.append(f"best: trial {best.number}: " + _values_text(config, best, held_out.get(best.number)))
-        seeds = seed_trials(config, study)
-        if config.stack is not None:
-            lines.append("each source alone (its own layers, the first candidates):")
-            lines.extend(
-                f"  source {index} ({source_label(ref)}): trial {seeds[index].number}: "
-                + _values_text(config, seeds[index], held_out.get(seeds[index].number))
-                for index, ref in enumerate(config.stack.sources)
-                if index in seeds
-            )
-        elif 0 in seeds and seeds[0].number != best.number:
-            lines.append(
-                f"first candidate (the template at the method's defaults): trial {seeds[0].number}: "
-                + _values_text(config, seeds[0], None)
-            )
+        lines += space_of(config).status_lines(study, best, lambda t, h: _values_text(config, t, h))
     if config.multi_objective and completed:
         front = pareto_front(study)
         lines.append(f"Pareto front ({len(front)} candidates):")

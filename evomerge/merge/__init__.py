@@ -1,0 +1,1 @@
+"""The parameter space: merge recipes, the merge methods, and the engine that materializes a recipe in place."""

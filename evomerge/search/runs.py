@@ -1,0 +1,58 @@
+"""A run directory's config file, and the search that drives a config (one process, a shared worker, or the two
+phases of a hybrid run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from evomerge.errors import UsageError
+from evomerge.search.timing import HEARTBEAT_SECONDS, PATIENCE_SECONDS
+
+if TYPE_CHECKING:
+    from evomerge.config import RunConfig
+
+#: The run config beside the ledger, for resume, status, report and export.
+RUN_CONFIG = "config.yaml"
+
+
+def stored_config(run_dir: Path, overrides: dict[str, object] | None = None) -> RunConfig:
+    """The config a run directory was started with (it may have moved: `run_dir` is where it is now)."""
+    from evomerge.config import load_config
+
+    if not (run_dir / RUN_CONFIG).is_file():
+        raise UsageError(f"'{run_dir}' holds no run (no {RUN_CONFIG}); start one with: evomerge run CONFIG")
+    return load_config(run_dir / RUN_CONFIG, {**(overrides or {}), "run_dir": str(run_dir)})
+
+
+def write_run_config(config: RunConfig) -> None:
+    """Write the config beside the ledger (kept if already there)."""
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    if not (config.run_dir / RUN_CONFIG).is_file():
+        (config.run_dir / RUN_CONFIG).write_text(yaml.safe_dump(config.to_json_dict(), sort_keys=False))
+
+
+def run_search(
+    config: RunConfig,
+    shared: bool = False,
+    heartbeat: int = HEARTBEAT_SECONDS,
+    patience: float = PATIENCE_SECONDS,
+) -> None:
+    """Run (or resume) a search: a hybrid's two phases, a worker of a shared study (`shared`, or a run whose
+    study is shared), or the one-process loop."""
+    from evomerge.search.hybrid import HybridSearch
+    from evomerge.search.loop import Search
+    from evomerge.search.worker import SharedSearch, is_shared
+
+    if config.hybrid:
+        if shared:
+            raise UsageError("a hybrid run (recipe, genome and stack) runs in one process; drop --storage")
+        search = HybridSearch(config)
+    elif shared or is_shared(config):
+        search = SharedSearch(config, heartbeat_seconds=heartbeat, patience=patience)
+    else:
+        search = Search(config)
+    write_run_config(config)
+    search.run()
