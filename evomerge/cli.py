@@ -444,8 +444,7 @@ def _run_baselines(args: argparse.Namespace) -> None:
         config = stored_config(args.config)
     else:
         config = load_config(args.config, {} if args.run_dir is None else {"run_dir": str(args.run_dir)})
-    searched = config.merge_phase() if config.hybrid else config  # a hybrid's baselines: its merge phase's
-    baselines = run_baselines(searched)
+    baselines = run_baselines(config)
     write_run_config(config)
     print(results_table(config, baseline_rows(config, baselines)))
 

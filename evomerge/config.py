@@ -230,9 +230,9 @@ class RunConfig(_Frozen):
 def _resolved(objective: Objective, task: TaskSpec) -> Objective:
     """The objective with its metric and direction filled in from the task kind's declared metrics."""
     metrics = task.metrics
-    if task.kind == "lm_eval":  # lm-eval tasks declare their metrics in their YAML, checked on loading
+    if not metrics:  # a kind whose tasks declare their metrics when loaded (lm-eval's, in their YAML)
         if objective.metric is None:
-            raise ValueError(f"objective on lm-eval task '{objective.task}': name its metric (e.g. acc, exact_match)")
+            raise ValueError(f"objective on {task.kind} task '{objective.task}': name its metric (e.g. acc, exact_match)")
         return objective.model_copy(update={"direction": objective.direction or "maximize"})
     metric = objective.metric or next(iter(metrics))
     if metric not in metrics:

@@ -13,15 +13,7 @@ from evomerge.search.space import Candidate, space_of
 
 def task_description(spec: TaskSpec) -> str:
     """How a task is scored and on what data, in a few words."""
-    if spec.kind == "lm_eval":
-        return f"the lm-eval task `{spec.task}` (held-out: `{spec.held_out_task}`)"
-    scored = {
-        "generate": "greedy generation, exact match of the answer",
-        "choice": "log-likelihood of each option, accuracy of the most likely",
-        "perplexity": "mean negative log-likelihood of the text",
-    }[spec.kind]
-    sample = f"a seeded random subsample of {spec.limit} examples per split" if spec.limit else "every example"
-    return f"{spec.data}, {sample}; {scored}"
+    return spec.describe()
 
 
 def model_card(

@@ -25,20 +25,36 @@ tasks:
     include_path: tasks/
 ```
 
-Each kind declares its metrics (first: the default) and whether higher is better; objectives are checked
-against them.
+Each kind declares its metrics (first: the default) and whether higher is better, which objectives are
+checked against; how it scores, in words; and the class that scores it (`task_class`, imported only when a run
+loads its tasks, since scoring needs torch or lm-eval). Adding a kind: a module with its spec (a `_DataSpec` or
+`_Spec` subclass with a `kind` literal) and its task class (a `BuiltinTask` subclass), and one line in
+`TASK_SPECS`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: metric -> higher is better (the first is the default metric of an objective); empty when the task
+    #: declares its metrics itself when loaded
+    metrics: ClassVar[dict[str, bool]] = {}
+    #: how the kind scores a model, in words (model cards and reports)
+    scored: ClassVar[str] = ""
+    #: "module:Class" of the task that scores this kind
+    task_class: ClassVar[str] = ""
+
+    def describe(self) -> str:
+        """How this task is scored and on what data, in a few words."""
+        sample = f"a seeded random subsample of {self.limit} examples per split" if self.limit else "every example"
+        return f"{getattr(self, 'data', '')}, {sample}; {self.scored}"
 
     limit: int | None = Field(None, ge=1, description="a seeded random subsample of this many examples per split")
     sample_seed: int = Field(0, description="seed of that subsample")
@@ -65,8 +81,9 @@ class GenerateSpec(_DataSpec):
     )
     match: Literal["exact", "numeric"] = "exact"
 
-    #: metric -> higher is better (the first is the default metric of an objective)
     metrics: ClassVar[dict[str, bool]] = {"exact_match": True}
+    scored: ClassVar[str] = "greedy generation, exact match of the answer"
+    task_class: ClassVar[str] = "evomerge.evaluate.tasks:GenerateTask"
 
     @field_validator("stop")
     @classmethod
@@ -84,6 +101,8 @@ class ChoiceSpec(_DataSpec):
     delimiter: str = Field(" ", description="between the prompt and an option")
 
     metrics: ClassVar[dict[str, bool]] = {"acc": True, "acc_norm": True}
+    scored: ClassVar[str] = "log-likelihood of each option, accuracy of the most likely"
+    task_class: ClassVar[str] = "evomerge.evaluate.tasks:ChoiceTask"
 
     @model_validator(mode="after")
     def _one_source_of_options(self) -> ChoiceSpec:
@@ -97,6 +116,8 @@ class PerplexitySpec(_DataSpec):
     template: str = Field("{text}", description="the text whose tokens are scored, with {field} placeholders")
 
     metrics: ClassVar[dict[str, bool]] = {"nll": False}
+    scored: ClassVar[str] = "mean negative log-likelihood of the text"
+    task_class: ClassVar[str] = "evomerge.evaluate.tasks:PerplexityTask"
 
 
 class LmEvalSpec(_Spec):
@@ -105,20 +126,31 @@ class LmEvalSpec(_Spec):
     held_out_task: str = Field(description="the lm-eval task of the held-out split (disjoint documents)")
     include_path: Path | None = Field(None, description="a directory of local lm-eval task YAMLs")
 
-    #: lm-eval tasks declare their own metrics; they are checked when the task is loaded.
-    metrics: ClassVar[dict[str, bool]] = {}
+    # lm-eval tasks declare their own metrics (in their YAML); they are checked when the task is loaded
+    task_class: ClassVar[str] = "evomerge.evaluate.lm_eval_task:LmEvalTask"
+
+    def describe(self) -> str:
+        return f"the lm-eval task `{self.task}` (held-out: `{self.held_out_task}`)"
+
+
+#: The registered task kinds: one line per kind.
+TASK_SPECS: tuple[type[_Spec], ...] = (GenerateSpec, ChoiceSpec, PerplexitySpec, LmEvalSpec)
+DEFAULT_KIND = "generate"
+
+
+def kind_of(spec: type[_Spec]) -> str:
+    """The `kind` a spec class declares (its field's literal)."""
+    return get_args(spec.model_fields["kind"].annotation)[0]
 
 
 def _kind(value: Any) -> str:
     if isinstance(value, dict):
-        return value.get("kind", "generate")
-    return getattr(value, "kind", "generate")
+        return value.get("kind", DEFAULT_KIND)
+    return getattr(value, "kind", DEFAULT_KIND)
 
 
+#: A task of the run config: the spec of its `kind` (default: generate).
 TaskSpec = Annotated[
-    Annotated[GenerateSpec, Tag("generate")]
-    | Annotated[ChoiceSpec, Tag("choice")]
-    | Annotated[PerplexitySpec, Tag("perplexity")]
-    | Annotated[LmEvalSpec, Tag("lm_eval")],
+    Union[tuple(Annotated[spec, Tag(kind_of(spec))] for spec in TASK_SPECS)],  # noqa: UP007 (no `|` form)
     Discriminator(_kind),
 ]

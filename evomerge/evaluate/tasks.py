@@ -1,6 +1,6 @@
 """Tasks and the evaluator the search calls.
 
-The evaluator's contract (DESIGN.md decision 4): `score(model, "search")` is all the optimizer ever sees;
+The evaluator's contract, which keeps held-out numbers honest: `score(model, "search")` is all the optimizer ever sees;
 `score(model, "held_out")` is for reports. Both splits are read once, subsampled with a seed, checked
 disjoint by content hash, and tokenized once per run; every task is checked (fields, templates, extraction,
 sizes) before any candidate is scored, and a mistake is one UsageError line.
@@ -11,6 +11,7 @@ candidate early (`score_progressively`); its metric is the mean of per-example v
 
 from __future__ import annotations
 
+import importlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from evomerge.errors import UsageError
 from evomerge.evaluate.data import check_disjoint, check_fields, read_rows, render, subsample, template_fields
 from evomerge.evaluate.generate import answers_match, extracted, greedy_completions
 from evomerge.evaluate.loglik import Request, continuation_logprobs
-from evomerge.evaluate.specs import ChoiceSpec, GenerateSpec, LmEvalSpec, PerplexitySpec, TaskSpec
+from evomerge.evaluate.specs import ChoiceSpec, GenerateSpec, PerplexitySpec, TaskSpec
 
 if TYPE_CHECKING:  # lm-eval is optional and slow to import: loaded only for an lm-eval task
     from evomerge.evaluate.lm_eval_task import LmEvalTask
@@ -203,12 +204,8 @@ def _compiled(task: str, pattern: str | None) -> re.Pattern[str] | None:
 
 def load_task(name: str, spec: TaskSpec) -> BuiltinTask | LmEvalTask:
     """A task ready to be tokenized: its data read and checked (one UsageError line for any problem)."""
-    if isinstance(spec, LmEvalSpec):
-        from evomerge.evaluate.lm_eval_task import LmEvalTask
-
-        return LmEvalTask(name, spec)
-    kinds = {"generate": GenerateTask, "choice": ChoiceTask, "perplexity": PerplexityTask}
-    return kinds[spec.kind](name, spec)
+    module, _, cls = spec.task_class.partition(":")
+    return getattr(importlib.import_module(module), cls)(name, spec)
 
 
 @dataclass

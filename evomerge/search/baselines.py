@@ -102,7 +102,8 @@ def baseline_grid(template: Recipe) -> list[Baseline]:
 def run_baselines(
     config: RunConfig, progress: bool = True, scorer: CandidateScorer | None = None
 ) -> list[BaselineResult]:
-    """Score every baseline not in the ledger yet, then the chosen one of each family on the held-out split.
+    """Score every baseline not in the ledger yet, then the chosen one of each family on the held-out split
+    (of a hybrid run: its merge phase's).
 
     `scorer` is a resident one of this config when the caller has it (the demo); otherwise one is built, and
     only if something is left to score. Rerunning scores nothing twice.
@@ -114,6 +115,8 @@ def run_baselines(
             "evomerge baselines does not handle layer-stacking (stack:) runs: its baselines are merges of a "
             "run's recipe; `evomerge report RUN_DIR` compares the best stack with each source alone"
         )
+    if config.hybrid:
+        config = config.merge_phase()
     config.run_dir.mkdir(parents=True, exist_ok=True)
     study, _ = open_study(config.model_copy(update={"study": BASELINES_STUDY}))
     done = {t.user_attrs[LABEL_ATTR] for t in study.get_trials(deepcopy=False)}
