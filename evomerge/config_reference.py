@@ -52,9 +52,9 @@ class Section:
         if not self.tagged:
             return None
         for name, info in self.model.model_fields.items():
-            values = _literal_values(info.annotation)
-            if values is not None and len(values) == 1:
-                return f"{name}: {values[0]}"
+            annotation = _unwrapped(info.annotation)
+            if get_origin(annotation) is Literal and len(get_args(annotation)) == 1:
+                return f"{name}: {get_args(annotation)[0]}"
         return None
 
     @property
@@ -119,17 +119,6 @@ def _is_model(annotation: Any) -> bool:
 
 def _is_union(annotation: Any) -> bool:
     return get_origin(annotation) in (Union, types.UnionType)
-
-
-def _literal_values(annotation: Any) -> list[Any] | None:
-    annotation = _unwrapped(annotation)
-    if get_origin(annotation) is Literal:
-        return list(get_args(annotation))
-    if _is_union(annotation):
-        values = [_literal_values(arg) for arg in get_args(annotation) if arg is not type(None)]
-        if len(values) == 1:
-            return values[0]
-    return None
 
 
 def type_text(info: FieldInfo, anchors: dict[type[BaseModel], Section]) -> str:
