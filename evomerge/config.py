@@ -20,14 +20,16 @@ run_dir: runs/demo      # the ledger (ledger.db), the log and the config live he
 device: cuda            # where candidates are merged and scored (default: cpu)
 sources_device: cpu     # optional: keep base and sources in host memory when the GPU cannot hold them all
 sources_dtype: bfloat16 # optional: keep them in a lower precision
-kernels: auto           # optional: compiled (one fused kernel per tensor), blocks, or auto (compiled for large models on CPU)
+kernels: auto           # optional: compiled (one fused kernel per tensor), blocks, or auto (compiled for
+                        # large models on CPU)
 ```
 
 A layer-stacking (data-flow space) run has a `stack:` section instead of `recipe` and `genome`
 (evomerge/dfs.py: StackSpace):
 
 ```yaml
-stack: {sources: [zoo:expert_add, zoo:expert_reverse], repeats: 2, max_depth: 6, scale_low: 0.5, scale_high: 1.5}
+stack: {sources: [zoo:expert_add, zoo:expert_reverse], repeats: 2, max_depth: 6, scale_low: 0.5,
+        scale_high: 1.5}
 ```
 
 A hybrid run has all three: it searches the merge parameters first, then stacks the layers of its best merge
@@ -72,32 +74,64 @@ class Objective(_Frozen):
     """One value to optimize: a task's metric (default: the task kind's first), in its natural direction
     unless given."""
 
-    task: str
-    metric: str | None = None
-    direction: Literal["maximize", "minimize"] | None = None
-    weight: float = Field(1.0, gt=0)
+    task: str = Field(description="the name of a task under `tasks`")
+    metric: str | None = Field(
+        None, description="the task's metric (default: its kind's first; an lm_eval task must name one)"
+    )
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="default: the metric's natural direction (maximize for an lm_eval task)"
+    )
+    weight: float = Field(
+        1.0, gt=0, description="the objective's weight when several are scalarized into one"
+    )
 
 
 class EarlyStopping(_Frozen):
     """Stop scoring a candidate once it cannot, with this confidence, beat the k-th best so far (PRUNED)."""
 
-    enabled: bool = False
+    enabled: bool = Field(
+        False, description="score candidates in chunks and prune those that cannot beat the top_k-th best"
+    )
     chunk_size: int = Field(50, ge=1, description="examples per task between two checks")
-    confidence: float = Field(0.95, gt=0.5, lt=1, description="one-sided confidence of the bound on the full score")
-    top_k: int = Field(1, ge=1, description="prune a candidate that cannot beat the k-th best candidate so far")
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="one-sided confidence of the bound on the full score"
+    )
+    top_k: int = Field(
+        1, ge=1, description="prune a candidate that cannot beat the k-th best candidate so far"
+    )
 
 
 class OptimizerConfig(_Frozen):
-    name: Literal["cmaes", "tpe", "optuna-cmaes", "nsga2", "nsga3", "gp", "random"] = "cmaes"
-    population_size: int | None = Field(None, ge=2, description="default: the optimizer's own")
+    """What proposes the candidates: pycma's CMA-ES or an Optuna sampler, seeded by the run's `seed`."""
+
+    name: Literal["cmaes", "tpe", "optuna-cmaes", "nsga2", "nsga3", "gp", "random"] = Field(
+        "cmaes", description="cmaes (pycma) or an Optuna sampler; with several objectives a multi-objective "
+        "sampler finds a Pareto front and cmaes optimizes their scalarization",
+    )
+    population_size: int | None = Field(
+        None, ge=2, description="candidates per generation, for optimizers that have generations (default: "
+        "the optimizer's own)",
+    )
     sigma: float = Field(0.3, gt=0, description="CMA-ES initial step size, in the unit cube")
-    scalarization: Literal["weighted_sum", "chebyshev"] = "weighted_sum"
+    scalarization: Literal["weighted_sum", "chebyshev"] = Field(
+        "weighted_sum",
+        description="how several objectives become one value (for cmaes, and to pick a run's best "
+        "candidate): the weighted sum of their losses, or the largest weighted distance of a loss from the "
+        "lowest seen so far (chebyshev)",
+    )
 
 
 class Budget(_Frozen):
-    evaluations: int | None = Field(None, ge=1)
-    wall_clock_seconds: float | None = Field(None, gt=0)
-    max_consecutive_failures: int = Field(10, ge=1)
+    """When a search stops: after `evaluations` candidates or `wall_clock_seconds`, whichever comes first
+    (set at least one); both count the whole run, resumes included."""
+
+    evaluations: int | None = Field(
+        None, ge=1, description="candidates evaluated: completed, pruned or failed"
+    )
+    wall_clock_seconds: float | None = Field(None, gt=0, description="seconds spent searching")
+    max_consecutive_failures: int = Field(
+        10, ge=1, description="stop the run after this many failed candidates in a row"
+    )
 
     @model_validator(mode="after")
     def _some_limit(self) -> Budget:
@@ -107,31 +141,58 @@ class Budget(_Frozen):
 
 
 class RunConfig(_Frozen):
-    recipe: Recipe | None = None
-    genome: list[SearchedParam] = Field(default_factory=list)
-    stack: StackSpace | None = None
-    stack_budget: Budget | None = Field(None, description="a hybrid run's layer-stacking phase (default: budget)")
-    seed_recipes: list[Path] = Field(default_factory=list)
-    tasks: dict[str, TaskSpec] = Field(min_length=1)
-    objectives: list[Objective] = Field(min_length=1)
-    early_stopping: EarlyStopping = EarlyStopping()
-    optimizer: OptimizerConfig = OptimizerConfig()
-    budget: Budget
-    seed: int = 0
+    """A run: what it merges (`recipe` and `genome`) or stacks (`stack`), what candidates are scored on
+    (`tasks`, `objectives`), how they are proposed (`optimizer`) and for how long (`budget`). A
+    merge-parameter search gives `recipe` and `genome`, a layer-stacking search `stack`, and a hybrid run all
+    three: the merge search, then stacking its best merge's layers (the stack source `search:best`)."""
+
+    recipe: Recipe | None = Field(
+        None, description="the template: method, base, sources and every parameter the search leaves fixed"
+    )
+    genome: list[SearchedParam] = Field(
+        default_factory=list, description="the recipe parameters the search varies"
+    )
+    stack: StackSpace | None = Field(None, description="the layer-stacking search")
+    stack_budget: Budget | None = Field(
+        None, description="a hybrid run's layer-stacking phase (default: budget)"
+    )
+    seed_recipes: list[Path] = Field(
+        default_factory=list,
+        description="recipe files evaluated right after the template (stack recipe files, after each source "
+        "alone, in a layer-stacking run); not in a hybrid run",
+    )
+    tasks: dict[str, TaskSpec] = Field(
+        min_length=1, description="what candidates are scored on, by task name"
+    )
+    objectives: list[Objective] = Field(min_length=1, description="the values the search optimizes")
+    early_stopping: EarlyStopping = Field(
+        EarlyStopping(), description="pruning candidates before they are fully scored"
+    )
+    optimizer: OptimizerConfig = Field(OptimizerConfig(), description="what proposes the candidates")
+    budget: Budget = Field(description="when the search stops")
+    seed: int = Field(0, description="seeds the optimizer (pycma, and each trial's Optuna sampler)")
     storage: str | None = Field(None, description="an Optuna RDB URL; default sqlite in the run directory")
     study: str = Field("evomerge", min_length=1, description="the study's name in the storage")
-    run_dir: Path = Path("runs/run")
-    device: str = "cpu"
+    run_dir: Path = Field(
+        Path("runs/run"),
+        description="the run directory: its config, run.log, the report and (without storage) the ledger, "
+        "ledger.db",
+    )
+    device: str = Field(
+        "cpu", description="where candidates are merged and scored: a torch device (cpu, cuda, cuda:1)"
+    )
     sources_device: str | None = Field(
-        None, description="where the base and sources stay resident (default: device); cpu keeps them in host "
+        None,
+        description="where the base and sources stay resident (default: device); cpu keeps them in host "
         "memory when the accelerator cannot hold them all (each tensor crosses when it is merged)",
     )
     sources_dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
         None, description="the precision the resident base and sources are kept in (default: their own)"
     )
     kernels: Literal["auto", "compiled", "blocks"] = Field(
-        "auto", description="how merges are computed: compiled kernels (torch.compile; needs a C++ compiler on "
-        "CPU), blocks of torch operations, or auto: compiled on CPU for models of 33M+ parameters",
+        "auto",
+        description="how merges are computed: compiled kernels (torch.compile; needs a C++ compiler on CPU), "
+        "blocks of torch operations, or auto: compiled on CPU for models of 33M+ parameters",
     )
 
     @field_validator("recipe", mode="before")
@@ -155,8 +216,8 @@ class RunConfig(_Frozen):
         best_stacked = self.stack is not None and SEARCH_BEST in self.stack.sources
         if self.hybrid and not best_stacked:
             raise ValueError(
-                f"stack.sources: a hybrid run (recipe, genome and stack) stacks the layers of its best merge; "
-                f"list '{SEARCH_BEST}' among the stack sources"
+                "stack.sources: a hybrid run (recipe, genome and stack) stacks the layers of its best "
+                f"merge; list '{SEARCH_BEST}' among the stack sources"
             )
         if best_stacked and not self.hybrid:
             raise ValueError(
@@ -166,21 +227,27 @@ class RunConfig(_Frozen):
         if self.recipe is None and (self.sources_device or self.sources_dtype):
             raise ValueError("sources_device, sources_dtype: they apply to merge-parameter runs; remove them")
         if self.stack_budget is not None and not self.hybrid:
-            raise ValueError("stack_budget: only a hybrid run (recipe, genome and stack) has a stacking phase")
+            raise ValueError(
+                "stack_budget: only a hybrid run (recipe, genome and stack) has a stacking phase"
+            )
         if self.hybrid and self.seed_recipes:
-            raise ValueError("seed_recipes: a hybrid run starts from its template recipe; remove seed_recipes")
+            raise ValueError(
+                "seed_recipes: a hybrid run starts from its template recipe; remove seed_recipes"
+            )
         resolved = []
         for objective in self.objectives:
             if objective.task not in self.tasks:
                 raise ValueError(
-                    f"objective names task '{objective.task}', which is not under 'tasks' ({', '.join(self.tasks)})"
+                    f"objective names task '{objective.task}', which is not under 'tasks' "
+                    f"({', '.join(self.tasks)})"
                 )
             resolved.append(_resolved(objective, self.tasks[objective.task]))
         object.__setattr__(self, "objectives", resolved)  # frozen: set once, here, while validating
         if len(self.objectives) > 1 and self.optimizer.name not in (*MULTI_OBJECTIVE, "cmaes"):
             raise ValueError(
                 f"optimizer '{self.optimizer.name}' optimizes one objective but {len(self.objectives)} are "
-                f"listed; use one of {', '.join(MULTI_OBJECTIVE)} for a Pareto front, or cmaes with a scalarization"
+                f"listed; use one of {', '.join(MULTI_OBJECTIVE)} for a Pareto front, or cmaes with a "
+                "scalarization"
             )
         return self
 
@@ -205,8 +272,9 @@ class RunConfig(_Frozen):
         stack = data["stack"]
         stack["sources"] = [best.model_dump(mode="json") if s == SEARCH_BEST else s for s in stack["sources"]]
         data.update(
-            recipe=None, genome=[], stack=stack, stack_budget=None, budget=data["stack_budget"] or data["budget"],
-            study=self.stack_study, sources_device=None, sources_dtype=None,
+            recipe=None, genome=[], stack=stack, stack_budget=None,
+            budget=data["stack_budget"] or data["budget"], study=self.stack_study, sources_device=None,
+            sources_dtype=None,
         )
         return config_from_dict(data, "stack phase")
 
@@ -232,7 +300,9 @@ def _resolved(objective: Objective, task: TaskSpec) -> Objective:
     metrics = task.metrics
     if not metrics:  # a kind whose tasks declare their metrics when loaded (lm-eval's, in their YAML)
         if objective.metric is None:
-            raise ValueError(f"objective on {task.kind} task '{objective.task}': name its metric (e.g. acc, exact_match)")
+            raise ValueError(
+                f"objective on {task.kind} task '{objective.task}': name its metric (e.g. acc, exact_match)"
+            )
         return objective.model_copy(update={"direction": objective.direction or "maximize"})
     metric = objective.metric or next(iter(metrics))
     if metric not in metrics:

@@ -39,7 +39,9 @@ def _recipes_read(value: Any) -> Any:
     """A source given as a mapping is an inline merge recipe, checked as a recipe file is."""
     if not isinstance(value, list):
         return value
-    return [recipe_from_dict(item, origin="stack source") if isinstance(item, dict) else item for item in value]
+    return [
+        recipe_from_dict(item, origin="stack source") if isinstance(item, dict) else item for item in value
+    ]
 
 
 #: stack sources: model references, or inline merge recipes whose merged model is a source
@@ -49,12 +51,22 @@ Sources = Annotated[list[str | Recipe], BeforeValidator(_recipes_read), Field(mi
 class StackSpace(_Frozen):
     """The run config's `stack:` section: the sources whose layers are stacked and the shape of the search."""
 
-    sources: Sources
+    sources: Sources = Field(
+        description="the models whose layers are stacked: model references, inline merge recipes, or "
+        "search:best (a hybrid run's best merge)"
+    )
     repeats: int = Field(3, ge=1, description="how many times the sources' layer sequence is laid out")
-    min_depth: int = Field(1, ge=1)
-    max_depth: int | None = Field(None, ge=1, description="default: every slot")
-    scale_low: float = Field(1.0, gt=0, description="bounds of the hidden-state scale of a kept layer")
-    scale_high: float = Field(1.0, gt=0)
+    min_depth: int = Field(1, ge=1, description="the fewest layers a stack keeps")
+    max_depth: int | None = Field(
+        None, ge=1, description="the most layers a stack keeps (default: every slot)"
+    )
+    scale_low: float = Field(
+        1.0, gt=0, description="the lowest scale of the hidden state entering a kept layer (scales are "
+        "searched when it differs from scale_high)",
+    )
+    scale_high: float = Field(
+        1.0, gt=0, description="the highest scale of the hidden state entering a kept layer"
+    )
     embeddings: int = Field(0, ge=0, description="the source whose embeddings, final norm and head are used")
 
     @model_validator(mode="after")

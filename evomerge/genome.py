@@ -37,15 +37,20 @@ Granularity = Literal["global", "layer", "group", "kind"]
 
 
 class SearchedParam(BaseModel):
-    """One method parameter the search varies."""
+    """One method parameter the search varies: a gene per value of the granularity (and per source, for a
+    parameter each source has its own value of), between `low` and `high`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    param: str
-    granularity: Granularity = "layer"
-    group_size: int = Field(1, ge=1)
-    low: float
-    high: float
-    log: bool = False
+    param: str = Field(description="the name of a parameter of the recipe's method")
+    granularity: Granularity = Field(
+        "layer",
+        description="one value for every tensor (global), per layer, per group of group_size layers, or per "
+        "module kind (embedding, attention, mlp, norm, head)",
+    )
+    group_size: int = Field(1, ge=1, description="consecutive layers per gene, with granularity group")
+    low: float = Field(description="the lowest value searched")
+    high: float = Field(description="the highest value searched (at least low)")
+    log: bool = Field(False, description="search between low and high on a log scale (needs low > 0)")
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> SearchedParam:
@@ -129,13 +134,17 @@ class Genome(GeneSpace):
         self.template = template
         self.num_layers = num_layers
         method = template.method_def
-        gene_kinds = [k for k in MODULE_KINDS if k in kinds] + (["default"] if kinds - set(MODULE_KINDS) else [])
+        gene_kinds = [k for k in MODULE_KINDS if k in kinds] + (
+            ["default"] if kinds - set(MODULE_KINDS) else []
+        )
         genes: list[Gene] = []
         seen: set[str] = set()
         for searched_param in searched:
             spec = method.param(searched_param.param)
             if spec.kind == "bool":
-                raise UsageError(f"genome: '{spec.name}' is true/false and cannot be searched; fix it in the recipe")
+                raise UsageError(
+                    f"genome: '{spec.name}' is true/false and cannot be searched; fix it in the recipe"
+                )
             if searched_param.param in seen:
                 raise UsageError(f"genome: '{searched_param.param}' is listed twice")
             seen.add(searched_param.param)
@@ -176,7 +185,9 @@ class Genome(GeneSpace):
         (or, for a kind gene, at the middle layer for that kind).
         """
         if [s.model for s in recipe.sources] != [s.model for s in self.template.sources]:
-            raise UsageError("genome: a seed recipe must list the same sources, in the same order, as the search")
+            raise UsageError(
+                "genome: a seed recipe must list the same sources, in the same order, as the search"
+            )
         values = {}
         for gene in self.genes:
             name = gene.param.param

@@ -1,4 +1,4 @@
-"""The Recipe: the contract between search and merge (DESIGN.md).
+"""The Recipe: the contract between search and merge (what a search finds is what `evomerge merge` builds).
 
 A recipe names the method, the base, the sources and the parameters. It is plain data that round-trips
 through YAML, so anything the search finds can be rebuilt bit for bit by `evomerge merge recipe.yaml`:
@@ -45,7 +45,10 @@ class SourceSpec(BaseModel):
     """One source model and its per-source parameters (every key other than `model`)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    model: str = Field(min_length=1)
+    model: str = Field(
+        min_length=1,
+        description="the source model: zoo:NAME, a local Hugging Face directory or .gguf file, or a hub name",
+    )
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -53,15 +56,26 @@ class SourceSpec(BaseModel):
 
 
 class Recipe(BaseModel):
-    """A merge, fully specified. `dtype` overrides the stored dtype (default: the base model's)."""
+    """A merge, fully specified: the method, the models and every parameter value."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    method: str
-    base: str | None = None
-    sources: list[SourceSpec] = Field(min_length=1)
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 0
-    dtype: Dtype | None = None
+    method: str = Field(description="the merge method's name (see the method registry, evomerge/methods)")
+    base: str | None = Field(
+        None, description="the model the sources were fine-tuned from, as a source's `model` is named; "
+        "methods that merge task vectors need it",
+    )
+    sources: list[SourceSpec] = Field(
+        min_length=1, description="the models merged, each with its per-source parameters"
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="the method's global parameters, by name"
+    )
+    seed: int = Field(0, description="seeds DARE's random drops")
+    dtype: Dtype | None = Field(
+        None,
+        description="the dtype the merged model is stored in (default: that of the base, else the first "
+        "source)",
+    )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(exclude_none=True), sort_keys=False)
@@ -74,7 +88,9 @@ class Recipe(BaseModel):
 def recipe_from_dict(data: Any, origin: str = "recipe") -> Recipe:
     """Validate plain data as a Recipe for its method; `origin` names it in error messages."""
     if not isinstance(data, dict):
-        raise UsageError(f"{origin}: expected a mapping with 'method' and 'sources', got {type(data).__name__}")
+        raise UsageError(
+            f"{origin}: expected a mapping with 'method' and 'sources', got {type(data).__name__}"
+        )
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
@@ -114,7 +130,8 @@ def check_recipe(recipe: Recipe, origin: str = "recipe") -> None:
             if spec.scope != scope:
                 kind = "per-source" if spec.scope == "source" else "global"
                 raise UsageError(
-                    f"{origin}: '{name}' is a {kind} parameter of '{method.name}'; set it {scope_place[spec.scope]}"
+                    f"{origin}: '{name}' is a {kind} parameter of '{method.name}'; "
+                    f"set it {scope_place[spec.scope]}"
                 )
             _check_value(spec, value, f"{origin}: {place}.{name}")
 
@@ -127,7 +144,8 @@ def _check_value(spec: ParamSpec, value: Any, where: str) -> None:
         unknown = set(value) - set(MODULE_KINDS) - {"default"}
         if unknown:
             raise UsageError(
-                f"{where}: unknown module kind '{sorted(unknown)[0]}'; use {', '.join(MODULE_KINDS)} or default"
+                f"{where}: unknown module kind '{sorted(unknown)[0]}'; "
+                f"use {', '.join(MODULE_KINDS)} or default"
             )
         for kind, inner in value.items():
             _check_layer_value(spec, inner, f"{where}.{kind}")
@@ -185,7 +203,8 @@ def _interpolate(points: list[float], t: float) -> float:
 
 
 def resolve_parameters(recipe: Recipe, layer: int | None, kind: str, num_layers: int) -> dict[str, Any]:
-    """Every parameter of the recipe's method for one tensor: per-source ones as lists, global ones as scalars."""
+    """Every parameter of the recipe's method for one tensor: per-source ones as lists, global ones as
+    scalars."""
     method = recipe.method_def
     resolved: dict[str, Any] = {}
     for spec in method.params:

@@ -43,6 +43,12 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    limit: int | None = Field(
+        None, ge=1, description="a seeded random subsample of this many examples per split"
+    )
+    sample_seed: int = Field(0, description="seed of that subsample")
+    batch_size: int = Field(64, ge=1, description="examples (or options) per forward pass")
+
     #: metric -> higher is better (the first is the default metric of an objective); empty when the task
     #: declares its metrics itself when loaded
     metrics: ClassVar[dict[str, bool]] = {}
@@ -56,30 +62,37 @@ class _Spec(BaseModel):
         sample = f"a seeded random subsample of {self.limit} examples per split" if self.limit else "every example"
         return f"{getattr(self, 'data', '')}, {sample}; {self.scored}"
 
-    limit: int | None = Field(None, ge=1, description="a seeded random subsample of this many examples per split")
-    sample_seed: int = Field(0, description="seed of that subsample")
-    batch_size: int = Field(64, ge=1, description="examples (or options) per forward pass")
-
 
 class _DataSpec(_Spec):
     """A task whose examples come from a data set read with `datasets`."""
 
     data: str = Field(description="zoo:SKILL, a directory with one file per split, or a hub data set name")
     subset: str | None = Field(None, description="the hub data set's configuration name")
-    search_split: str = "search"
-    held_out_split: str = "held_out"
+    search_split: str = Field("search", description="the split candidates are scored on during the search")
+    held_out_split: str = Field(
+        "held_out", description="the split reported candidates are scored on, never shown to the optimizer "
+        "(checked to share no example with search_split)",
+    )
     template: str = Field("{prompt}", description="the prompt, with {field} placeholders")
 
 
 class GenerateSpec(_DataSpec):
-    kind: Literal["generate"] = "generate"
+    """Greedy generation from the prompt, scored by matching the answer to the gold one (metric: exact_match).
+    The default kind."""
+
+    kind: Literal["generate"] = Field("generate", description="the task kind (generate when left out)")
     target: str = Field("answer", description="the field holding the gold answer")
     max_new_tokens: int | None = Field(None, ge=1, description="default: the longest gold answer + 1 token")
     stop: list[str] = Field(default_factory=list, description="a completion ends before the first of these")
     extract: str | None = Field(
-        None, description="regex applied to completions and gold answers; its first group (or whole match) counts"
+        None,
+        description="regex applied to completions and gold answers; its first group (or whole match) counts",
     )
-    match: Literal["exact", "numeric"] = "exact"
+    match: Literal["exact", "numeric"] = Field(
+        "exact",
+        description="exact: equal strings after stripping whitespace; numeric: equal numbers (to 1e-6 "
+        "relative)",
+    )
 
     metrics: ClassVar[dict[str, bool]] = {"exact_match": True}
     scored: ClassVar[str] = "greedy generation, exact match of the answer"
@@ -94,10 +107,15 @@ class GenerateSpec(_DataSpec):
 
 
 class ChoiceSpec(_DataSpec):
-    kind: Literal["choice"]
+    """Log-likelihood of each option after the prompt (metrics: acc, the likeliest option is right; acc_norm,
+    the likeliest per character). Give either `choices` or `options`."""
+
+    kind: Literal["choice"] = Field(description="the task kind")
     target: str = Field("answer", description="the field holding the right option's index or text")
     choices: str | None = Field(None, description="the field holding each example's list of options")
-    options: list[str] | None = Field(None, min_length=2, description="the options, when every example shares them")
+    options: list[str] | None = Field(
+        None, min_length=2, description="the options, when every example shares them"
+    )
     delimiter: str = Field(" ", description="between the prompt and an option")
 
     metrics: ClassVar[dict[str, bool]] = {"acc": True, "acc_norm": True}
@@ -107,12 +125,17 @@ class ChoiceSpec(_DataSpec):
     @model_validator(mode="after")
     def _one_source_of_options(self) -> ChoiceSpec:
         if (self.choices is None) == (self.options is None):
-            raise ValueError("a choice task names either `choices` (a field with each example's options) or `options`")
+            raise ValueError(
+                "a choice task names either `choices` (a field with each example's options) or `options`"
+            )
         return self
 
 
 class PerplexitySpec(_DataSpec):
-    kind: Literal["perplexity"]
+    """Mean negative log-likelihood per token of a text, averaged over examples (metric: nll, lower is
+    better)."""
+
+    kind: Literal["perplexity"] = Field(description="the task kind")
     template: str = Field("{text}", description="the text whose tokens are scored, with {field} placeholders")
 
     metrics: ClassVar[dict[str, bool]] = {"nll": False}
@@ -121,7 +144,10 @@ class PerplexitySpec(_DataSpec):
 
 
 class LmEvalSpec(_Spec):
-    kind: Literal["lm_eval"]
+    """An lm-evaluation-harness task, run on the candidate in memory; its metrics are those its task declares,
+    and an objective on it names one."""
+
+    kind: Literal["lm_eval"] = Field(description="the task kind")
     task: str = Field(description="the lm-eval task of the search split")
     held_out_task: str = Field(description="the lm-eval task of the held-out split (disjoint documents)")
     include_path: Path | None = Field(None, description="a directory of local lm-eval task YAMLs")
