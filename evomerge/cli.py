@@ -279,7 +279,8 @@ def _quiet_libraries() -> None:
 
 
 def _run_zoo_build(args: argparse.Namespace) -> None:
-    from evomerge.zoo import build_zoo, format_matrix
+    from evomerge.zoo.build import build_zoo
+    from evomerge.zoo.check import format_matrix
 
     manifest = build_zoo(args.dir)
     print(f"zoo in {args.dir} (built in {manifest['build_seconds']} s)")
@@ -461,7 +462,7 @@ def _run_demo(args: argparse.Namespace) -> None:
     from evomerge.search.ledger import load_run_study
     from evomerge.search.loop import Search
     from evomerge.search.results import held_out_scores
-    from evomerge.zoo import ensure_zoo
+    from evomerge.zoo.build import ensure_zoo
 
     out: Path = args.out
     if out.exists():
