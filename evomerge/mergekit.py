@@ -61,8 +61,7 @@ RENAMED = {"scale": "lambda", "drop": "density"}
 
 
 def mergekit_config(recipe: Recipe, tensor_names: list[str]) -> dict[str, Any]:
-    """The mergekit configuration of `recipe` over models with these tensor names; UsageError if there is
-    none."""
+    """The mergekit configuration of `recipe` over models with these tensor names (UsageError if none)."""
     if recipe.method not in METHODS:
         raise UsageError(
             f"mergekit has no merge method like evomerge's '{recipe.method}'; "
