@@ -294,7 +294,8 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 
 def _run_zoo_build(args: argparse.Namespace) -> None:
-    from evomerge.zoo import build_zoo, format_matrix
+    from evomerge.zoo.build import build_zoo
+    from evomerge.zoo.check import format_matrix
 
     manifest = build_zoo(args.dir)
     print(f"zoo in {args.dir} (built in {manifest['build_seconds']} s)")

@@ -28,7 +28,7 @@ def run_demo(out: Path) -> None:
     from evomerge.search.loop import Search
     from evomerge.search.results import Row, held_out_scores, objective_values
     from evomerge.search.runs import write_run_config
-    from evomerge.zoo import ensure_zoo
+    from evomerge.zoo.build import ensure_zoo
 
     if out.exists():
         if not (out / DEMO_MARKER).is_file():

@@ -22,8 +22,9 @@ opens and closes the list. `mergekit-yaml` on such a config writes the tensors o
 
 What cannot be expressed raises UsageError: sources mergekit cannot read (GGUF files, a stack's inline merge
 recipes), and per-kind values on models whose tensor names mergekit's filters cannot tell apart. mergekit
-draws DARE's random masks from torch's generator, evomerge from a hash of the element (methods/counter_random.py),
-so a DARE merge made by mergekit is a close sibling of evomerge's, not the same tensors.
+draws DARE's random masks from torch's generator, evomerge from a hash of the element
+(methods/counter_random.py), so a DARE merge made by mergekit is a close sibling of evomerge's, not the same
+tensors.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import yaml
 from evomerge.dfs import StackRecipe
 from evomerge.errors import UsageError
 from evomerge.recipe import Recipe, resolve_value
-from evomerge.sources import ZOO_PREFIX, resolve_ref, tensor_info
+from evomerge.references import split_scheme
+from evomerge.sources import HUB_SCHEME, resolve_ref, tensor_info
 from evomerge.stacking import BRANCH_OUTPUTS, folded_factors, source_label
 
 #: evomerge method -> mergekit `merge_method` (mergekit implements each under this name).
@@ -52,15 +54,18 @@ METHODS = {
     "model_stock": "model_stock",
 }
 #: evomerge module kind -> the mergekit filter (a tensor-name substring) that selects it in Llama-style names.
-FILTERS = {"attention": "self_attn", "mlp": "mlp", "embedding": "embed_tokens", "head": "lm_head", "norm": "norm"}
+FILTERS = {
+    "attention": "self_attn", "mlp": "mlp", "embedding": "embed_tokens", "head": "lm_head", "norm": "norm"
+}
 RENAMED = {"scale": "lambda", "drop": "density"}
 
 
 def mergekit_config(recipe: Recipe, tensor_names: list[str]) -> dict[str, Any]:
-    """The mergekit configuration of `recipe` over models with these tensor names; UsageError if none exists."""
+    """The mergekit configuration of `recipe` over models with these tensor names (UsageError if none)."""
     if recipe.method not in METHODS:
         raise UsageError(
-            f"mergekit has no merge method like evomerge's '{recipe.method}'; export without --format mergekit"
+            f"mergekit has no merge method like evomerge's '{recipe.method}'; "
+            "export without --format mergekit"
         )
     models = [_model_path(source.model) for source in recipe.sources]
     config: dict[str, Any] = {"merge_method": METHODS[recipe.method]}
@@ -74,7 +79,8 @@ def mergekit_config(recipe: Recipe, tensor_names: list[str]) -> dict[str, Any]:
     ]
     # evomerge's default is written out, as mergekit's default may differ (TIES: both true; others vary)
     method = recipe.method_def
-    normalize = {"normalize": method.param("normalize").default} if "normalize" in method.param_names() else {}
+    has_normalize = "normalize" in method.param_names()
+    normalize = {"normalize": method.param("normalize").default} if has_normalize else {}
     parameters = {**normalize, **recipe.parameters}
     if parameters:
         config["parameters"] = _parameters(parameters, tensor_names)
@@ -117,7 +123,8 @@ def recipe_mergekit_yaml(recipe: Recipe, tensor_names: list[str]) -> str:
     """The mergekit config of a merge recipe over models with these tensor names, as YAML."""
     header = HEADER
     if "drop" in recipe.method_def.param_names():
-        header += "# evomerge's recipe.yaml rebuilds the exact tensors; mergekit draws DARE's random drops itself.\n"
+        header += "# evomerge's recipe.yaml rebuilds the exact tensors; "
+        header += "mergekit draws DARE's random drops itself.\n"
     return header + yaml.safe_dump(mergekit_config(recipe, tensor_names), sort_keys=False)
 
 
@@ -127,16 +134,22 @@ def stack_mergekit_yaml(stack: StackRecipe) -> str:
 
 
 def _model_path(ref: str) -> str:
-    """An absolute path for a zoo or local model (mergekit knows neither `zoo:` nor our working directory)."""
+    """An absolute path for a local model or one with a scheme such as `zoo:` (mergekit knows neither our
+    schemes nor our working directory); a hub name as it is (`hf:` dropped)."""
     if ref.endswith(".gguf"):
         raise UsageError(f"mergekit cannot read the GGUF model '{ref}'; export without --format mergekit")
-    if ref.startswith(ZOO_PREFIX) or Path(ref).expanduser().exists():
+    scheme = split_scheme(ref)
+    if scheme is not None and scheme[0] == HUB_SCHEME:
+        return scheme[1]
+    if scheme is not None or Path(ref).expanduser().exists():
         return str(resolve_ref(ref).resolve())
     return ref
 
 
 def _parameters(parameters: dict[str, Any], tensor_names: list[str]) -> dict[str, Any]:
-    return {RENAMED.get(name, name): _setting(name, value, tensor_names) for name, value in parameters.items()}
+    return {
+        RENAMED.get(name, name): _setting(name, value, tensor_names) for name, value in parameters.items()
+    }
 
 
 def _setting(name: str, value: Any, tensor_names: list[str]) -> Any:
@@ -145,14 +158,17 @@ def _setting(name: str, value: Any, tensor_names: list[str]) -> Any:
     mergekit reads the final norm and the head (its "post" weights) at the gradient's first point, evomerge at
     the last layer's value: a value that varies by depth gets a condition naming each of those tensors first.
     """
+    layers = _layers(tensor_names)
     post = [
-        {"filter": tensor, "value": _value(name, resolve_value(value, None, info.kind, _layers(tensor_names)))}
+        {"filter": tensor, "value": _value(name, resolve_value(value, None, info.kind, layers))}
         for tensor in tensor_names
         if (info := tensor_info(tensor)).layer is None and info.kind in ("norm", "head") and _varies(value)
     ]
     if isinstance(value, dict) and "gradient" not in value:
         _check_filters(name, [kind for kind in value if kind != "default"], tensor_names)
-        conditions = [{"filter": FILTERS[k], "value": _value(name, v)} for k, v in value.items() if k != "default"]
+        conditions = [
+            {"filter": FILTERS[k], "value": _value(name, v)} for k, v in value.items() if k != "default"
+        ]
         if "default" in value:
             conditions.append({"value": _value(name, value["default"])})
         return post + conditions
@@ -169,23 +185,25 @@ def _value(name: str, value: Any) -> Any:
 
 
 def _varies(value: Any) -> bool:
-    """Whether a value can differ from one layer to another (a list or gradient, or a kind map holding one)."""
+    """Whether a value can differ from one layer to another (a list or gradient, or a kind map with one)."""
     inner = value.values() if isinstance(value, dict) and "gradient" not in value else [value]
     return any(isinstance(v, (list, dict)) for v in inner)
 
 
 def _layers(tensor_names: list[str]) -> int:
-    return 1 + max((info.layer for info in map(tensor_info, tensor_names) if info.layer is not None), default=0)
+    layers = (info.layer for info in map(tensor_info, tensor_names) if info.layer is not None)
+    return 1 + max(layers, default=0)
 
 
 def _check_filters(name: str, kinds: list[str], tensor_names: list[str]) -> None:
-    """Raise UsageError unless mergekit's first-match filters give every tensor the entry evomerge gives it."""
+    """Raise UsageError unless mergekit's first-match filters give each tensor the entry evomerge gives it."""
     for tensor in tensor_names:
         kind = tensor_info(tensor).kind
         matched = next((k for k in kinds if FILTERS[k] in tensor), None)
         wanted = kind if kind in kinds else None
         if matched != wanted:
             raise UsageError(
-                f"mergekit cannot express the per-kind '{name}' of this recipe: its filters match tensor names, and "
-                f"'{tensor}' ({kind}) would take the {matched or 'default'} value; export without --format mergekit"
+                f"mergekit cannot express the per-kind '{name}' of this recipe: its filters match tensor "
+                f"names, and '{tensor}' ({kind}) would take the {matched or 'default'} value; "
+                "export without --format mergekit"
             )

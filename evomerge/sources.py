@@ -1,7 +1,9 @@
 """Loading the models of a merge, checking they can be merged, and naming what each tensor is.
 
 A model reference is one of:
-- `zoo:NAME`: a model of the tiny zoo (built and cached on first use; see evomerge/zoo.py);
+- `SCHEME:NAME`, resolved by the plug-in that registered the scheme (evomerge/references.py), such as
+  `zoo:NAME`, a model of the tiny zoo (built and cached on first use), or the core's `hf:ORG/MODEL`, a hub
+  model named explicitly;
 - a local Hugging Face directory (config.json plus *.safetensors, or pytorch_model*.bin read with
   `weights_only=True`);
 - a local `.gguf` file (dequantized by transformers; needs the `gguf` package);
@@ -24,8 +26,10 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, PretrainedConfig
 
 from evomerge.errors import UsageError
+from evomerge.references import register_model_scheme, resolve_model_scheme, split_scheme
 
-ZOO_PREFIX = "zoo:"
+#: The scheme of a hub model named explicitly: `hf:ORG/MODEL`.
+HUB_SCHEME = "hf"
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 _KIND_MARKERS = (
     ("embedding", ("embed_tokens", "wte.", "wpe.", "word_embeddings", "embed_in", "tok_embeddings")),
@@ -85,25 +89,19 @@ class LoadedModel:
 
 def source_name(ref: str) -> str:
     """A short name for a model reference: `zoo:expert_add` -> expert_add, `/models/x/` -> x."""
-    return ref.split(":", 1)[1] if ref.startswith(ZOO_PREFIX) else Path(ref).name or ref
+    name = parts[1] if (parts := split_scheme(ref)) else ref
+    return Path(name).name or name
 
 
 def resolve_ref(ref: str) -> Path:
     """The local path of a model reference, downloading a hub model when the hub is reachable."""
-    if ref.startswith(ZOO_PREFIX):
-        from evomerge.zoo import ensure_zoo
-
-        name = ref[len(ZOO_PREFIX) :]
-        zoo = ensure_zoo()
-        path = zoo / name
-        if not (path / "config.json").is_file():
-            available = sorted(p.name for p in zoo.iterdir() if (p / "config.json").is_file())
-            raise UsageError(f"the zoo has no model '{name}'; it has: {', '.join(available)}")
-        return path
+    resolved = resolve_model_scheme(ref)
+    if resolved is not None:
+        return resolved
     path = Path(ref).expanduser()
     if path.exists():
         return path
-    if _looks_like_hub_name(ref) and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false"):
+    if _looks_like_hub_name(ref) and _hub_online():
         return _download(ref)
     raise UsageError(
         f"model '{ref}' not found: no such file or directory"
@@ -111,19 +109,34 @@ def resolve_ref(ref: str) -> Path:
     )
 
 
+def _hub_model(name: str) -> Path:
+    """An `hf:ORG/MODEL` reference: the hub model, even where a local directory has the same name."""
+    if not _looks_like_hub_name(name):
+        raise UsageError(f"model '{HUB_SCHEME}:{name}': a hub model is named ORG/MODEL")
+    if not _hub_online():
+        raise UsageError(f"model '{HUB_SCHEME}:{name}' is on the hub, which is offline (HF_HUB_OFFLINE)")
+    return _download(name)
+
+
 def _looks_like_hub_name(ref: str) -> bool:
     return re.fullmatch(r"[\w.-]+/[\w.-]+", ref) is not None
+
+
+def _hub_online() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false")
 
 
 def _download(ref: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(
-            snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"])
-        )
+        patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+        return Path(snapshot_download(ref, allow_patterns=patterns))
     except Exception as error:  # the hub client raises many types; all mean the same to the user
         raise UsageError(f"model '{ref}' could not be downloaded from the hub: {error}") from None
+
+
+register_model_scheme(HUB_SCHEME, _hub_model)
 
 
 def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
@@ -131,7 +144,9 @@ def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
     path = resolve_ref(ref)
     if path.is_file():
         if path.suffix != ".gguf":
-            raise UsageError(f"'{path}' is a file but not a .gguf model; give a model directory or a .gguf file")
+            raise UsageError(
+                f"'{path}' is a file but not a .gguf model; give a model directory or a .gguf file"
+            )
         config, tensors = _load_gguf(path)
     else:
         config = _load_config(path)
@@ -159,7 +174,9 @@ def _load_directory_tensors(path: Path) -> dict[str, torch.Tensor]:
             try:
                 tensors.update(load_file(file))
             except (SafetensorError, OSError) as error:
-                raise UsageError(f"cannot read '{file}': corrupt or truncated safetensors file ({error})") from None
+                raise UsageError(
+                    f"cannot read '{file}': corrupt or truncated safetensors file ({error})"
+                ) from None
         return tensors
     bin_files = sorted(path.glob("pytorch_model*.bin"))
     if bin_files:
@@ -182,7 +199,9 @@ def _load_gguf(path: Path) -> tuple[PretrainedConfig, dict[str, torch.Tensor]]:
         import accelerate  # noqa: F401  (transformers needs both to read GGUF)
         import gguf  # noqa: F401
     except ImportError:
-        raise UsageError("reading GGUF files needs the gguf and accelerate packages: pip install 'evomerge[gguf]'") from None
+        raise UsageError(
+            "reading GGUF files needs the gguf and accelerate packages: pip install 'evomerge[gguf]'"
+        ) from None
     from transformers import AutoModelForCausalLM
 
     # An absolute gguf_file: transformers looks a bare file name up in the working directory first, so a
@@ -196,7 +215,8 @@ def _load_gguf(path: Path) -> tuple[PretrainedConfig, dict[str, torch.Tensor]]:
 
 
 def check_compatible(models: list[LoadedModel]) -> None:
-    """Raise UsageError unless all models share architecture, tensor names and shapes (the first is the reference)."""
+    """Raise UsageError unless all models share architecture, tensor names and shapes (the first is the
+    reference)."""
     reference = models[0]
     for other in models[1:]:
         if reference.config.model_type != other.config.model_type:
@@ -207,7 +227,9 @@ def check_compatible(models: list[LoadedModel]) -> None:
         for a, b in ((reference, other), (other, reference)):
             missing = [name for name in a.tensors if name not in b.tensors]
             if missing:
-                raise UsageError(f"incompatible models: '{b.ref}' has no tensor '{missing[0]}' that '{a.ref}' has")
+                raise UsageError(
+                    f"incompatible models: '{b.ref}' has no tensor '{missing[0]}' that '{a.ref}' has"
+                )
         for name, tensor in reference.tensors.items():
             theirs = other.tensors[name]
             if tensor.shape == theirs.shape:

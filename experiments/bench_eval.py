@@ -33,7 +33,8 @@ from evomerge.evaluate.lm_eval_task import lm_eval_task_config  # noqa: E402
 from evomerge.evaluate.specs import TaskSpec  # noqa: E402
 from evomerge.evaluate.tasks import Evaluator, load_task  # noqa: E402
 from evomerge.sources import resolve_ref  # noqa: E402
-from evomerge.zoo import ensure_zoo, read_split  # noqa: E402
+from evomerge.zoo.build import ensure_zoo  # noqa: E402
+from evomerge.zoo.skills import read_split  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_eval.json"
 SPLITS = ("search", "held_out")

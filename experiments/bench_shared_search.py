@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from postgres import Postgres  # noqa: E402
 
 from evomerge.search.ledger import counts_toward_budget  # noqa: E402
-from evomerge.zoo import ensure_zoo  # noqa: E402
+from evomerge.zoo.build import ensure_zoo  # noqa: E402
 
 BUDGET = 24
 RESULTS = ROOT / "experiments" / "results" / "bench_shared_search.json"

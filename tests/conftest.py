@@ -15,7 +15,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from evomerge.zoo import build_tokenizer, ensure_zoo  # noqa: E402
+from evomerge.zoo.build import ensure_zoo  # noqa: E402
+from evomerge.zoo.tokenizer import build_tokenizer  # noqa: E402
 
 
 def save_tiny_llama(path: Path, seed: int, **overrides) -> Path:

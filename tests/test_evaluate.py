@@ -18,7 +18,7 @@ from evomerge.evaluate.generate import greedy_completions
 from evomerge.evaluate.loglik import continuation_logprobs
 from evomerge.evaluate.specs import TaskSpec
 from evomerge.evaluate.tasks import Evaluator, Partial, load_task
-from evomerge.zoo import read_split
+from evomerge.zoo.skills import read_split
 
 
 def spec(**fields) -> TaskSpec:

@@ -17,7 +17,7 @@ from evomerge.evaluate.lm_eval_task import lm_eval_task_config
 from evomerge.evaluate.specs import TaskSpec
 from evomerge.evaluate.tasks import Evaluator, load_task
 from evomerge.search.loop import Search
-from evomerge.zoo import read_split
+from evomerge.zoo.skills import read_split
 
 SPLITS = ("search", "held_out")
 

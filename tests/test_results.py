@@ -19,7 +19,7 @@ from evomerge.mergekit import mergekit_config
 from evomerge.recipe import recipe_from_dict
 from evomerge.search.baselines import BASELINES_STUDY, baseline_grid
 from evomerge.search.results import HELD_OUT_PREFIX
-from evomerge.zoo import build_tokenizer
+from evomerge.zoo.tokenizer import build_tokenizer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

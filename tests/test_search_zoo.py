@@ -20,7 +20,7 @@ from evomerge.cli import main
 from evomerge.config import load_config
 from evomerge.recipe import recipe_from_dict
 from evomerge.search.results import best_trial
-from evomerge.zoo import recipe_accuracy
+from evomerge.zoo.check import recipe_accuracy
 
 pytestmark = pytest.mark.slow
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

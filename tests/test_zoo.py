@@ -10,26 +10,13 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.engine import MergeEngine
-from evomerge.recipe import recipe_from_dict
-
 from evomerge.errors import UsageError
-from evomerge.zoo import (
-    ALPHABET,
-    SKILLS,
-    SPLITS,
-    ZooSettings,
-    build_tokenizer,
-    base_train_split,
-    build_zoo,
-    expert_name,
-    format_matrix,
-    merge_check_recipes,
-    model_accuracy,
-    model_names,
-    read_manifest,
-    settings_hash,
-    skill_splits,
-)
+from evomerge.recipe import recipe_from_dict
+from evomerge.zoo.build import build_zoo, read_manifest
+from evomerge.zoo.check import format_matrix, merge_check_recipes, model_accuracy
+from evomerge.zoo.settings import ZooSettings, settings_hash
+from evomerge.zoo.skills import SKILLS, SPLITS, base_train_split, expert_name, model_names, skill_splits
+from evomerge.zoo.tokenizer import ALPHABET, build_tokenizer
 
 # Thresholds sit well inside what the default zoo shows (docs/zoo.md), so that they do not flake.
 EXPERT_MIN_ACCURACY = 0.9

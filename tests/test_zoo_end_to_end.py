@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from evomerge.cli import main
 from evomerge.config import load_config
 from evomerge.search.scoring import CandidateScorer
-from evomerge.zoo import format_matrix, model_accuracy, read_manifest
+from evomerge.zoo.build import read_manifest
+from evomerge.zoo.check import format_matrix, model_accuracy
 
 pytestmark = pytest.mark.slow
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

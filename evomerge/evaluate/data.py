@@ -1,7 +1,9 @@
 """A task's examples: read with `datasets`, subsampled with a seed, checked disjoint across splits.
 
 Local data is a directory with one file per split, named for the split (`search.jsonl`, `held_out.csv`,
-...); `zoo:SKILL` is such a directory of the tiny zoo; any other name is a hub data set (online only).
+...); `SCHEME:NAME` names such a directory through the plug-in that registered the scheme
+(evomerge/references.py; `zoo:SKILL` is a skill of the tiny zoo); any other name is a hub data set (online
+only).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import UsageError
+from evomerge.references import resolve_data_scheme
 
-ZOO_PREFIX = "zoo:"
 #: file suffix -> the `datasets` builder that reads it
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -24,13 +26,9 @@ Row = dict[str, Any]
 
 def data_directory(data: str) -> Path | None:
     """The local directory a task's `data` names, or None for a hub data set name."""
-    if data.startswith(ZOO_PREFIX):
-        from evomerge.zoo import SKILLS, ensure_zoo
-
-        skill = data[len(ZOO_PREFIX) :]
-        if skill not in SKILLS:
-            raise UsageError(f"the zoo has no skill '{skill}'; it has: {', '.join(SKILLS)}")
-        return ensure_zoo() / "data" / skill
+    directory = resolve_data_scheme(data)
+    if directory is not None:
+        return directory
     path = Path(data).expanduser()
     if path.exists() or data.startswith((".", "/", "~")) or data.count("/") > 1:
         return path
@@ -44,7 +42,8 @@ def read_rows(task: str, data: str, subset: str | None, split: str) -> list[Row]
         return _read_hub(task, data, subset, split)
     if not directory.is_dir():
         raise UsageError(f"task '{task}': data directory '{directory}' does not exist")
-    files = [directory / f"{split}{suffix}" for suffix in FORMATS if (directory / f"{split}{suffix}").is_file()]
+    files = [directory / f"{split}{suffix}" for suffix in FORMATS]
+    files = [file for file in files if file.is_file()]
     if not files:
         raise UsageError(
             f"task '{task}': no file for split '{split}' in '{directory}' "
@@ -69,7 +68,9 @@ def _read_hub(task: str, name: str, subset: str | None, split: str) -> list[Row]
     try:
         return list(load_dataset(name, subset, split=split))
     except Exception as error:  # offline, unknown name, unknown split, ...
-        raise UsageError(f"task '{task}': cannot load data set '{name}' split '{split}': {_first_line(error)}") from None
+        raise UsageError(
+            f"task '{task}': cannot load data set '{name}' split '{split}': {_first_line(error)}"
+        ) from None
 
 
 def template_fields(template: str) -> list[str]:
@@ -112,13 +113,15 @@ def example_hash(row: Row, fields: list[str]) -> str:
 
 
 def check_disjoint(task: str, search: list[Row], held_out: list[Row], fields: list[str]) -> None:
-    """Refuse a held-out split that shares an example (by content hash of the fields used) with the search split."""
+    """Refuse a held-out split that shares an example (by content hash of the fields used) with the search
+    split."""
     seen = {example_hash(row, fields) for row in search}
     shared = [row for row in held_out if example_hash(row, fields) in seen]
     if shared:
         raise UsageError(
             f"task '{task}': {len(shared)} held-out examples are also in the search split "
-            f"(e.g. {json.dumps({f: shared[0].get(f) for f in fields}, default=str)}); the held-out split must be disjoint"
+            f"(e.g. {json.dumps({f: shared[0].get(f) for f in fields}, default=str)}); "
+            "the held-out split must be disjoint"
         )
 
 

@@ -10,11 +10,12 @@ A space is made from a run config without loading a model (`space_of`): status, 
 use it that way. `load_engine` loads its resident models, over which the search materializes candidates.
 
 Adding a space: a module with a `SearchSpace` subclass, its run-config section in `evomerge/config.py`, and
-one line in `SPACES` (`evomerge/search/spaces.py`).
+one line in `SPACES`.
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -30,6 +31,12 @@ if TYPE_CHECKING:
     from evomerge.evaluate.tasks import Scores
     from evomerge.search.genes import GeneSpace
     from evomerge.search.results import Row
+
+
+#: The registered search spaces, by "module:Class", in the order `candidate_from_dict` asks them whether data
+#: is theirs (the last takes anything the others do not hold). Named rather than imported: the spaces import
+#: this module, and are loaded only when a run or a ledger reader needs them.
+SPACES = ("evomerge.stack.space:DataFlowSpace", "evomerge.merge.space:ParameterSpace")
 
 
 class Candidate(Protocol):
@@ -177,15 +184,21 @@ def candidate_from_dict(data: Any, origin: str) -> Candidate:
     return space_class_of(data).parse(data, origin)
 
 
+def space_classes() -> list[type[SearchSpace]]:
+    """The registered spaces, loaded."""
+    loaded = []
+    for name in SPACES:
+        module, _, cls = name.partition(":")
+        loaded.append(getattr(importlib.import_module(module), cls))
+    return loaded
+
+
 def space_class_of(data: Any) -> type[SearchSpace]:
     """The space whose candidates look like `data` (the last, the parameter space, takes anything else)."""
-    from evomerge.search.spaces import SPACES
-
-    return next((space for space in SPACES if space.holds(data)), SPACES[-1])
+    spaces = space_classes()
+    return next((space for space in spaces if space.holds(data)), spaces[-1])
 
 
 def space_of(config: RunConfig) -> SearchSpace:
     """The search space of a one-space run config (a hybrid run's phases each have one)."""
-    from evomerge.search.spaces import SPACES
-
-    return next(space for space in SPACES if space.selected_by(config))(config)
+    return next(space for space in space_classes() if space.selected_by(config))(config)

@@ -37,7 +37,8 @@ from evomerge.search.ledger import ELAPSED_ATTR, load_run_study
 from evomerge.search.loop import Search
 from evomerge.search.results import best_trial, held_out_scores, pareto_front, trial_recipe
 from evomerge.search.scoring import CandidateScorer
-from evomerge.zoo import SKILLS, ensure_zoo, read_split
+from evomerge.zoo.build import ensure_zoo
+from evomerge.zoo.skills import SKILLS, read_split
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results" / "zoo_merge.json"
