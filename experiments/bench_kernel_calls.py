@@ -35,15 +35,27 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from evomerge import layout
 from evomerge.methods import fused
 from evomerge.methods.magnitude_cut import MagnitudeCut
-from evomerge.methods.task_arithmetic import generalized_task_arithmetic, task_arithmetic_call
+from evomerge.methods.task_arithmetic import (
+    TaskArithmeticSettings,
+    generalized_task_arithmetic,
+    task_arithmetic_call,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_kernel_calls.json"
-#: generalized_task_arithmetic's settings per method, as the registry gives them (weights added per run)
+#: generalized_task_arithmetic's settings per method, as the registry gives them (weights and the method's
+#: sparsity added per run)
 METHODS = {
     "task_arithmetic": {"sparsification": None, "consensus": None},
     "ties": {"sparsification": "magnitude", "consensus": "sign", "normalize": True},
     "dare_ties": {"sparsification": "random", "consensus": "sign", "normalize": True},
 }
+
+
+def method_settings(method: str, sources: int) -> TaskArithmeticSettings:
+    """The settings of `method` over this many sources: set weights, and half of each task vector kept."""
+    weights = [0.5, 0.3, 0.2, 0.4, 0.1, 0.6][:sources]
+    extra = {"ties": {"density": [0.5] * sources}, "dare_ties": {"drop": [0.5] * sources}}.get(method, {})
+    return TaskArithmeticSettings(weight=weights, **METHODS[method], **extra)
 
 
 class FixedCut:
@@ -68,14 +80,12 @@ def model_tensors(size: str, sources: int) -> tuple[list[torch.Tensor], list[lis
 
 
 def merge_call(method: str, sources: int) -> Callable[[torch.Tensor, list[torch.Tensor], torch.Tensor], None]:
-    weights = [0.5, 0.3, 0.2, 0.4, 0.1, 0.6][:sources]
-    extra = {"ties": {"density": [0.5] * sources}, "dare_ties": {"drop": [0.5] * sources}}.get(method, {})
+    settings = method_settings(method, sources)
     checksum = torch.empty((), dtype=torch.float32)
 
     def call(base: torch.Tensor, inputs: list[torch.Tensor], out: torch.Tensor) -> None:
         ranks = [FixedCut(base.numel())] * sources if method == "ties" else None
-        generalized_task_arithmetic(base, inputs, weight=weights, compiled=True, out=out, checksum=checksum,
-                                    ranks=ranks, **METHODS[method], **extra)
+        generalized_task_arithmetic(base, inputs, settings, compiled=True, out=out, checksum=checksum, ranks=ranks)
 
     return call
 
@@ -84,14 +94,13 @@ def merge_rows(method: str, sources: int) -> Callable[[list[torch.Tensor], list[
                                                        list[torch.Tensor]], None]:
     """Like merge_call, over all tensors at once: each tensor's call planned, then calls of one size run as one
     (fused.run_many), as the engine runs them."""
-    weights = [0.5, 0.3, 0.2, 0.4, 0.1, 0.6][:sources]
-    extra = {"ties": {"density": [0.5] * sources}, "dare_ties": {"drop": [0.5] * sources}}.get(method, {})
+    settings = method_settings(method, sources)
 
     def merge(base: list[torch.Tensor], per_source: list[list[torch.Tensor]], targets: list[torch.Tensor]) -> None:
         groups: dict[tuple, list[fused.KernelCall]] = {}
         for b, inputs, out in zip(base, per_source, targets, strict=True):
             ranks = [FixedCut(b.numel())] * sources if method == "ties" else None
-            call = task_arithmetic_call(out, b, list(inputs), weight=weights, ranks=ranks, **METHODS[method], **extra)
+            call = task_arithmetic_call(out, b, list(inputs), settings, ranks)
             groups.setdefault(call.group(), []).append(call)
         for calls in groups.values():
             fused.run_many(calls)

@@ -441,7 +441,7 @@ def precomputed_vs_on_the_fly(paths: list[Path], repeats: int) -> dict:
     from safetensors.torch import load_file
 
     from evomerge.methods.blocks import block_size, write_blocks
-    from evomerge.methods.task_arithmetic import generalized_task_arithmetic
+    from evomerge.methods.task_arithmetic import TaskArithmeticSettings, generalized_task_arithmetic
 
     tensors = [load_file(path / "model.safetensors") for path in paths[:4]]
     name = max(tensors[0], key=lambda n: tensors[0][n].numel())
@@ -457,9 +457,10 @@ def precomputed_vs_on_the_fly(paths: list[Path], repeats: int) -> dict:
             result.add_(torch.mul(delta[start:stop], w, out=term))
         return result.add_(base_flat[start:stop])
 
+    settings = TaskArithmeticSettings(None, None, weight=list(WEIGHTS[: len(sources)]))
+
     def on_the_fly() -> None:
-        generalized_task_arithmetic(base, sources, sparsification=None, consensus=None,
-                                    weight=list(WEIGHTS[: len(sources)]), out=out)
+        generalized_task_arithmetic(base, sources, settings, out=out)
 
     timings = {}
     for label, action in (("on_the_fly_seconds", on_the_fly),

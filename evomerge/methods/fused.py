@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -69,26 +69,22 @@ def _masked_mix(
     last_indices: torch.Tensor,
     draws: torch.Tensor,
     hashed_index: torch.Tensor | None,
-    magnitude: bool,
-    band: bool,
-    random: bool,
-    consensus: bool,
-    normalize: bool,
-    wide: bool,
+    switches: MixSwitches,
 ) -> None:
-    """Row by row (each row one tensor; `inputs` are the base and the sources): sparsify each delta
-    (`magnitude`: keep its upper cut, minus its lower cut when `band`; `random`: keep draws below the limit),
-    weight it by its factor, mix (sum, or TIES' sign election and disjoint sum divided by the agreeing weights
-    when `normalize`), and write base + scale * mix: task_arithmetic.py's definition.
+    """Row by row (each row one tensor; `inputs` are the base and the sources): sparsify each delta (by
+    magnitude: keep its upper cut, minus its lower cut in a band; by draws: keep draws below the limit), weight
+    it by its factor, mix (sum, or TIES' sign election and disjoint sum, divided by the agreeing weights when
+    normalizing), and write base + scale * mix: task_arithmetic.py's definition. `switches` say which of these
+    steps run (MixSwitches).
 
     Per row and source i: `numbers` (float32, [rows, 5, sources]) holds the upper threshold, lower threshold,
     factor, weight, and scale (repeated), `last_indices` ([rows, 2, sources]) the upper and lower cuts' last
     indices, `draws` (int32, [rows, 2, sources]) the draw key and the largest kept draw (limit - 1, so that
     keeping everything, 2^31 - 1, fits in int32: inductor compares an int32 draw with an int64 limit of 2^31
     wrongly). Three tensors rather than nine: torch.compile checks every tensor argument on every call. Element
-    indices (within a row) and the last indices are int32 unless `wide` (rows of 2^31 or more elements): half
+    indices (within a row) and the last indices are int32 unless `wide` is on (rows of 2^31 or more elements): half
     the work of int64 vectors. A source that keeps its whole task vector has the cut (0, n) and the largest kept
-    draw 2^31 - 1, which keep everything with `magnitude` and `random` on as well (see _MERGEABLE_FLAGS).
+    draw 2^31 - 1, which keep everything with `magnitude` and `random` on as well (see MixSwitches.group).
     `hashed_index`: counter_random.index_hash of the row's elements, when kept (see KEPT_HASH_ELEMENTS); else
     the kernel hashes the indices itself."""
     upper_t, lower_t, factors, weights, scale = (
@@ -98,24 +94,24 @@ def _masked_mix(
     keys, last_draws = draws[:, 0], draws[:, 1]
     sources = inputs[1:]
     b = inputs[0].float()
-    index = torch.arange(b.shape[-1], dtype=torch.int64 if wide else torch.int32, device=b.device)
-    if random and hashed_index is None:
-        hashed_index = mix32((index & _MASK32).to(torch.int32)) if wide else mix32(index)
+    index = torch.arange(b.shape[-1], dtype=torch.int64 if switches.wide else torch.int32, device=b.device)
+    if switches.random and hashed_index is None:
+        hashed_index = mix32((index & _MASK32).to(torch.int32)) if switches.wide else mix32(index)
     weighted = []
     for i, source in enumerate(sources):
         column = slice(i, i + 1)  # source i's number of each row, as a column: it broadcasts along the row
         delta = source.float() - b
-        if magnitude:
+        if switches.magnitude:
             size = delta.abs()
             keep = _kept(size, index, upper_t[:, column], upper_i[:, column])
-            if band:
+            if switches.band:
                 keep = keep & ~_kept(size, index, lower_t[:, column], lower_i[:, column])
             delta = torch.where(keep, delta, 0.0)
-        if random:
+        if switches.random:
             draw = (mix32(hashed_index ^ keys[:, column]) >> 1) & 0x7FFFFFFF
             delta = torch.where(draw <= last_draws[:, column], delta, 0.0)
         weighted.append(delta * factors[:, column])
-    if not consensus:  # factors are the final coefficients
+    if not switches.consensus:  # factors are the final coefficients
         total = b
         for d in weighted:
             total = total + d
@@ -132,10 +128,10 @@ def _masked_mix(
         signed = d * elected
         agreeing = torch.where(signed <= 0, 0.0, d)
         mixed = agreeing if mixed is None else mixed + agreeing
-        if normalize:
+        if switches.normalize:
             counted = torch.where(signed > 0, weights[:, i : i + 1], 0.0)
             divisor = counted if divisor is None else divisor + counted
-    if normalize:
+    if switches.normalize:
         mixed = mixed / torch.where(divisor == 0, 1.0, divisor)
     _store(out, checksums, mixed * scale + b)
 
@@ -150,33 +146,53 @@ _unavailable: list[str] = []  # why compiled kernels cannot run in this process,
 
 
 @dataclass(frozen=True)
+class MixSwitches:
+    """masked_mix's compile-time switches: which steps of the merge its compiled code holds."""
+
+    magnitude: bool = False  # keep each delta's entries inside its upper magnitude cut
+    band: bool = False  # ... and outside its lower cut (breadcrumbs' outliers)
+    random: bool = False  # keep each delta's entries whose draw is below its limit (DARE)
+    consensus: bool = False  # TIES' sign election and disjoint sum (else the factors are the final coefficients)
+    normalize: bool = False  # divide the disjoint sum by the agreeing sources' weights
+    wide: bool = False  # index the elements in int64 (rows of WIDE_FROM_ELEMENTS or more)
+
+    def group(self) -> MixSwitches:
+        """These switches with those off whose "off" a call's params stand for as well (a cut that keeps all, a
+        draw limit that keeps all): calls that differ only in them run as rows of one call with them on
+        (`for_rows`), so a search that gives some layers a density of 1 still merges each size in one call."""
+        return replace(self, magnitude=False, random=False)
+
+    @staticmethod
+    def for_rows(switches: list[MixSwitches]) -> MixSwitches:
+        """The switches of one call over rows of one group: the first's, with `magnitude` and `random` on where
+        any row has them on."""
+        return replace(
+            switches[0], magnitude=any(s.magnitude for s in switches), random=any(s.random for s in switches)
+        )
+
+
+@dataclass(frozen=True)
 class KernelCall:
     """One tensor's merge by a kernel, planned: `run_many` runs it, alone or as a row of one call with others.
 
     `inputs` are read elementwise (each with `out`'s number of elements, contiguous); `params` are small tables
-    of numbers, each a nested list and its dtype (the kernel sees them as tensors, one row per call); `flags` are
-    the kernel's compile-time switches."""
+    of numbers, each a nested list and its dtype (the kernel sees them as tensors, one row per call);
+    `switches` are masked_mix's compile-time switches (None for weighted_sum, which has none)."""
 
     kernel: str
     out: torch.Tensor
     inputs: list[torch.Tensor]
     params: tuple[tuple[list, torch.dtype], ...]
-    flags: tuple[tuple[str, bool], ...] = ()
+    switches: MixSwitches | None = None
 
     def group(self) -> tuple:
-        """Calls with equal groups can run as rows of one call: the same kernel, flags (but for those that can be
-        on for all, _MERGEABLE_FLAGS), number, dtypes and devices of tensors, and number of elements."""
+        """Calls with equal groups can run as rows of one call: the same kernel, switches (but for those that can
+        be on for all, MixSwitches.group), number, dtypes and devices of tensors, and number of elements."""
         return (
-            self.kernel, tuple(f for f in self.flags if f[0] not in _MERGEABLE_FLAGS), self.out.dtype,
+            self.kernel, self.switches.group() if self.switches is not None else None, self.out.dtype,
             self.out.device, tuple((t.dtype, t.device) for t in self.inputs), tuple(dtype for _, dtype in self.params),
             self.out.numel(),
         )
-
-
-#: Flags whose "off" a call's params stand for as well (masked_mix: a cut that keeps all, a draw limit that keeps
-#: all), so that calls that differ in them run as rows of one call with them on: a search that gives some layers
-#: a density of 1 still merges each size in one call.
-_MERGEABLE_FLAGS = frozenset({"magnitude", "random"})
 
 
 def usable(out: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
@@ -253,16 +269,13 @@ def _run_rows(calls: list[KernelCall], sums: torch.Tensor) -> bool:
         torch.tensor([call.params[j][0] for call in calls], dtype=dtype, device=out.device)
         for j, (_, dtype) in enumerate(first.params)
     ]
-    flags = {
-        name: any(dict(call.flags)[name] for call in calls) if name in _MERGEABLE_FLAGS else on
-        for name, on in first.flags
-    }
     extra = {}
-    if first.kernel == "masked_mix":
-        extra["hashed_index"] = _kept_hash(first.out.numel(), out.device, flags)
+    if first.switches is not None:
+        switches = MixSwitches.for_rows([call.switches for call in calls])
+        extra = {"hashed_index": _kept_hash(first.out.numel(), out.device, switches), "switches": switches}
     try:
         with torch.no_grad(), _recompile_settings():
-            _compiled[first.kernel](out, sums, inputs, *params, **extra, **flags)
+            _compiled[first.kernel](out, sums, inputs, *params, **extra)
     except Exception as error:  # noqa: BLE001 - inductor's failures have many types; any one means "use blocks"
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         _unavailable.append(reason)
@@ -276,10 +289,10 @@ def _run_rows(calls: list[KernelCall], sums: torch.Tensor) -> bool:
     return True
 
 
-def _kept_hash(n: int, device: torch.device, flags: dict[str, bool]) -> torch.Tensor | None:
-    """The index hash of rows of n elements for a masked_mix with these flags, kept once made; None where the
+def _kept_hash(n: int, device: torch.device, switches: MixSwitches) -> torch.Tensor | None:
+    """The index hash of rows of n elements for a masked_mix with these switches, kept once made; None where the
     kernel hashes itself (no draws, rows longer than KEPT_HASH_ELEMENTS, or int64 indices)."""
-    if not flags["random"] or flags["wide"] or n > KEPT_HASH_ELEMENTS:
+    if not switches.random or switches.wide or n > KEPT_HASH_ELEMENTS:
         return None
     if (n, device) not in _kept_hashes:
         _kept_hashes[n, device] = index_hash(0, n, device)

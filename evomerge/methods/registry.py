@@ -77,26 +77,38 @@ MergeFunction = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
-class MergeMethod:
-    """A registered method: its function, what it declares, and what it needs.
+class NoSettings:
+    """The settings of a method that takes no parameters and draws nothing."""
 
-    The function is called as `function(base, sources, seed=..., **params)` where `base` is the base tensor (or
-    None), `sources` the source tensors, `seed` the tensor's seed for random draws (DARE), each per-source
-    parameter a list with one value per source, and each global parameter a scalar. It returns the merged tensor
-    in float32. A method that `writes_into` also takes `out` (a tensor to write the result into, in its dtype),
-    `block` (elements computed at a time) and `compiled` (write it with one compiled kernel, methods/fused.py).
-    A method that `uses_ranks` also takes `ranks`: each source's MagnitudeRanks (or None), for its magnitude cuts.
-    A method with a `kernel_call` can plan its compiled kernel call without running it (see `planned_call`).
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A registered method: its settings, its function, what it declares, and what it needs.
+
+    One tensor's merge is described by one settings object, `settings_for(params, seed)`: the method's
+    `settings` type called with its `fixed` settings (the variant: TIES is task arithmetic with a magnitude
+    sparsification and sign consensus), the declared parameters as recipe.resolve_parameters gives them (each
+    per-source one a list with one value per source, each global one a scalar), and, for a `seeded` method
+    (one that draws random numbers: DARE), `seed`, the tensor's seed. The function is called as
+    `function(base, sources, settings)`, where `base` is the base tensor (or None) and `sources` the source
+    tensors; it returns the merged tensor in float32. A method that `writes_into` also takes, as keywords,
+    `out` (a tensor to write the result into, in its dtype), `block` (elements computed at a time), `compiled`
+    (write it with one compiled kernel, methods/fused.py) and `checksum` (see `merge_into`). A method that
+    `uses_ranks` also takes `ranks`: each source's MagnitudeRanks (or None), for its magnitude cuts. A method
+    with a `kernel_call` can plan its compiled kernel call without running it, called as
+    `kernel_call(out, base, sources, settings)` (and `ranks`): see `planned_call`.
     """
 
     name: str
     function: MergeFunction
     params: tuple[ParamSpec, ...]
     needs_base: bool
+    settings: Callable[..., object] = NoSettings
     min_sources: int = 1
     max_sources: int | None = None
     reference: str = ""
     fixed: dict[str, object] = field(default_factory=dict)
+    seeded: bool = False
     writes_into: bool = False
     uses_ranks: bool = False
     kernel_call: Callable[..., KernelCall | None] | None = None
@@ -110,22 +122,21 @@ class MergeMethod:
     def param_names(self) -> list[str]:
         return [spec.name for spec in self.params]
 
-    def merge(
-        self,
-        base: torch.Tensor | None,
-        sources: Sequence[torch.Tensor],
-        params: dict[str, object],
-        seed: int = 0,
-    ) -> torch.Tensor:
-        return self.function(base, list(sources), seed=seed, **self.fixed, **params)
+    def settings_for(self, params: dict[str, object], seed: int = 0) -> object:
+        """The settings of one tensor's merge with these parameters (every declared one) and the tensor's seed."""
+        seeded = {"seed": seed} if self.seeded else {}
+        return self.settings(**self.fixed, **params, **seeded)
+
+    def merge(self, base: torch.Tensor | None, sources: Sequence[torch.Tensor], settings: object) -> torch.Tensor:
+        """The merged tensor in float32."""
+        return self.function(base, list(sources), settings)
 
     def merge_into(
         self,
         out: torch.Tensor,
         base: torch.Tensor | None,
         sources: Sequence[torch.Tensor],
-        params: dict[str, object],
-        seed: int = 0,
+        settings: object,
         block: int | None = None,
         compiled: bool = False,
         ranks: list[MagnitudeRanks | None] | None = None,
@@ -141,11 +152,10 @@ class MergeMethod:
         extra = {"ranks": ranks} if self.uses_ranks else {}
         if self.writes_into:
             self.function(
-                base, list(sources), seed=seed, out=out, block=block, compiled=compiled, checksum=checksum,
-                **extra, **self.fixed, **params,
+                base, list(sources), settings, out=out, block=block, compiled=compiled, checksum=checksum, **extra
             )
             return
-        out.copy_(self.merge(base, sources, params, seed))
+        out.copy_(self.merge(base, sources, settings))
         if checksum is not None:
             checksum.copy_(out.sum(dtype=torch.float32))
 
@@ -154,8 +164,7 @@ class MergeMethod:
         out: torch.Tensor,
         base: torch.Tensor | None,
         sources: Sequence[torch.Tensor],
-        params: dict[str, object],
-        seed: int = 0,
+        settings: object,
         ranks: list[MagnitudeRanks | None] | None = None,
     ) -> KernelCall | None:
         """The compiled kernel call that writes the merge into `out` as `merge_into` would, not run yet
@@ -163,7 +172,7 @@ class MergeMethod:
         if self.kernel_call is None:
             return None
         extra = {"ranks": ranks} if self.uses_ranks else {}
-        return self.kernel_call(out, base, list(sources), seed=seed, **extra, **self.fixed, **params)
+        return self.kernel_call(out, base, list(sources), settings, **extra)
 
 
 _METHODS: dict[str, MergeMethod] = {}
