@@ -24,10 +24,9 @@ def merge(name: str, sources, base=BASE, seed=0, **params):
     method = get_method(name)
     full = {spec.name: spec.default for spec in method.params}
     full.update(params)
-    resolved = {
-        key: ([value] * len(sources) if method.param(key).scope == "source" and not isinstance(value, list) else value)
-        for key, value in full.items()
-    }
+    per_source = {key for key, value in full.items()
+                  if method.param(key).scope == "source" and not isinstance(value, list)}
+    resolved = {key: [value] * len(sources) if key in per_source else value for key, value in full.items()}
     return method.merge(base, sources, method.settings_for(resolved, seed))
 
 
@@ -53,7 +52,8 @@ def test_ties_trims_by_magnitude_by_hand():
 def test_ties_weighted_normalization_by_hand():
     out = merge("ties", [X1, X2], density=1.0, weight=[2.0, 1.0])
     # weighted deltas [2, -4, 6, -8] and [-3, 2, 1, -1]; sum [-1, -2, 7, -9] elects [-, -, +, -]
-    # entry 0: only x2 agrees -> -3 / 1; entry 1: only x1 -> -4 / 2; entry 2: (6 + 1) / 3; entry 3: (-8 - 1) / 3
+    # entry 0: only x2 agrees -> -3 / 1; entry 1: only x1 -> -4 / 2;
+    # entry 2: (6 + 1) / 3; entry 3: (-8 - 1) / 3
     assert torch.allclose(out, BASE + torch.tensor([-3.0, -2.0, 7 / 3, -3.0]))
 
 
@@ -165,13 +165,14 @@ def mean_delta(base, sources, settings: MeanDeltaSettings) -> torch.Tensor:
 
 
 def test_a_new_method_is_a_settings_type_a_function_and_one_registration(monkeypatch, tiny_models):
-    # as docs/architecture.md's "Adding a merge method" shows: recipes and the engine take it from the registry
+    # as docs/architecture.md's "Adding a merge method" shows: recipes and the engine find it in the registry
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
     registry.register(registry.MergeMethod(
         name="mean_delta", function=mean_delta, params=(SCALE,), needs_base=True, settings=MeanDeltaSettings
     ))
-    recipe = recipe_from_dict({"method": "mean_delta", "base": str(tiny_models["base"]), "parameters": {"scale": 0.5},
-                               "sources": [{"model": str(tiny_models[n])} for n in "ab"]})
+    sources = [{"model": str(tiny_models[n])} for n in "ab"]
+    recipe = recipe_from_dict({"method": "mean_delta", "base": str(tiny_models["base"]), "sources": sources,
+                               "parameters": {"scale": 0.5}})
     engine = MergeEngine.from_recipe(recipe)
     model = engine.new_target(torch.float32)
     engine.materialize(recipe, model)

@@ -1,4 +1,7 @@
-"""Linear merge: a weighted average of the sources (Wortsman et al. 2022, https://arxiv.org/abs/2203.05482)."""
+"""Linear merge: a weighted average of the sources.
+
+Wortsman et al. 2022, https://arxiv.org/abs/2203.05482.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,9 @@ class LinearSettings:
     def coefficients(self) -> list[float]:
         """c_i (see `linear`)."""
         total = float(sum(self.weight))
-        return [w / total for w in self.weight] if self.normalize and abs(total) >= 1e-8 else list(self.weight)
+        if self.normalize and abs(total) >= 1e-8:
+            return [w / total for w in self.weight]
+        return list(self.weight)
 
 
 def linear(
@@ -67,8 +72,8 @@ def linear(
 def linear_call(
     out: torch.Tensor, base: torch.Tensor | None, sources: list[torch.Tensor], settings: LinearSettings
 ) -> fused.KernelCall | None:
-    """The compiled kernel call that writes linear's merge into `out`, planned but not run; None where no kernel
-    can (fused.usable)."""
+    """The compiled kernel call that writes linear's merge into `out`, planned but not run; None where no
+    kernel can (fused.usable)."""
     if not fused.usable(out, sources):
         return None
     return fused.weighted_sum_call(out, sources, settings.coefficients())

@@ -28,8 +28,8 @@ class ParamSpec:
 
     `scope="source"` means every source has its own value (a weight per model); `"global"` means one value for
     the merge (TIES' scale, SLERP's t). Either can still vary by layer and by module kind in a recipe.
-    Bounds are closed unless `low_open` / `high_open` say otherwise; `None` means unbounded. A search rounds the
-    values it proposes to multiples of 1 / `grid` when one is set (see `on_grid`).
+    Bounds are closed unless `low_open` / `high_open` say otherwise; `None` means unbounded. A search rounds
+    the values it proposes to multiples of 1 / `grid` when one is set (see `on_grid`).
     """
 
     name: str
@@ -44,7 +44,7 @@ class ParamSpec:
     grid: int | None = None
 
     def check(self, value: float | bool, where: str) -> None:
-        """Raise UsageError if `value` is out of this parameter's bounds; `where` names the place in a recipe."""
+        """Raise UsageError if `value` is out of this parameter's bounds (`where`: its place in a recipe)."""
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise UsageError(f"{where}: '{self.name}' must be true or false, got {value!r}")
@@ -57,8 +57,8 @@ class ParamSpec:
             raise UsageError(f"{where}: '{self.name}' = {value} is outside {self.range_text()}")
 
     def on_grid(self, value: float, low: float, high: float) -> float:
-        """`value` rounded to the nearest multiple of 1 / grid within [low, high] (unchanged without a grid, or
-        when no multiple lies within the bounds)."""
+        """`value` rounded to the nearest multiple of 1 / grid within [low, high] (unchanged without a grid,
+        or when no multiple lies within the bounds)."""
         if self.grid is None:
             return value
         steps = min(math.floor(high * self.grid), max(math.ceil(low * self.grid), round(value * self.grid)))
@@ -117,17 +117,20 @@ class MergeMethod:
         for spec in self.params:
             if spec.name == name:
                 return spec
-        raise UsageError(f"method '{self.name}' has no parameter '{name}'{_suggestion(name, self.param_names())}")
+        suggestion = _suggestion(name, self.param_names())
+        raise UsageError(f"method '{self.name}' has no parameter '{name}'{suggestion}")
 
     def param_names(self) -> list[str]:
         return [spec.name for spec in self.params]
 
     def settings_for(self, params: dict[str, object], seed: int = 0) -> object:
-        """The settings of one tensor's merge with these parameters (every declared one) and the tensor's seed."""
+        """One tensor's settings: these parameters (every declared one) and, if seeded, the tensor's seed."""
         seeded = {"seed": seed} if self.seeded else {}
         return self.settings(**self.fixed, **params, **seeded)
 
-    def merge(self, base: torch.Tensor | None, sources: Sequence[torch.Tensor], settings: object) -> torch.Tensor:
+    def merge(
+        self, base: torch.Tensor | None, sources: Sequence[torch.Tensor], settings: object
+    ) -> torch.Tensor:
         """The merged tensor in float32."""
         return self.function(base, list(sources), settings)
 
@@ -152,7 +155,8 @@ class MergeMethod:
         extra = {"ranks": ranks} if self.uses_ranks else {}
         if self.writes_into:
             self.function(
-                base, list(sources), settings, out=out, block=block, compiled=compiled, checksum=checksum, **extra
+                base, list(sources), settings,
+                out=out, block=block, compiled=compiled, checksum=checksum, **extra,
             )
             return
         out.copy_(self.merge(base, sources, settings))
@@ -168,7 +172,8 @@ class MergeMethod:
         ranks: list[MagnitudeRanks | None] | None = None,
     ) -> KernelCall | None:
         """The compiled kernel call that writes the merge into `out` as `merge_into` would, not run yet
-        (fused.run_many runs calls of one size together); None where this method or these tensors have none."""
+        (fused.run_many runs calls of one size together); None where this method or these tensors have no
+        kernel."""
         if self.kernel_call is None:
             return None
         extra = {"ranks": ranks} if self.uses_ranks else {}

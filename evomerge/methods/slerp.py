@@ -43,7 +43,9 @@ SLERP = register(
     MergeMethod(
         name="slerp",
         function=slerp,
-        params=(ParamSpec("t", "global", 0.5, "interpolation position, 0 = first source", low=0.0, high=1.0),),
+        params=(
+            ParamSpec("t", "global", 0.5, "interpolation position, 0 = first source", low=0.0, high=1.0),
+        ),
         needs_base=False,
         settings=SlerpSettings,
         min_sources=2,

@@ -2,8 +2,9 @@
 
 Task arithmetic (Ilharco et al. 2023, https://arxiv.org/abs/2212.04089), TIES (Yadav et al. 2023,
 https://arxiv.org/abs/2306.01708), DARE (Yu et al. 2024, https://arxiv.org/abs/2311.03099) and Model
-Breadcrumbs (Davari & Belilovsky 2024, https://arxiv.org/abs/2312.06795) differ only in how each task vector is
-sparsified and whether signs are elected before mixing; mergekit's "generalized task arithmetic" showed this.
+Breadcrumbs (Davari & Belilovsky 2024, https://arxiv.org/abs/2312.06795) differ only in how each task vector
+is sparsified and whether signs are elected before mixing; mergekit's "generalized task arithmetic" showed
+this.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ class TaskArithmeticSettings:
     vector is sparsified and how they are mixed, then the method's parameters and the tensor's seed.
 
     Per-source settings hold one value per source; `density` is read by "magnitude" and "breadcrumbs"
-    sparsification, `drop` by "random", `gamma` by "breadcrumbs", `seed` by "random" only. Built once per merge
-    (MergeMethod.settings_for), it is all that the eager merge, the block path and the kernel plan read.
+    sparsification, `drop` by "random", `gamma` by "breadcrumbs", `seed` by "random" only. Built once per
+    merge (MergeMethod.settings_for), it is all that the eager merge, the block path and the kernel plan read.
     """
 
     sparsification: Sparsification
@@ -60,7 +61,7 @@ def generalized_task_arithmetic(
 ) -> torch.Tensor:
     """Merge task vectors: result = base + scale * mix(sparsify(delta_i)), in float32.
 
-    With delta_i = x_i - base and w_i the weight of source i (the settings' names in quotes):
+    With delta_i = x_i - base and w_i the weight of source i (settings in backquotes):
 
     1. Sparsify each delta_i (a 0/1 mask m_i times delta_i), by `sparsification`:
        - None: keep everything (task arithmetic).
@@ -74,18 +75,18 @@ def generalized_task_arithmetic(
          out), drop the rest (the smallest).
     2. Mix the weighted deltas d_i = w_i * sparsify(delta_i), summed in source order, by `consensus`:
        - None: mix = sum_i d_i, divided by sum_i w_i when `normalize` (unless |sum_i w_i| < 1e-8).
-       - "sign" (TIES elect + disjoint merge): elected sign s = sign(sum_i d_i), with s = +1 where the sum is 0;
-         a_i = 1 where sign(d_i) == s (a zero d_i never agrees); mix = sum_i a_i d_i, divided by
+       - "sign" (TIES elect + disjoint merge): elected sign s = sign(sum_i d_i), with s = +1 where the sum
+         is 0; a_i = 1 where sign(d_i) == s (a zero d_i never agrees); mix = sum_i a_i d_i, divided by
          sum_i a_i w_i where `normalize` and that sum is not 0.
     3. result = base + `scale` * mix.
 
     The result is written into `out` when given (in its dtype): by one compiled kernel when `compiled`
-    (methods/fused.py), else `block` elements at a time. A magnitude cut is looked up in `ranks` (each source's
-    MagnitudeRanks, or None) when it holds that k, else found by a selection (magnitude_cut.top_cut);
-    `checksum`: see blocks.write_blocks. None of this changes the definition; the kernel agrees with the blocks
-    up to float32 rounding. Without sparsification and sign consensus (task arithmetic) the result is computed
-    as (1 - sum_i c_i) * base + sum_i c_i * x_i with c_i = scale * w_i (/ sum_j w_j): one fused pass per
-    source, equal to the definition up to float32 rounding.
+    (methods/fused.py), else `block` elements at a time. A magnitude cut is looked up in `ranks` (each
+    source's MagnitudeRanks, or None) when it holds that k, else found by a selection (magnitude_cut.top_cut);
+    `checksum`: see blocks.write_blocks. None of this changes the definition; the kernel agrees with the
+    blocks up to float32 rounding. Without sparsification and sign consensus (task arithmetic) the result is
+    computed as (1 - sum_i c_i) * base + sum_i c_i * x_i with c_i = scale * w_i (/ sum_j w_j): one fused pass
+    per source, equal to the definition up to float32 rounding.
     """
     base_flat, flats, working, plan = _prepared(base, sources, settings, ranks, block)
     keepers, coefficients, whole = plan.keepers, plan.coefficients, plan.whole
@@ -131,9 +132,9 @@ def _disjoint_mix(
     elected: torch.Tensor,
     divisor: torch.Tensor,
 ) -> None:
-    """TIES' elect + disjoint merge over one block of the weighted deltas d_i (rows of `weighted`, overwritten):
-    `result` gets the mix. With s = the elected sign (+1 or -1), d_i agrees where s * d_i > 0, so the sum of
-    the agreeing d_i is s * sum_i max(s * d_i, 0)."""
+    """TIES' elect + disjoint merge over one block of the weighted deltas d_i (rows of `weighted`, which it
+    overwrites): `result` gets the mix. With s = the elected sign (+1 or -1), d_i agrees where s * d_i > 0, so
+    the sum of the agreeing d_i is s * sum_i max(s * d_i, 0)."""
     # sign of the sum, then -1, 0, +1 -> -1, +1, +1: a zero sum elects +1
     torch.sum(weighted, dim=0, out=elected).sign_().add_(0.5).sign_()
     agreeing = weighted.mul_(elected).clamp_min_(0.0)  # s * d_i where it agrees, else 0
@@ -154,8 +155,9 @@ def task_arithmetic_call(
     settings: TaskArithmeticSettings,
     ranks: list[MagnitudeRanks | None] | None = None,
 ) -> fused.KernelCall | None:
-    """The compiled kernel call that writes generalized_task_arithmetic's merge into `out`, planned but not run
-    (the engine runs tensors of one size together: fused.run_many); None where no kernel can (fused.usable)."""
+    """The compiled kernel call that writes generalized_task_arithmetic's merge into `out`, planned but not
+    run (the engine runs tensors of one size together: fused.run_many); None where no kernel can run
+    (fused.usable)."""
     if not fused.usable(out, [base, *sources]):
         return None
     base_flat, flats, _, plan = _prepared(base, sources, settings, ranks, None)
@@ -170,11 +172,13 @@ def _prepared(
     block: int | None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], Callable[[], torch.Tensor], _Plan]:
     """The flattened base and sources, the block path's working blocks (rows per source, then base, scratch,
-    spare and mixed; made on first use: a kernel needs none, unless a cut is selected) and the merge's plan."""
+    spare and mixed; made on first use: a kernel needs none, unless a cut is selected) and the plan."""
     base_flat = base.reshape(-1)
     flats = [source.reshape(-1) for source in sources]
     step = block_size(base, block)
-    working = functools.cache(lambda: torch.empty(len(flats) + 4, step, dtype=torch.float32, device=base.device))
+    working = functools.cache(
+        lambda: torch.empty(len(flats) + 4, step, dtype=torch.float32, device=base.device)
+    )
 
     def magnitude_block(i: int, start: int, stop: int) -> torch.Tensor:
         base_part = working()[-4, : stop - start].copy_(base_flat[start:stop])
@@ -191,7 +195,8 @@ def _prepared(
     ]
     total = float(sum(settings.weight))
     divisor = total if settings.normalize and abs(total) >= 1e-8 else 1.0
-    coefficients = [settings.scale * f / divisor for f in factors]  # without sign consensus: base + sum_i c_i kept_i
+    # without sign consensus: base + sum_i c_i kept_i
+    coefficients = [settings.scale * f / divisor for f in factors]
     whole = settings.consensus is None and all(k is None for k in keepers)
     return base_flat, flats, working, _Plan(keepers, factors, coefficients, whole)
 
@@ -217,7 +222,9 @@ class _RandomKeep:
     limit: int
     rescale: float
 
-    def mask(self, delta: torch.Tensor, scratch: torch.Tensor, start: int, hashed: torch.Tensor) -> torch.Tensor:
+    def mask(
+        self, delta: torch.Tensor, scratch: torch.Tensor, start: int, hashed: torch.Tensor
+    ) -> torch.Tensor:
         return draws(hashed, self.key) < self.limit
 
 
@@ -230,9 +237,14 @@ class _MagnitudeBand:
     lower: MagnitudeCut | None
     rescale = 1.0
 
-    def mask(self, delta: torch.Tensor, scratch: torch.Tensor, start: int, hashed: torch.Tensor | None) -> torch.Tensor:
+    def mask(
+        self, delta: torch.Tensor, scratch: torch.Tensor, start: int, hashed: torch.Tensor | None
+    ) -> torch.Tensor:
         magnitude = torch.abs(delta, out=scratch)
-        keep = self.upper.mask(magnitude, start) if self.upper is not None else torch.ones_like(delta, dtype=torch.bool)
+        if self.upper is not None:
+            keep = self.upper.mask(magnitude, start)
+        else:
+            keep = torch.ones_like(delta, dtype=torch.bool)
         if self.lower is not None:
             keep &= ~self.lower.mask(magnitude, start)
         return keep
@@ -274,8 +286,8 @@ def _kernel_call(
     plan: _Plan,
     settings: TaskArithmeticSettings,
 ) -> fused.KernelCall:
-    """The plan as a kernel call: a weighted sum where it is one, else fused.masked_mix with each keeper as the
-    kernel's per-source cuts and draw limits (neutral ones where a source keeps everything)."""
+    """The plan as a kernel call: a weighted sum where it is one, else fused.masked_mix with each keeper as
+    the kernel's per-source cuts and draw limits (neutral ones where a source keeps everything)."""
     if plan.whole:
         coefficients = [1.0 - sum(plan.coefficients), *plan.coefficients]
         return fused.weighted_sum_call(out, [base_flat, *flats], coefficients)
