@@ -204,7 +204,8 @@ class MergeEngine:
             todo = tqdm(todo, desc="merging", unit="tensor", leave=False, disable=None)
         method = recipe.method_def
         finite: list[tuple[str, torch.Tensor]] = []  # per merged tensor: the sum of what was written (see below)
-        pending: dict[tuple, list[tuple[MergeStep, tuple, object, KernelCall]]] = {}  # planned calls of one size
+        # planned calls of one size: step, key, settings, call
+        pending: dict[tuple, list[tuple[MergeStep, tuple, object, KernelCall]]] = {}
         with torch.no_grad():
             for step, key in todo:
                 target = targets[step.name]
@@ -221,7 +222,8 @@ class MergeEngine:
                     if self.compiled and self._inputs_resident else None
                 )
                 if call is None:
-                    finite.append((step.name, self._merge_into(method, target, settings, base, sources, ranks)))
+                    checksum = self._merge_into(method, target, settings, base, sources, ranks)
+                    finite.append((step.name, checksum))
                     written[step.name] = key
                     continue
                 pending.setdefault(call.group(), []).append((step, key, settings, call))
@@ -272,8 +274,9 @@ class MergeEngine:
             else:
                 base, sources = self._inputs(step)
                 ranks = self._magnitude_ranks(step.name, base, sources) if method.uses_ranks else None
-                finite.append((step.name, self._merge_into(method, targets[step.name], settings, base, sources,
-                                                           ranks, compiled=False)))
+                checksum = self._merge_into(method, targets[step.name], settings, base, sources, ranks,
+                                            compiled=False)
+                finite.append((step.name, checksum))
             written[step.name] = key
 
     def _inputs(self, step: MergeStep) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
