@@ -173,7 +173,7 @@ class MergeEngine:
                 yield step.name, self.reference.tensors[step.name].to(self.device)
                 continue
             base, sources = self._inputs(step)
-            merged = method.merge(base, sources, step.params, step.seed)
+            merged = method.merge(base, sources, method.settings_for(step.params, step.seed))
             if not torch.isfinite(merged).all():
                 raise MergeFailure(f"the merge produced NaN or Inf in tensor '{step.name}'")
             yield step.name, merged
@@ -204,7 +204,8 @@ class MergeEngine:
             todo = tqdm(todo, desc="merging", unit="tensor", leave=False, disable=None)
         method = recipe.method_def
         finite: list[tuple[str, torch.Tensor]] = []  # per merged tensor: the sum of what was written (see below)
-        pending: dict[tuple, list[tuple[MergeStep, tuple, KernelCall]]] = {}  # planned calls of one size
+        # planned calls of one size: step, key, settings, call
+        pending: dict[tuple, list[tuple[MergeStep, tuple, object, KernelCall]]] = {}
         with torch.no_grad():
             for step, key in todo:
                 target = targets[step.name]
@@ -215,15 +216,17 @@ class MergeEngine:
                     continue
                 base, sources = self._inputs(step)
                 ranks = self._magnitude_ranks(step.name, base, sources) if method.uses_ranks else None
+                settings = method.settings_for(step.params, step.seed)
                 call = (
-                    method.planned_call(target, base, sources, step.params, step.seed, ranks)
+                    method.planned_call(target, base, sources, settings, ranks)
                     if self.compiled and self._inputs_resident else None
                 )
                 if call is None:
-                    finite.append((step.name, self._merge_into(method, target, step, base, sources, ranks)))
+                    checksum = self._merge_into(method, target, settings, base, sources, ranks)
+                    finite.append((step.name, checksum))
                     written[step.name] = key
                     continue
-                pending.setdefault(call.group(), []).append((step, key, call))
+                pending.setdefault(call.group(), []).append((step, key, settings, call))
             for group in pending.values():
                 self._run_group(method, group, targets, finite, written)
         # the sum of what was written, computed as it is written (a NaN or Inf anywhere makes it non-finite),
@@ -239,16 +242,16 @@ class MergeEngine:
         self,
         method: MergeMethod,
         target: torch.Tensor,
-        step: MergeStep,
+        settings: object,
         base: torch.Tensor | None,
         sources: list[torch.Tensor],
         ranks: list[MagnitudeRanks] | None,
         compiled: bool | None = None,
     ) -> torch.Tensor:
-        """Merge one step into its target; returns the float32 sum of what was written."""
+        """Merge one tensor into its target; returns the float32 sum of what was written."""
         checksum = torch.empty((), dtype=torch.float32, device=target.device)
         method.merge_into(
-            target, base, sources, step.params, step.seed, compiled=self.compiled if compiled is None else compiled,
+            target, base, sources, settings, compiled=self.compiled if compiled is None else compiled,
             ranks=ranks, checksum=checksum,
         )
         return checksum
@@ -256,7 +259,7 @@ class MergeEngine:
     def _run_group(
         self,
         method: MergeMethod,
-        group: list[tuple[MergeStep, tuple, KernelCall]],
+        group: list[tuple[MergeStep, tuple, object, KernelCall]],
         targets: dict[str, torch.Tensor],
         finite: list[tuple[str, torch.Tensor]],
         written: dict[str, tuple],
@@ -264,15 +267,16 @@ class MergeEngine:
         """Run planned kernel calls of one size, those whose tensors lie back to back as one call (fused.run_many),
         or by blocks where compiled kernels cannot run."""
         checksums = torch.empty(len(group), dtype=torch.float32, device=self.device)
-        ran = fused.run_many([call for _, _, call in group], checksums)
-        for i, (step, key, _) in enumerate(group):
+        ran = fused.run_many([call for _, _, _, call in group], checksums)
+        for i, (step, key, settings, _) in enumerate(group):
             if ran:
                 finite.append((step.name, checksums[i]))
             else:
                 base, sources = self._inputs(step)
                 ranks = self._magnitude_ranks(step.name, base, sources) if method.uses_ranks else None
-                finite.append((step.name, self._merge_into(method, targets[step.name], step, base, sources, ranks,
-                                                           compiled=False)))
+                checksum = self._merge_into(method, targets[step.name], settings, base, sources, ranks,
+                                            compiled=False)
+                finite.append((step.name, checksum))
             written[step.name] = key
 
     def _inputs(self, step: MergeStep) -> tuple[torch.Tensor | None, list[torch.Tensor]]:

@@ -1,7 +1,7 @@
 """Where a compiled candidate's time goes: the kernels' arithmetic, or the cost of one call per tensor.
 
-    python experiments/bench_kernel_calls.py                         # SmolLM-135M shape, bf16, base + 2 sources
-    python experiments/bench_kernel_calls.py --size 0.5b --sources 4
+    python experiments/bench_kernel_calls.py                         # SmolLM-135M shape, bf16, base + 2
+    sources python experiments/bench_kernel_calls.py --size 0.5b --sources 4
 
 For random tensors of a Llama's shapes (no files, no engine), and each method, it times in one process:
 - per tensor: every tensor merged by its own kernel call into its own target (as the engine merges into a
@@ -35,15 +35,27 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from evomerge import layout
 from evomerge.methods import fused
 from evomerge.methods.magnitude_cut import MagnitudeCut
-from evomerge.methods.task_arithmetic import generalized_task_arithmetic, task_arithmetic_call
+from evomerge.methods.task_arithmetic import (
+    TaskArithmeticSettings,
+    generalized_task_arithmetic,
+    task_arithmetic_call,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_kernel_calls.json"
-#: generalized_task_arithmetic's settings per method, as the registry gives them (weights added per run)
+#: generalized_task_arithmetic's settings per method, as the registry gives them (weights and the method's
+#: sparsity added per run)
 METHODS = {
     "task_arithmetic": {"sparsification": None, "consensus": None},
     "ties": {"sparsification": "magnitude", "consensus": "sign", "normalize": True},
     "dare_ties": {"sparsification": "random", "consensus": "sign", "normalize": True},
 }
+
+
+def method_settings(method: str, sources: int) -> TaskArithmeticSettings:
+    """The settings of `method` over this many sources: set weights, and half of each task vector kept."""
+    weights = [0.5, 0.3, 0.2, 0.4, 0.1, 0.6][:sources]
+    extra = {"ties": {"density": [0.5] * sources}, "dare_ties": {"drop": [0.5] * sources}}.get(method, {})
+    return TaskArithmeticSettings(weight=weights, **METHODS[method], **extra)
 
 
 class FixedCut:
@@ -68,30 +80,30 @@ def model_tensors(size: str, sources: int) -> tuple[list[torch.Tensor], list[lis
 
 
 def merge_call(method: str, sources: int) -> Callable[[torch.Tensor, list[torch.Tensor], torch.Tensor], None]:
-    weights = [0.5, 0.3, 0.2, 0.4, 0.1, 0.6][:sources]
-    extra = {"ties": {"density": [0.5] * sources}, "dare_ties": {"drop": [0.5] * sources}}.get(method, {})
+    settings = method_settings(method, sources)
     checksum = torch.empty((), dtype=torch.float32)
 
     def call(base: torch.Tensor, inputs: list[torch.Tensor], out: torch.Tensor) -> None:
         ranks = [FixedCut(base.numel())] * sources if method == "ties" else None
-        generalized_task_arithmetic(base, inputs, weight=weights, compiled=True, out=out, checksum=checksum,
-                                    ranks=ranks, **METHODS[method], **extra)
+        generalized_task_arithmetic(base, inputs, settings, compiled=True, out=out, checksum=checksum,
+                                    ranks=ranks)
 
     return call
 
 
 def merge_rows(method: str, sources: int) -> Callable[[list[torch.Tensor], list[list[torch.Tensor]],
                                                        list[torch.Tensor]], None]:
-    """Like merge_call, over all tensors at once: each tensor's call planned, then calls of one size run as one
-    (fused.run_many), as the engine runs them."""
-    weights = [0.5, 0.3, 0.2, 0.4, 0.1, 0.6][:sources]
-    extra = {"ties": {"density": [0.5] * sources}, "dare_ties": {"drop": [0.5] * sources}}.get(method, {})
+    """Like merge_call, over all tensors at once: each tensor's call planned, then calls of one size run as
+    one (fused.run_many), as the engine runs them."""
+    settings = method_settings(method, sources)
 
-    def merge(base: list[torch.Tensor], per_source: list[list[torch.Tensor]], targets: list[torch.Tensor]) -> None:
+    def merge(
+        base: list[torch.Tensor], per_source: list[list[torch.Tensor]], targets: list[torch.Tensor]
+    ) -> None:
         groups: dict[tuple, list[fused.KernelCall]] = {}
         for b, inputs, out in zip(base, per_source, targets, strict=True):
             ranks = [FixedCut(b.numel())] * sources if method == "ties" else None
-            call = task_arithmetic_call(out, b, list(inputs), weight=weights, ranks=ranks, **METHODS[method], **extra)
+            call = task_arithmetic_call(out, b, list(inputs), settings, ranks)
             groups.setdefault(call.group(), []).append(call)
         for calls in groups.values():
             fused.run_many(calls)
@@ -117,7 +129,9 @@ def median_seconds(work: Callable[[], None], repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default="smollm-135m", help="model shape")
     parser.add_argument("--sources", type=int, default=2, help="number of sources besides the base")
     parser.add_argument("--repeats", type=int, default=5, help="timed candidates per measurement (median)")
@@ -133,7 +147,8 @@ def main() -> None:
     whole_sources = [torch.cat([t.reshape(-1) for t in source]) for source in sources]
     whole_target = torch.empty_like(whole_base)
     classes = layout.size_classes({str(i): b for i, b in enumerate(base)})
-    calls_as_rows = len(classes) + len(base) - sum(len(names) for names in classes)  # a call per class or tensor
+    # a call per class or tensor
+    calls_as_rows = len(classes) + len(base) - sum(len(names) for names in classes)
     copy = copy_seconds(base, args.repeats)
     rows = []
     for method in METHODS:
@@ -143,27 +158,30 @@ def main() -> None:
             for b, inputs, out in zip(base, per_source, targets, strict=True):
                 call(b, list(inputs), out)
 
+        def as_rows(method=method) -> None:
+            merge_rows(method, args.sources)(rows_base, rows_per_source, rows_targets)
+
         inputs = args.sources + 1
         row = {
             "method": method,
             "tensors": len(base),
             "per_tensor_seconds": median_seconds(per_tensor, args.repeats),
-            "rows_seconds": median_seconds(
-                lambda method=method: merge_rows(method, args.sources)(rows_base, rows_per_source, rows_targets),
-                args.repeats),
+            "rows_seconds": median_seconds(as_rows, args.repeats),
             "kernel_calls_as_rows": calls_as_rows,
-            "one_call_seconds": median_seconds(lambda call=call: call(whole_base, whole_sources, whole_target),
-                                               args.repeats),
+            "one_call_seconds": median_seconds(
+                lambda call=call: call(whole_base, whole_sources, whole_target), args.repeats),
             "memory_bound_seconds": copy * (inputs + 1) / 2,
         }
         with mock.patch.object(fused, "run", lambda *a, **k: True):
             row["python_seconds"] = median_seconds(per_tensor, args.repeats)
         row["per_call_ms"] = (row["per_tensor_seconds"] - row["one_call_seconds"]) / len(base) * 1e3
         rows.append(row)
-        print(f"{method:16} per tensor {row['per_tensor_seconds']:.3f} s  as rows {row['rows_seconds']:.3f} s "
-              f"({row['kernel_calls_as_rows']} calls)  one call {row['one_call_seconds']:.3f} s  "
-              f"memory-bound {row['memory_bound_seconds']:.3f} s (x{row['per_tensor_seconds'] / row['memory_bound_seconds']:.1f}"
-              f" / x{row['one_call_seconds'] / row['memory_bound_seconds']:.1f})  python {row['python_seconds']:.3f} s  "
+        bound = row["memory_bound_seconds"]
+        print(f"{method:16} per tensor {row['per_tensor_seconds']:.3f} s  "
+              f"as rows {row['rows_seconds']:.3f} s ({row['kernel_calls_as_rows']} calls)  "
+              f"one call {row['one_call_seconds']:.3f} s  "
+              f"memory-bound {bound:.3f} s (x{row['per_tensor_seconds'] / bound:.1f}"
+              f" / x{row['one_call_seconds'] / bound:.1f})  python {row['python_seconds']:.3f} s  "
               f"per call {row['per_call_ms']:.2f} ms over one call's rate")
     figures = {
         "model": f"random Llama tensors, {args.size} shape, bfloat16, tied embeddings",

@@ -1,7 +1,7 @@
 """Seconds per merge candidate: evomerge's in-place engine against mergekit, on a random-initialized Llama.
 
-    python experiments/bench_merge.py                      # SmolLM-135M shape, bf16, base + 2, 3 and 4 sources
-    python experiments/bench_merge.py --size 0.5b --sources 3
+    python experiments/bench_merge.py                      # SmolLM-135M shape, bf16, base + 2, 3 and 4
+    sources python experiments/bench_merge.py --size 0.5b --sources 3
     python experiments/bench_merge.py --size tiny --sources 2 --repeats 1 --no-demo    # a quick check
 
 For each number of sources and each method (linear, task arithmetic, TIES, DARE-TIES) it measures, in one run:
@@ -61,12 +61,14 @@ DIFFERENCES = {
     "ties": "Same definition, with one deliberate difference: mergekit keeps at least one entry per tensor "
             "(k = max(1, floor(density n))) and breaks magnitude ties by its sort, we keep floor(density n) "
             "(possibly none) and break ties to the lower index, so that CPU and GPU keep the same entries.",
-    "dare_ties": "Deliberately different: we rescale kept entries by 1 / (1 - drop) as the DARE paper does and "
-                 "normalize by the agreeing weights by default (mergekit rescales to the L1 norm of the task "
-                 "vector and does not normalize); our random masks are a hash of the element's index "
-                 "(evomerge/methods/counter_random.py: the same on every device), mergekit's come from torch's "
-                 "generator, so agreement is measured at drop 0 (density 1) with mergekit's normalize on, which "
-                 "checks the sign election.",
+    "dare_ties": (
+        "Deliberately different: we rescale kept entries by 1 / (1 - drop) as the DARE paper does and "
+        "normalize by the agreeing weights by default (mergekit rescales to the L1 norm of the task "
+        "vector and does not normalize); our random masks are a hash of the element's index "
+        "(evomerge/methods/counter_random.py: the same on every device), mergekit's come from torch's "
+        "generator, so agreement is measured at drop 0 (density 1) with mergekit's normalize on, which "
+        "checks the sign election."
+    ),
 }
 
 
@@ -113,7 +115,9 @@ def our_recipe(method: str, paths: list[Path], sources: int, candidate: int, agr
     return recipe
 
 
-def mergekit_config(method: str, paths: list[Path], sources: int, dtype: str, agreement: bool = False) -> dict:
+def mergekit_config(
+    method: str, paths: list[Path], sources: int, dtype: str, agreement: bool = False
+) -> dict:
     models = []
     for i in range(sources):
         parameters: dict = {"weight": WEIGHTS[i]}
@@ -166,7 +170,8 @@ def synchronize(device: torch.device) -> None:
 
 
 def run_ours(args: argparse.Namespace) -> dict:
-    """Time `materialize` for one method and number of sources; runs in its own process for its peak memory."""
+    """Time `materialize` for one method and number of sources; runs in its own process for its peak
+    memory."""
     from evomerge.engine import MergeEngine, model_bytes
     from evomerge.recipe import recipe_from_dict
 
@@ -220,13 +225,15 @@ def run_ours(args: argparse.Namespace) -> dict:
 
 
 def run_agreement(args: argparse.Namespace) -> dict:
-    """Our float32 merge against mergekit's float32 output in args.mergekit_out: max abs and relative difference."""
+    """Our float32 merge against mergekit's float32 output in args.mergekit_out: max abs and relative
+    difference."""
     from safetensors.torch import load_file
 
     from evomerge.engine import MergeEngine
     from evomerge.recipe import recipe_from_dict
 
-    recipe = recipe_from_dict(our_recipe(args.method, [Path(p) for p in args.paths], args.sources, 0, agreement=True))
+    paths = [Path(p) for p in args.paths]
+    recipe = recipe_from_dict(our_recipe(args.method, paths, args.sources, 0, agreement=True))
     theirs: dict[str, torch.Tensor] = {}
     for file in sorted(Path(args.mergekit_out).glob("*.safetensors")):
         theirs.update(load_file(file))
@@ -252,7 +259,9 @@ def worker(args: argparse.Namespace) -> dict:
     return run_ours(args) if args.worker == "ours" else run_agreement(args)
 
 
-def in_worker(kind: str, args: argparse.Namespace, paths: list[Path], method: str, sources: int, **extra) -> dict:
+def in_worker(
+    kind: str, args: argparse.Namespace, paths: list[Path], method: str, sources: int, **extra
+) -> dict:
     command = [sys.executable, __file__, "--worker", kind, "--method", method, "--sources", str(sources),
                "--repeats", str(args.repeats), "--device", args.device, "--kernels", args.kernels,
                "--paths", *map(str, paths)]
@@ -268,8 +277,9 @@ def in_worker(kind: str, args: argparse.Namespace, paths: list[Path], method: st
 # --------------------------------------------------------------------------- mergekit
 
 
-#: Runs argv[1:] and writes its peak RSS (bytes) to stderr's last line. A child's ru_maxrss starts at the peak of
-#: the process that forked it, so the command is forked from this small interpreter, not from the benchmark.
+#: Runs argv[1:] and writes its peak RSS (bytes) to stderr's last line. A child's ru_maxrss starts at the peak
+#: of the process that forked it, so the command is forked from this small interpreter, not from the
+#: benchmark.
 PEAK_WRAPPER = (
     "import os, sys; pid = os.fork()\n"
     "if pid == 0: os.execvp(sys.argv[1], sys.argv[1:])\n"
@@ -281,7 +291,9 @@ PEAK_WRAPPER = (
 def run_child(command: list[str]) -> tuple[float, int, str]:
     """Run a command; its wall seconds, its peak RSS in bytes, and its stdout (raises if it fails)."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, *command], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_WRAPPER, *command], capture_output=True, text=True, check=False
+    )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:2])} failed:\n{done.stderr[-3000:]}")
@@ -304,8 +316,8 @@ def mergekit_in_memory(executable: Path, config: dict, workdir: Path, repeats: i
     config_path = workdir / f"mergekit-memory-{time.monotonic_ns()}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     python = executable.parent / "python"
-    _, _, output = run_child([str(python), str(ROOT / "experiments" / "mergekit_in_memory.py"), str(config_path),
-                              "--repeats", str(repeats)])
+    script = ROOT / "experiments" / "mergekit_in_memory.py"
+    _, _, output = run_child([str(python), str(script), str(config_path), "--repeats", str(repeats)])
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -342,19 +354,26 @@ def demo_candidates_per_hour(evaluations: int) -> dict:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default="smollm-135m", help="model shape")
-    parser.add_argument("--sources", type=int, nargs="+", default=[3, 2, 4], help="numbers of sources (besides the base)")
+    parser.add_argument("--sources", type=int, nargs="+", default=[3, 2, 4],
+                        help="numbers of sources (besides the base)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--repeats", type=int, default=3, help="timed candidates per measurement (median)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--kernels", choices=["auto", "compiled", "blocks"], default="auto",
-                        help="how our engine computes merges (MergeEngine's kernels; auto: compiled on CPU here)")
-    parser.add_argument("--mergekit", type=Path, default=Path(os.environ.get("MERGEKIT_YAML", DEFAULT_MERGEKIT)),
-                        help="the mergekit-yaml executable (default: .mergekit-venv/bin/mergekit-yaml or $MERGEKIT_YAML)")
+                        help="how our engine computes merges (MergeEngine's kernels; auto: compiled on CPU "
+                             "here)")
+    parser.add_argument("--mergekit", type=Path,
+                        default=Path(os.environ.get("MERGEKIT_YAML", DEFAULT_MERGEKIT)),
+                        help="the mergekit-yaml executable (default: .mergekit-venv/bin/mergekit-yaml or "
+                             "$MERGEKIT_YAML)")
     parser.add_argument("--no-demo", action="store_true", help="skip the demo's candidates per hour")
     parser.add_argument("--demo-evaluations", type=int, default=16)
-    parser.add_argument("--workdir", type=Path, help="where the random models go (default: a temporary directory)")
+    parser.add_argument("--workdir", type=Path,
+                        help="where the random models go (default: a temporary directory)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON to write")
     parser.add_argument("--worker", choices=["ours", "agreement"], help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -403,7 +422,8 @@ def main() -> None:
                 save(figures, args.out)  # after every row: a long run that is stopped keeps what it measured
     if not args.no_demo:
         figures["demo"] = demo_candidates_per_hour(args.demo_evaluations)
-        print(f"demo: {figures['demo']['candidates_per_hour_merge_plus_eval']:.0f} candidates/hour (merge + evaluate)")
+        per_hour = figures["demo"]["candidates_per_hour_merge_plus_eval"]
+        print(f"demo: {per_hour:.0f} candidates/hour (merge + evaluate)")
     figures["load_average_at_end"] = os.getloadavg()
     save(figures, args.out)
     print(f"saved to {args.out}")
@@ -412,7 +432,8 @@ def main() -> None:
 def measure(args: argparse.Namespace, paths: list[Path], workdir: Path, method: str, sources: int,
             has_mergekit: bool) -> dict:
     """One row: ours, and when mergekit is installed, mergekit-yaml, its in-memory path and the agreement."""
-    row: dict = {"sources": sources, "method": method, "ours": in_worker("ours", args, paths, method, sources)}
+    ours = in_worker("ours", args, paths, method, sources)
+    row: dict = {"sources": sources, "method": method, "ours": ours}
     if not has_mergekit:
         return row
     config = mergekit_config(method, paths, sources, "bfloat16")
@@ -426,8 +447,8 @@ def measure(args: argparse.Namespace, paths: list[Path], workdir: Path, method: 
         row["mergekit_in_memory"] = {**memory, "seconds": statistics.median(memory["seconds"]),
                                      "seconds_all": memory["seconds"]}
     exact = build_models(workdir / f"models-{args.size}-float32", args.size, 3, torch.float32)
-    _, _, out = mergekit_yaml(args.mergekit, mergekit_config(method, exact, sources, "float32", True), workdir,
-                              args.device)
+    config = mergekit_config(method, exact, sources, "float32", True)
+    _, _, out = mergekit_yaml(args.mergekit, config, workdir, args.device)
     row["agreement"] = {**in_worker("agreement", args, exact, method, sources, mergekit_out=out),
                         "note": DIFFERENCES[method]}
     shutil.rmtree(out)
@@ -441,7 +462,7 @@ def precomputed_vs_on_the_fly(paths: list[Path], repeats: int) -> dict:
     from safetensors.torch import load_file
 
     from evomerge.methods.blocks import block_size, write_blocks
-    from evomerge.methods.task_arithmetic import generalized_task_arithmetic
+    from evomerge.methods.task_arithmetic import TaskArithmeticSettings, generalized_task_arithmetic
 
     tensors = [load_file(path / "model.safetensors") for path in paths[:4]]
     name = max(tensors[0], key=lambda n: tensors[0][n].numel())
@@ -457,13 +478,16 @@ def precomputed_vs_on_the_fly(paths: list[Path], repeats: int) -> dict:
             result.add_(torch.mul(delta[start:stop], w, out=term))
         return result.add_(base_flat[start:stop])
 
+    settings = TaskArithmeticSettings(None, None, weight=list(WEIGHTS[: len(sources)]))
+
     def on_the_fly() -> None:
-        generalized_task_arithmetic(base, sources, sparsification=None, consensus=None,
-                                    weight=list(WEIGHTS[: len(sources)]), out=out)
+        generalized_task_arithmetic(base, sources, settings, out=out)
 
     timings = {}
-    for label, action in (("on_the_fly_seconds", on_the_fly),
-                          ("precomputed_float32_seconds", lambda: write_blocks(base, from_task_vectors, out, None))):
+    def precomputed() -> None:
+        write_blocks(base, from_task_vectors, out, None)
+
+    for label, action in (("on_the_fly_seconds", on_the_fly), ("precomputed_float32_seconds", precomputed)):
         action()
         times = []
         for _ in range(repeats):
@@ -495,8 +519,9 @@ def mergekit_version(executable: Path) -> str:
 
 def print_row(row: dict) -> None:
     ours = row["ours"]
+    bound = ours["memory_bound_seconds"]
     text = (f"{row['method']:16} sources={row['sources']}  ours ({ours['kernels']}) {ours['seconds']:.3f} s "
-            f"(memory-bound {ours['memory_bound_seconds']:.3f} s, x{ours['seconds'] / ours['memory_bound_seconds']:.1f}; "
+            f"(memory-bound {bound:.3f} s, x{ours['seconds'] / bound:.1f}; "
             f"peak {ours['peak_models']:.1f} models, goal <= {ours['memory_goal_models']}; through the first "
             f"candidate {ours['peak_models_through_first_candidate']:.1f})")
     if "mergekit_yaml" in row:
@@ -506,7 +531,8 @@ def print_row(row: dict) -> None:
         mk = row["mergekit_in_memory"]["seconds"]
         text += f"  mergekit in-memory {mk:.2f} s (x{mk / ours['seconds']:.0f})"
     if "agreement" in row:
-        text += f"  agreement max abs {row['agreement']['max_abs_diff']:.2e} rel {row['agreement']['max_rel_diff']:.2e}"
+        agreement = row["agreement"]
+        text += f"  agreement max abs {agreement['max_abs_diff']:.2e} rel {agreement['max_rel_diff']:.2e}"
     print(text, flush=True)
 
 

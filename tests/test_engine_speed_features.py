@@ -32,9 +32,10 @@ def tie_heavy(shape, dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 def merged(name, base, sources, block=None, out=None):
     method = get_method(name)
+    settings = method.settings_for(params_for(name, 3), seed=3)
     if out is None:
-        return method.function(base, sources, seed=3, block=block, **method.fixed, **params_for(name, 3))
-    method.merge_into(out, base, sources, params_for(name, 3), 3, block=block)
+        return method.function(base, sources, settings, block=block)
+    method.merge_into(out, base, sources, settings, block=block)
     return out
 
 
@@ -63,9 +64,8 @@ def test_magnitude_cut_keeps_the_k_largest_ties_to_the_lower_index(monkeypatch, 
         expected = torch.zeros_like(delta)
         order = delta.abs().argsort(descending=True, stable=True)[:k]
         expected[order] = delta[order]
-        out = task_arithmetic.generalized_task_arithmetic(
-            base, [delta], sparsification="magnitude", consensus=None, weight=[1.0], density=[density], block=640
-        )
+        settings = task_arithmetic.TaskArithmeticSettings("magnitude", None, weight=[1.0], density=[density])
+        out = task_arithmetic.generalized_task_arithmetic(base, [delta], settings, block=640)
         assert torch.equal(out, expected)
 
 

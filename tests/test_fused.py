@@ -96,10 +96,11 @@ def test_compiled_kernels_give_the_block_path_merge(name, wide, kept_hash, monke
     base, sources = tie_heavy(20_011)
     params = {spec.name: FUSED_PARAMS.get(spec.name, spec.default) for spec in method.params}
     ranks = [MagnitudeRanks.of(base, s) for s in sources] if method.uses_ranks else None
+    settings = method.settings_for(params, seed=5)
     blocks = torch.empty(20_011)
-    method.merge_into(blocks, base, sources, params, seed=5, block=4096, ranks=ranks)
+    method.merge_into(blocks, base, sources, settings, block=4096, ranks=ranks)
     compiled = torch.empty(20_011)
-    method.merge_into(compiled, base, sources, params, seed=5, compiled=True, ranks=ranks)
+    method.merge_into(compiled, base, sources, settings, compiled=True, ranks=ranks)
     assert not fused._unavailable, fused._unavailable  # the kernel ran: no fall back to blocks
     torch.testing.assert_close(compiled, blocks, rtol=1e-6, atol=1e-6)
     assert torch.equal(compiled == 0, blocks == 0)  # the same entries dropped
@@ -264,13 +265,14 @@ def test_a_kernel_that_cannot_compile_falls_back_to_blocks_with_one_warning(with
     method = get_method("ties")
     base, sources = tie_heavy(5000)
     params = {spec.name: FUSED_PARAMS.get(spec.name, spec.default) for spec in method.params}
-    expected = method.merge(base, sources, params)
+    settings = method.settings_for(params)
+    expected = method.merge(base, sources, settings)
     out = torch.empty(5000)
     with pytest.warns(RuntimeWarning, match="compiled merge kernels cannot run here .*No working C"):
-        method.merge_into(out, base, sources, params, compiled=True)
+        method.merge_into(out, base, sources, settings, compiled=True)
     assert torch.equal(out, expected)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning: blocks from now on
-        method.merge_into(out, base, sources, params, compiled=True)
+        method.merge_into(out, base, sources, settings, compiled=True)
     assert torch.equal(out, expected)
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
 
+from evomerge.engine import MergeEngine
 from evomerge.errors import UsageError
-from evomerge.methods import get_method
+from evomerge.methods import get_method, registry
+from evomerge.methods.params import SCALE
+from evomerge.recipe import recipe_from_dict
 
 BASE = torch.tensor([1.0, 1.0, 1.0, 1.0])
 D1 = torch.tensor([1.0, -2.0, 3.0, -4.0])
@@ -20,11 +24,10 @@ def merge(name: str, sources, base=BASE, seed=0, **params):
     method = get_method(name)
     full = {spec.name: spec.default for spec in method.params}
     full.update(params)
-    resolved = {
-        key: ([value] * len(sources) if method.param(key).scope == "source" and not isinstance(value, list) else value)
-        for key, value in full.items()
-    }
-    return method.merge(base, sources, resolved, seed)
+    per_source = {key for key, value in full.items()
+                  if method.param(key).scope == "source" and not isinstance(value, list)}
+    resolved = {key: [value] * len(sources) if key in per_source else value for key, value in full.items()}
+    return method.merge(base, sources, method.settings_for(resolved, seed))
 
 
 def test_task_arithmetic_by_hand():
@@ -49,7 +52,8 @@ def test_ties_trims_by_magnitude_by_hand():
 def test_ties_weighted_normalization_by_hand():
     out = merge("ties", [X1, X2], density=1.0, weight=[2.0, 1.0])
     # weighted deltas [2, -4, 6, -8] and [-3, 2, 1, -1]; sum [-1, -2, 7, -9] elects [-, -, +, -]
-    # entry 0: only x2 agrees -> -3 / 1; entry 1: only x1 -> -4 / 2; entry 2: (6 + 1) / 3; entry 3: (-8 - 1) / 3
+    # entry 0: only x2 agrees -> -3 / 1; entry 1: only x1 -> -4 / 2;
+    # entry 2: (6 + 1) / 3; entry 3: (-8 - 1) / 3
     assert torch.allclose(out, BASE + torch.tensor([-3.0, -2.0, 7 / 3, -3.0]))
 
 
@@ -148,3 +152,31 @@ def test_unknown_method_suggests_the_closest_name():
 def test_parameter_bounds_are_enforced(method, param, value):
     with pytest.raises(UsageError, match=f"'{param}'"):
         get_method(method).param(param).check(value, "test")
+
+
+@dataclass(frozen=True)
+class MeanDeltaSettings:
+    scale: float
+
+
+def mean_delta(base, sources, settings: MeanDeltaSettings) -> torch.Tensor:
+    b = base.float()
+    return b + settings.scale * torch.stack([s.float() - b for s in sources]).mean(dim=0)
+
+
+def test_a_new_method_is_a_settings_type_a_function_and_one_registration(monkeypatch, tiny_models):
+    # as docs/architecture.md's "Adding a merge method" shows: recipes and the engine find it in the registry
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    registry.register(registry.MergeMethod(
+        name="mean_delta", function=mean_delta, params=(SCALE,), needs_base=True, settings=MeanDeltaSettings
+    ))
+    sources = [{"model": str(tiny_models[n])} for n in "ab"]
+    recipe = recipe_from_dict({"method": "mean_delta", "base": str(tiny_models["base"]), "sources": sources,
+                               "parameters": {"scale": 0.5}})
+    engine = MergeEngine.from_recipe(recipe)
+    model = engine.new_target(torch.float32)
+    engine.materialize(recipe, model)
+    name = "model.layers.1.mlp.up_proj.weight"
+    base, sources = engine.base.tensors[name].float(), [s.tensors[name].float() for s in engine.sources]
+    expected = base + 0.5 * ((sources[0] - base) + (sources[1] - base)) / 2
+    torch.testing.assert_close(dict(model.named_parameters())[name], expected)

@@ -3,8 +3,9 @@
 An elementwise merge computed over a whole tensor makes one float32 temporary per operation, each as large as
 the tensor, and every temporary goes through memory. Computed over blocks of a few hundred thousand elements,
 the temporaries stay in the CPU's cache and only the sources and the result travel: several times faster on
-CPU (experiments/bench_merge.py). The result does not depend on the block size: every operation is elementwise,
-so each element goes through the same float32 operations in the same order whatever block it falls in.
+CPU (experiments/bench_merge.py). The result does not depend on the block size: every operation is
+elementwise, so each element goes through the same float32 operations in the same order whatever block it
+falls in.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ CPU_BLOCK = 1 << 18
 #: Elements per block on an accelerator: large enough that kernel launches cost nothing next to the work.
 DEVICE_BLOCK = 1 << 24
 
-#: Computes the merge of elements [start, stop) of the flattened tensors, in float32 (the tensor it returns may be
-#: a working buffer that the next call overwrites).
+#: Computes the merge of elements [start, stop) of the flattened tensors, in float32 (the tensor it returns
+#: may be a working buffer that the next call overwrites).
 BlockFunction = Callable[[int, int], torch.Tensor]
 
 
 def block_size(like: torch.Tensor, block: int | None) -> int:
-    """Elements per block for `like`: `block` when given, else the device's default, at most the tensor's size."""
+    """Elements per block for `like`: `block` when given, else the device's default; at most its size."""
     step = block or (CPU_BLOCK if like.device.type == "cpu" else DEVICE_BLOCK)
     return max(1, min(step, like.numel()))
 

@@ -1,9 +1,10 @@
 """DARE's random draws as a counter-based hash of (seed, source, element index).
 
 Why not torch's generators: the CPU one draws about 120 M numbers a second on one thread (half of a DARE
-candidate's time), and the CPU and CUDA generators give different streams, so a candidate scored on a GPU would
-be a different model when exported on a CPU. A hash of the element's index is the same on every device and for
-every block size, can be computed inside a fused kernel, and costs a few integer operations per element.
+candidate's time), and the CPU and CUDA generators give different streams, so a candidate scored on a GPU
+would be a different model when exported on a CPU. A hash of the element's index is the same on every device
+and for every block size, can be computed inside a fused kernel, and costs a few integer operations per
+element.
 
 The hash is Chris Wellons' "lowbias32" (https://nullprogram.com/blog/2018/07/31/), a bijection of 32-bit
 integers chosen for low bias on consecutive inputs. Tensors hold the 32 bits in int32: torch's int32
@@ -55,15 +56,18 @@ def index_hash(start: int, stop: int, device: torch.device | str = "cpu") -> tor
     if stop <= DRAW_RANGE:
         index = torch.arange(start, stop, dtype=torch.int32, device=device)
     else:  # indices past 2^31 wrap to their low 32 bits
-        index = torch.arange(start, stop, dtype=torch.int64, device=device).bitwise_and_(_MASK32).to(torch.int32)
+        index = torch.arange(start, stop, dtype=torch.int64, device=device)
+        index = index.bitwise_and_(_MASK32).to(torch.int32)
     return mix32(index)
 
 
 def draws(hashed_index: torch.Tensor, key: int | torch.Tensor) -> torch.Tensor:
-    """Each element's draw for one source: the top 31 bits of mix32(mix32(e) XOR key), uniform in [0, 2^31)."""
+    """Each element's draw for one source: the top 31 bits of mix32(mix32(e) XOR key), uniform in
+    [0, 2^31)."""
     return (mix32(hashed_index ^ key) >> 1) & 0x7FFFFFFF
 
 
 def keep_limit(keep: float) -> int:
-    """Draws below this are kept: floor(keep * 2^31), so an entry is kept with probability `keep` (to 2^-31)."""
+    """Draws below this are kept: floor(keep * 2^31), so an entry is kept with probability `keep` (to within
+    2^-31)."""
     return int(keep * DRAW_RANGE)

@@ -1,6 +1,12 @@
-"""Linear merge: a weighted average of the sources (Wortsman et al. 2022, https://arxiv.org/abs/2203.05482)."""
+"""Linear merge: a weighted average of the sources.
+
+Wortsman et al. 2022, https://arxiv.org/abs/2203.05482.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -10,13 +16,26 @@ from evomerge.methods.params import WEIGHT, normalize_param
 from evomerge.methods.registry import MergeMethod, register
 
 
+@dataclass(frozen=True)
+class LinearSettings:
+    """One tensor's linear merge: each source's weight, and whether the weights are divided by their sum."""
+
+    weight: Sequence[float]
+    normalize: bool = True
+
+    def coefficients(self) -> list[float]:
+        """c_i (see `linear`)."""
+        total = float(sum(self.weight))
+        if self.normalize and abs(total) >= 1e-8:
+            return [w / total for w in self.weight]
+        return list(self.weight)
+
+
 def linear(
     base: torch.Tensor | None,
     sources: list[torch.Tensor],
+    settings: LinearSettings,
     *,
-    weight: list[float],
-    normalize: bool = True,
-    seed: int = 0,
     compiled: bool = False,
     out: torch.Tensor | None = None,
     block: int | None = None,
@@ -31,7 +50,7 @@ def linear(
     else `block` elements at a time (see methods/blocks.py). `checksum`: see write_blocks.
     """
     flats = [source.reshape(-1) for source in sources]
-    coefficients = _coefficients(weight, normalize)
+    coefficients = settings.coefficients()
     if (
         compiled
         and out is not None
@@ -51,24 +70,13 @@ def linear(
 
 
 def linear_call(
-    out: torch.Tensor,
-    base: torch.Tensor | None,
-    sources: list[torch.Tensor],
-    *,
-    weight: list[float],
-    normalize: bool = True,
-    seed: int = 0,
+    out: torch.Tensor, base: torch.Tensor | None, sources: list[torch.Tensor], settings: LinearSettings
 ) -> fused.KernelCall | None:
-    """The compiled kernel call that writes linear's merge into `out`, planned but not run; None where no kernel
-    can (fused.usable)."""
+    """The compiled kernel call that writes linear's merge into `out`, planned but not run; None where no
+    kernel can (fused.usable)."""
     if not fused.usable(out, sources):
         return None
-    return fused.weighted_sum_call(out, sources, _coefficients(weight, normalize))
-
-
-def _coefficients(weight: list[float], normalize: bool) -> list[float]:
-    total = float(sum(weight))
-    return [w / total for w in weight] if normalize and abs(total) >= 1e-8 else list(weight)
+    return fused.weighted_sum_call(out, sources, settings.coefficients())
 
 
 LINEAR = register(
@@ -77,6 +85,7 @@ LINEAR = register(
         function=linear,
         params=(WEIGHT, normalize_param(True)),
         needs_base=False,
+        settings=LinearSettings,
         reference="https://arxiv.org/abs/2203.05482",
         writes_into=True,
         kernel_call=linear_call,

@@ -1,11 +1,11 @@
-"""Which entries of a task vector are its k largest by magnitude, as a cut: a threshold, and the last index kept
-among the entries equal to it (of equal magnitudes, the lower indices are kept first).
+"""Which entries of a task vector are its k largest by magnitude, as a cut: a threshold, and the last index
+kept among the entries equal to it (of equal magnitudes, the lower indices are kept first).
 
 Two ways to find a cut, both exact:
 - `top_cut`: a selection over the tensor, without sorting it (TIES' trim of one tensor, any k);
 - `MagnitudeRanks`: the cuts of one task vector at the ranks floor(j n / RANK_GRID), found with one sort (or,
-  for a tensor too large to sort, by counting in blocks). The task vectors do not change during a search, so an
-  engine keeps these and a candidate's cut is a lookup.
+  for a tensor too large to sort, by counting in blocks). The task vectors do not change during a search, so
+  an engine keeps these and a candidate's cut is a lookup.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ MagnitudeBlock = Callable[[int, int], torch.Tensor]
 
 @dataclass(frozen=True)
 class MagnitudeCut:
-    """Entries with magnitude > `threshold`, and those equal to it at an index <= `last_index`. A NaN magnitude
-    counts as larger than any other (as in torch.sort), so a NaN in a kept range reaches the result."""
+    """Entries with magnitude > `threshold`, and those equal to it at an index <= `last_index`. A NaN
+    magnitude counts as larger than any other (as in torch.sort), so a NaN in a kept range reaches the
+    result."""
 
     threshold: float
     last_index: int
@@ -115,8 +116,8 @@ class MagnitudeRanks:
 
     @classmethod
     def of(cls, base: torch.Tensor, source: torch.Tensor) -> MagnitudeRanks:
-        """Sort |source - base| once (a stable radix sort of the float bits: RANKS_BYTES_PER_ELEMENT of working
-        memory) and keep the cuts at the grid's ranks."""
+        """Sort |source - base| once (a stable radix sort of the float bits: RANKS_BYTES_PER_ELEMENT of
+        working memory) and keep the cuts at the grid's ranks."""
         magnitude = (source.reshape(-1).float() - base.reshape(-1).float()).abs_()
         n = magnitude.numel()
         # non-negative floats order as their bits; subtracting from +inf's bits makes the order descending
@@ -132,19 +133,21 @@ class MagnitudeRanks:
 
     @classmethod
     def counted(cls, base: torch.Tensor, source: torch.Tensor, block: int) -> MagnitudeRanks:
-        """The same cuts as `of`, found without sorting, in working memory of COUNTED_BYTES_PER_ELEMENT x `block`
-        (plus at most 32 MB) instead of a sort's RANKS_BYTES_PER_ELEMENT x n: for tensors too large to sort.
+        """The same cuts as `of`, found without sorting, in working memory of COUNTED_BYTES_PER_ELEMENT x
+        `block` (plus at most 32 MB) instead of a sort's RANKS_BYTES_PER_ELEMENT x n: for tensors too large to
+        sort.
 
         A radix selection of all the grid's ranks at once. Each magnitude's key is its float bits subtracted
         from 2^31 - 1 (ascending keys: descending magnitudes, NaN first). A pass over the tensor counts the
-        keys' high 15 bits, which tells each rank the high bits of its key; a second pass counts the next 8 bits
-        among the entries whose keys start as some rank's, a third the last 8. A last pass finds, for a rank
-        that keeps some but not all of the entries equal to its threshold, the index of the last one kept.
-        An entry's group (which rank's key it starts as, so far) is a chain of table lookups, one per pass: on
-        CPU, a lookup is several times faster than torch.searchsorted over the ranks' prefixes."""
+        keys' high 15 bits, which tells each rank the high bits of its key; a second pass counts the next 8
+        bits among the entries whose keys start as some rank's, a third the last 8. A last pass finds, for a
+        rank that keeps some but not all of the entries equal to its threshold, the index of the last one
+        kept. An entry's group (which rank's key it starts as, so far) is a chain of table lookups, one per
+        pass: on CPU, a lookup is several times faster than torch.searchsorted over the ranks' prefixes."""
         base_flat, source_flat = base.reshape(-1), source.reshape(-1)
         n = base_flat.numel()
-        tables: list[tuple[int, int, torch.Tensor]] = []  # per pass: its shift, width and (group, digit) -> group
+        # per pass: its shift, width and (group, digit) -> group
+        tables: list[tuple[int, int, torch.Tensor]] = []
 
         def keys(start: int) -> torch.Tensor:
             stop = min(n, start + block)
@@ -188,7 +191,8 @@ class MagnitudeRanks:
             found = torch.empty_like(wanted)
             for start in range(0, n, block):
                 value = groups(keys(start))
-                index = (value < size).nonzero().squeeze(1)  # entries equal to some rank's threshold, in order
+                # entries equal to some rank's threshold, in order
+                index = (value < size).nonzero().squeeze(1)
                 value = value[index]
                 by_value = torch.sort(value, stable=True).indices  # grouped by value, in index order within
                 count = torch.bincount(value, minlength=size)
@@ -218,7 +222,8 @@ class MagnitudeRanks:
         return self.thresholds.numpy(), self.last_indices.numpy()
 
 
-#: Working memory of MagnitudeRanks.of per element: the magnitudes and their keys, the sorted keys and the order.
+#: Working memory of MagnitudeRanks.of per element: the magnitudes and their keys, the sorted keys and the
+#: order.
 RANKS_BYTES_PER_ELEMENT = 20
 #: Working memory of MagnitudeRanks.counted per element of its block (the inputs in float32, magnitudes, keys,
 #: groups, bins), besides its counts and tables (up to 4098 x 256 of each in int64: 32 MB at most).

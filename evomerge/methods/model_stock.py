@@ -6,15 +6,10 @@ import itertools
 
 import torch
 
-from evomerge.methods.registry import MergeMethod, register
+from evomerge.methods.registry import MergeMethod, NoSettings, register
 
 
-def model_stock(
-    base: torch.Tensor,
-    sources: list[torch.Tensor],
-    *,
-    seed: int = 0,
-) -> torch.Tensor:
+def model_stock(base: torch.Tensor, sources: list[torch.Tensor], settings: NoSettings) -> torch.Tensor:
     """result = t * mean_i(x_i) + (1 - t) * base, with t = N cos(theta) / (1 + (N - 1) cos(theta)), float32.
 
     cos(theta) is the mean cosine similarity over all pairs of task vectors x_i - base (flattened), N the

@@ -6,8 +6,8 @@ from evomerge.methods.magnitude_cut import RANK_GRID
 from evomerge.methods.registry import ParamSpec
 
 WEIGHT = ParamSpec("weight", "source", 1.0, "weight of this source's contribution")
-# A search proposes densities and gammas on the grid of the magnitude ranks an engine keeps (MagnitudeRanks), so
-# its TIES and breadcrumbs cuts are lookups; a recipe may give any value.
+# A search proposes densities and gammas on the grid of the magnitude ranks an engine keeps (MagnitudeRanks),
+# so its TIES and breadcrumbs cuts are lookups; a recipe may give any value.
 DENSITY = ParamSpec(
     "density", "source", 1.0, "fraction of this source's task vector kept", low=0.0, high=1.0, low_open=True,
     grid=RANK_GRID,

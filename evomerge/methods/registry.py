@@ -28,8 +28,8 @@ class ParamSpec:
 
     `scope="source"` means every source has its own value (a weight per model); `"global"` means one value for
     the merge (TIES' scale, SLERP's t). Either can still vary by layer and by module kind in a recipe.
-    Bounds are closed unless `low_open` / `high_open` say otherwise; `None` means unbounded. A search rounds the
-    values it proposes to multiples of 1 / `grid` when one is set (see `on_grid`).
+    Bounds are closed unless `low_open` / `high_open` say otherwise; `None` means unbounded. A search rounds
+    the values it proposes to multiples of 1 / `grid` when one is set (see `on_grid`).
     """
 
     name: str
@@ -44,7 +44,7 @@ class ParamSpec:
     grid: int | None = None
 
     def check(self, value: float | bool, where: str) -> None:
-        """Raise UsageError if `value` is out of this parameter's bounds; `where` names the place in a recipe."""
+        """Raise UsageError if `value` is out of this parameter's bounds (`where`: its place in a recipe)."""
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise UsageError(f"{where}: '{self.name}' must be true or false, got {value!r}")
@@ -57,8 +57,8 @@ class ParamSpec:
             raise UsageError(f"{where}: '{self.name}' = {value} is outside {self.range_text()}")
 
     def on_grid(self, value: float, low: float, high: float) -> float:
-        """`value` rounded to the nearest multiple of 1 / grid within [low, high] (unchanged without a grid, or
-        when no multiple lies within the bounds)."""
+        """`value` rounded to the nearest multiple of 1 / grid within [low, high] (unchanged without a grid,
+        or when no multiple lies within the bounds)."""
         if self.grid is None:
             return value
         steps = min(math.floor(high * self.grid), max(math.ceil(low * self.grid), round(value * self.grid)))
@@ -77,26 +77,38 @@ MergeFunction = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
-class MergeMethod:
-    """A registered method: its function, what it declares, and what it needs.
+class NoSettings:
+    """The settings of a method that takes no parameters and draws nothing."""
 
-    The function is called as `function(base, sources, seed=..., **params)` where `base` is the base tensor (or
-    None), `sources` the source tensors, `seed` the tensor's seed for random draws (DARE), each per-source
-    parameter a list with one value per source, and each global parameter a scalar. It returns the merged tensor
-    in float32. A method that `writes_into` also takes `out` (a tensor to write the result into, in its dtype),
-    `block` (elements computed at a time) and `compiled` (write it with one compiled kernel, methods/fused.py).
-    A method that `uses_ranks` also takes `ranks`: each source's MagnitudeRanks (or None), for its magnitude cuts.
-    A method with a `kernel_call` can plan its compiled kernel call without running it (see `planned_call`).
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A registered method: its settings, its function, what it declares, and what it needs.
+
+    One tensor's merge is described by one settings object, `settings_for(params, seed)`: the method's
+    `settings` type called with its `fixed` settings (the variant: TIES is task arithmetic with a magnitude
+    sparsification and sign consensus), the declared parameters as recipe.resolve_parameters gives them (each
+    per-source one a list with one value per source, each global one a scalar), and, for a `seeded` method
+    (one that draws random numbers: DARE), `seed`, the tensor's seed. The function is called as
+    `function(base, sources, settings)`, where `base` is the base tensor (or None) and `sources` the source
+    tensors; it returns the merged tensor in float32. A method that `writes_into` also takes, as keywords,
+    `out` (a tensor to write the result into, in its dtype), `block` (elements computed at a time), `compiled`
+    (write it with one compiled kernel, methods/fused.py) and `checksum` (see `merge_into`). A method that
+    `uses_ranks` also takes `ranks`: each source's MagnitudeRanks (or None), for its magnitude cuts. A method
+    with a `kernel_call` can plan its compiled kernel call without running it, called as
+    `kernel_call(out, base, sources, settings)` (and `ranks`): see `planned_call`.
     """
 
     name: str
     function: MergeFunction
     params: tuple[ParamSpec, ...]
     needs_base: bool
+    settings: Callable[..., object] = NoSettings
     min_sources: int = 1
     max_sources: int | None = None
     reference: str = ""
     fixed: dict[str, object] = field(default_factory=dict)
+    seeded: bool = False
     writes_into: bool = False
     uses_ranks: bool = False
     kernel_call: Callable[..., KernelCall | None] | None = None
@@ -105,27 +117,29 @@ class MergeMethod:
         for spec in self.params:
             if spec.name == name:
                 return spec
-        raise UsageError(f"method '{self.name}' has no parameter '{name}'{_suggestion(name, self.param_names())}")
+        suggestion = _suggestion(name, self.param_names())
+        raise UsageError(f"method '{self.name}' has no parameter '{name}'{suggestion}")
 
     def param_names(self) -> list[str]:
         return [spec.name for spec in self.params]
 
+    def settings_for(self, params: dict[str, object], seed: int = 0) -> object:
+        """One tensor's settings: these parameters (every declared one) and, if seeded, the tensor's seed."""
+        seeded = {"seed": seed} if self.seeded else {}
+        return self.settings(**self.fixed, **params, **seeded)
+
     def merge(
-        self,
-        base: torch.Tensor | None,
-        sources: Sequence[torch.Tensor],
-        params: dict[str, object],
-        seed: int = 0,
+        self, base: torch.Tensor | None, sources: Sequence[torch.Tensor], settings: object
     ) -> torch.Tensor:
-        return self.function(base, list(sources), seed=seed, **self.fixed, **params)
+        """The merged tensor in float32."""
+        return self.function(base, list(sources), settings)
 
     def merge_into(
         self,
         out: torch.Tensor,
         base: torch.Tensor | None,
         sources: Sequence[torch.Tensor],
-        params: dict[str, object],
-        seed: int = 0,
+        settings: object,
         block: int | None = None,
         compiled: bool = False,
         ranks: list[MagnitudeRanks | None] | None = None,
@@ -141,11 +155,11 @@ class MergeMethod:
         extra = {"ranks": ranks} if self.uses_ranks else {}
         if self.writes_into:
             self.function(
-                base, list(sources), seed=seed, out=out, block=block, compiled=compiled, checksum=checksum,
-                **extra, **self.fixed, **params,
+                base, list(sources), settings,
+                out=out, block=block, compiled=compiled, checksum=checksum, **extra,
             )
             return
-        out.copy_(self.merge(base, sources, params, seed))
+        out.copy_(self.merge(base, sources, settings))
         if checksum is not None:
             checksum.copy_(out.sum(dtype=torch.float32))
 
@@ -154,16 +168,16 @@ class MergeMethod:
         out: torch.Tensor,
         base: torch.Tensor | None,
         sources: Sequence[torch.Tensor],
-        params: dict[str, object],
-        seed: int = 0,
+        settings: object,
         ranks: list[MagnitudeRanks | None] | None = None,
     ) -> KernelCall | None:
         """The compiled kernel call that writes the merge into `out` as `merge_into` would, not run yet
-        (fused.run_many runs calls of one size together); None where this method or these tensors have none."""
+        (fused.run_many runs calls of one size together); None where this method or these tensors have no
+        kernel."""
         if self.kernel_call is None:
             return None
         extra = {"ranks": ranks} if self.uses_ranks else {}
-        return self.kernel_call(out, base, list(sources), seed=seed, **extra, **self.fixed, **params)
+        return self.kernel_call(out, base, list(sources), settings, **extra)
 
 
 _METHODS: dict[str, MergeMethod] = {}

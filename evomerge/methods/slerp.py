@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -12,19 +13,21 @@ from evomerge.methods.registry import MergeMethod, ParamSpec, register
 COLINEAR_COSINE = 0.9995
 
 
-def slerp(
-    base: torch.Tensor | None,
-    sources: list[torch.Tensor],
-    *,
-    t: float,
-    seed: int = 0,
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class SlerpSettings:
+    """One tensor's SLERP: the interpolation position t."""
+
+    t: float
+
+
+def slerp(base: torch.Tensor | None, sources: list[torch.Tensor], settings: SlerpSettings) -> torch.Tensor:
     """Interpolate from sources[0] (t = 0) to sources[1] (t = 1) along the great circle, in float32.
 
     With v0, v1 the two tensors flattened and cos(theta) = <v0, v1> / (|v0| |v1|) clamped to [-1, 1]:
     result = sin((1 - t) theta) / sin(theta) * v0 + sin(t theta) / sin(theta) * v1,
     and result = (1 - t) v0 + t v1 where |cos(theta)| > 0.9995 or either tensor is zero.
     """
+    t = settings.t
     v0, v1 = sources[0].float(), sources[1].float()
     norms = v0.norm() * v1.norm()
     cosine = float((v0.flatten() @ v1.flatten()) / norms) if norms > 0 else 1.0
@@ -40,8 +43,11 @@ SLERP = register(
     MergeMethod(
         name="slerp",
         function=slerp,
-        params=(ParamSpec("t", "global", 0.5, "interpolation position, 0 = first source", low=0.0, high=1.0),),
+        params=(
+            ParamSpec("t", "global", 0.5, "interpolation position, 0 = first source", low=0.0, high=1.0),
+        ),
         needs_base=False,
+        settings=SlerpSettings,
         min_sources=2,
         max_sources=2,
         reference="https://dl.acm.org/doi/10.1145/325165.325242",
