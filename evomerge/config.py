@@ -55,13 +55,12 @@ from evomerge.evaluate.specs import TaskSpec
 from evomerge.files import read_yaml
 from evomerge.genome import SearchedParam
 from evomerge.recipe import Recipe, recipe_from_dict
+from evomerge.search.optimizers import get_optimizer, optimizers, unknown_optimizer
 
 #: The stack source that stands for the best merge of a hybrid run's parameter-space phase.
 SEARCH_BEST = "search:best"
 #: The study of a hybrid run's layer-stacking phase is the run's study name with this suffix.
 STACK_STUDY_SUFFIX = "-stack"
-OPTIMIZERS = ("cmaes", "tpe", "optuna-cmaes", "nsga2", "nsga3", "gp", "random")
-MULTI_OBJECTIVE = ("nsga2", "nsga3", "tpe", "gp", "random")
 
 
 class _Frozen(BaseModel):
@@ -88,10 +87,17 @@ class EarlyStopping(_Frozen):
 
 
 class OptimizerConfig(_Frozen):
-    name: Literal["cmaes", "tpe", "optuna-cmaes", "nsga2", "nsga3", "gp", "random"] = "cmaes"
+    name: str = Field("cmaes", description="a registered optimizer (evomerge/search/optimizers)")
     population_size: int | None = Field(None, ge=2, description="default: the optimizer's own")
     sigma: float = Field(0.3, gt=0, description="CMA-ES initial step size, in the unit cube")
     scalarization: Literal["weighted_sum", "chebyshev"] = "weighted_sum"
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in {optimizer.name for optimizer in optimizers()}:
+            raise ValueError(unknown_optimizer(name))
+        return name
 
 
 class Budget(_Frozen):
@@ -177,10 +183,13 @@ class RunConfig(_Frozen):
                 )
             resolved.append(_resolved(objective, self.tasks[objective.task]))
         object.__setattr__(self, "objectives", resolved)  # frozen: set once, here, while validating
-        if len(self.objectives) > 1 and self.optimizer.name not in (*MULTI_OBJECTIVE, "cmaes"):
+        if len(self.objectives) > 1 and get_optimizer(self.optimizer.name).several_objectives == "refused":
+            pareto = [o.name for o in optimizers() if o.several_objectives == "pareto"]
+            scalarized = [o.name for o in optimizers() if o.several_objectives == "scalarized"]
             raise ValueError(
                 f"optimizer '{self.optimizer.name}' optimizes one objective but {len(self.objectives)} are "
-                f"listed; use one of {', '.join(MULTI_OBJECTIVE)} for a Pareto front, or cmaes with a scalarization"
+                f"listed; use one of {', '.join(pareto)} for a Pareto front, or {', '.join(scalarized)} "
+                "with a scalarization"
             )
         return self
 

@@ -10,6 +10,7 @@ from evomerge.dfs import StackRecipe
 from evomerge.evaluate.specs import TaskSpec
 from evomerge.evaluate.tasks import Scores
 from evomerge.recipe import Recipe
+from evomerge.search.optimizers import get_optimizer
 from evomerge.stacking import folded_factors, source_label
 
 
@@ -173,12 +174,12 @@ This checkpoint is an ordinary model of the embeddings source's architecture wit
 
 def _optimizer_text(config: RunConfig) -> str:
     optimizer = config.optimizer
+    scalarized = config.multi_objective and get_optimizer(optimizer.name).several_objectives == "scalarized"
     return (
         f"`{optimizer.name}`"
         + (f", population {optimizer.population_size}" if optimizer.population_size else "")
         + (f", initial step {optimizer.sigma:g}" if optimizer.name == "cmaes" else "")
-        + (f", objectives scalarized by {optimizer.scalarization}"
-           if optimizer.name == "cmaes" and config.multi_objective else "")
+        + (f", objectives scalarized by {optimizer.scalarization}" if scalarized else "")
     )
 
 
