@@ -57,13 +57,12 @@ from evomerge.evaluate.specs import TaskSpec
 from evomerge.files import read_yaml
 from evomerge.genome import SearchedParam
 from evomerge.recipe import Recipe, recipe_from_dict
+from evomerge.search.optimizers import get_optimizer, optimizers, unknown_optimizer
 
 #: The stack source that stands for the best merge of a hybrid run's parameter-space phase.
 SEARCH_BEST = "search:best"
 #: The study of a hybrid run's layer-stacking phase is the run's study name with this suffix.
 STACK_STUDY_SUFFIX = "-stack"
-OPTIMIZERS = ("cmaes", "tpe", "optuna-cmaes", "nsga2", "nsga3", "gp", "random")
-MULTI_OBJECTIVE = ("nsga2", "nsga3", "tpe", "gp", "random")
 
 
 class _Frozen(BaseModel):
@@ -104,9 +103,11 @@ class EarlyStopping(_Frozen):
 class OptimizerConfig(_Frozen):
     """What proposes the candidates: pycma's CMA-ES or an Optuna sampler, seeded by the run's `seed`."""
 
-    name: Literal["cmaes", "tpe", "optuna-cmaes", "nsga2", "nsga3", "gp", "random"] = Field(
-        "cmaes", description="cmaes (pycma) or an Optuna sampler; with several objectives a multi-objective "
-        "sampler finds a Pareto front and cmaes optimizes their scalarization",
+    name: str = Field(
+        "cmaes", description="a registered optimizer (evomerge/search/optimizers): cmaes (pycma) or an Optuna "
+        "sampler; with several objectives a multi-objective sampler finds a Pareto front and cmaes optimizes "
+        "their scalarization",
+        json_schema_extra={"enum": [optimizer.name for optimizer in optimizers()]},
     )
     population_size: int | None = Field(
         None, ge=2, description="candidates per generation, for optimizers that have generations (default: "
@@ -119,6 +120,13 @@ class OptimizerConfig(_Frozen):
         "candidate): the weighted sum of their losses, or the largest weighted distance of a loss from the "
         "lowest seen so far (chebyshev)",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in {optimizer.name for optimizer in optimizers()}:
+            raise ValueError(unknown_optimizer(name))
+        return name
 
 
 class Budget(_Frozen):
@@ -243,11 +251,13 @@ class RunConfig(_Frozen):
                 )
             resolved.append(_resolved(objective, self.tasks[objective.task]))
         object.__setattr__(self, "objectives", resolved)  # frozen: set once, here, while validating
-        if len(self.objectives) > 1 and self.optimizer.name not in (*MULTI_OBJECTIVE, "cmaes"):
+        if len(self.objectives) > 1 and get_optimizer(self.optimizer.name).several_objectives == "refused":
+            pareto = [o.name for o in optimizers() if o.several_objectives == "pareto"]
+            scalarized = [o.name for o in optimizers() if o.several_objectives == "scalarized"]
             raise ValueError(
                 f"optimizer '{self.optimizer.name}' optimizes one objective but {len(self.objectives)} are "
-                f"listed; use one of {', '.join(MULTI_OBJECTIVE)} for a Pareto front, or cmaes with a "
-                "scalarization"
+                f"listed; use one of {', '.join(pareto)} for a Pareto front, or {', '.join(scalarized)} "
+                "with a scalarization"
             )
         return self
 

@@ -8,6 +8,7 @@ from optuna.trial import FrozenTrial
 from evomerge.config import RunConfig
 from evomerge.evaluate.specs import TaskSpec
 from evomerge.evaluate.tasks import Scores
+from evomerge.search.optimizers import get_optimizer
 from evomerge.search.space import Candidate, space_of
 
 
@@ -85,12 +86,12 @@ tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/DIRECTORY")
 
 def _optimizer_text(config: RunConfig) -> str:
     optimizer = config.optimizer
+    scalarized = config.multi_objective and get_optimizer(optimizer.name).several_objectives == "scalarized"
     return (
         f"`{optimizer.name}`"
         + (f", population {optimizer.population_size}" if optimizer.population_size else "")
         + (f", initial step {optimizer.sigma:g}" if optimizer.name == "cmaes" else "")
-        + (f", objectives scalarized by {optimizer.scalarization}"
-           if optimizer.name == "cmaes" and config.multi_objective else "")
+        + (f", objectives scalarized by {optimizer.scalarization}" if scalarized else "")
     )
 
 

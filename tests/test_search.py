@@ -172,7 +172,7 @@ def write_config(path: Path, data) -> Path:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"optimizer": "annealing"}, "optimizer.name: Input should be 'cmaes', 'tpe'"),
+        ({"optimizer": "cma-es"}, "optimizer.name: unknown optimizer 'cma-es' (did you mean 'cmaes'?); available: tpe,"),
         ({"genome": [{"param": "weight", "low": 1.0, "high": 0.5}]}, "genome.0: bounds of 'weight': low 1.0 > high 0.5"),
         ({"objectives": [{"task": "missing"}]}, "objective names task 'missing', which is not under 'tasks'"),
         ({"objectives": [{"task": "t"}, {"task": "t"}], "optimizer": "optuna-cmaes"}, "optimizes one objective but 2 are listed"),
@@ -228,7 +228,7 @@ def test_a_wall_clock_budget_stops_the_run(tiny_models, task_dir, tmp_path):
 
 def test_scalarizations_by_hand():
     from evomerge.config import Objective
-    from evomerge.search.optimizers import scalarize
+    from evomerge.search.optimizers.scalarization import scalarize
 
     objectives = [Objective(task="a", direction="maximize", weight=2.0), Objective(task="b", direction="minimize")]
     # losses: -0.5 (maximized) and 0.25 (minimized)

@@ -124,7 +124,7 @@ def early_stopping_config(run_dir: Path, optimizer: str, evaluations: int) -> di
 def test_early_stopping_prunes_hopeless_candidates_and_resumes_exactly(optimizer, zoo_dir, tmp_path):
     from evomerge.config import config_from_dict
     from evomerge.search.loop import Search
-    from evomerge.search.optimizers import scalarize
+    from evomerge.search.optimizers.scalarization import scalarize
 
     def run(run_dir: Path, evaluations: int) -> optuna.Study:
         return Search(config_from_dict(early_stopping_config(run_dir, optimizer, evaluations)), progress=False).run()

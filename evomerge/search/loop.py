@@ -1,14 +1,16 @@
 """The search loop: ask for a candidate, materialize it in place, score it on the search split, record it.
 
-Guarantees (DESIGN.md decision 2):
-- **Exact resume.** The ledger is the only state. A `kill -9` loses at most the candidate in flight; a resumed
-  serial run evaluates the same candidates in the same order as an uninterrupted one and ends with the same
-  ledger values. With Optuna samplers the candidate in flight stays a RUNNING trial whose parameters are
-  already stored; resume evaluates it first. With pycma the strategy is rebuilt and the recorded generations
-  replayed from the ledger; resume then evaluates the members of the current generation not recorded yet.
+The optimizer (search/optimizers: a registered driver) proposes the candidates; `Search` evaluates and records
+them, and holds the ledger, the budget, the progress bar and the log.
+
+Guarantees:
+- **Exact resume.** The ledger is the only state, so that a run killed at any moment can go on. A `kill -9`
+  loses at most the candidate in flight; a resumed serial run evaluates the same candidates in the same order
+  as an uninterrupted one and ends with the same ledger values. Each driver rebuilds its state from the ledger
+  (Optuna samplers: optuna_samplers.py; pycma's replay of the recorded generations: pycma.py).
 - **Failures are data.** A candidate whose merge or evaluation raises becomes a FAILED trial with its reason;
-  the optimizer is told a penalty (pycma) or the failure (Optuna) and the search goes on. `max_consecutive_failures`
-  failures in a row stop the run with the last reason.
+  the optimizer is told a penalty (pycma) or the failure (Optuna) and the search goes on.
+  `max_consecutive_failures` failures in a row stop the run with the last reason.
 - **Seeds first.** The first candidates are the template recipe with every searched parameter at the method's
   default (equal weights: the uniform merge) and then each of `seed_recipes`; CMA-ES starts from the best.
   A layer-stacking search (evomerge/dfs.py) starts from each source as it is.
@@ -23,7 +25,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import cma
 import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
@@ -33,12 +34,12 @@ from evomerge.errors import MergeFailure, UsageError
 from evomerge.evaluate.tasks import Partial
 from evomerge.search.held_out import record_held_out
 from evomerge.search.ledger import ELAPSED_ATTR, open_study
-from evomerge.search.optimizers import losses, optuna_sampler, pycma_options, scalarize, scalarized, trial_seed
+from evomerge.search.optimizers import get_optimizer
+from evomerge.search.optimizers.scalarization import fitnesses
 from evomerge.search.pruning import Pruner
 from evomerge.search.scoring import CandidateScorer
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-SEEDED_ATTR = "seeded"
 
 
 @dataclass
@@ -82,105 +83,13 @@ class Search:
     def run(self) -> optuna.Study:
         self.log.info("%s run in %s", "resuming" if self.resumed else "starting", self.config.run_dir)
         with self._progress_bar():
-            if self.config.optimizer.name == "cmaes":
-                self._run_pycma()
-            else:
-                self._run_optuna()
+            get_optimizer(self.config.optimizer.name).drive(self)
         self.log.info("finished: %d candidates evaluated", self.finished())
         for number, scores in record_held_out(self.config, self.study, self.scorer).items():
             self.log.info("held-out scores of trial %d: %s", number, scores)
         return self.study
 
-    def _run_optuna(self) -> None:
-        if not self.study.user_attrs.get(SEEDED_ATTR):
-            for point in self.seed_points:
-                self.study.enqueue_trial(point)
-            self.study.set_user_attr(SEEDED_ATTR, True)
-        for stale in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            self.study.sampler = optuna_sampler(self.config.optimizer, trial_seed(self.config.seed, stale.number))
-            self._finish_optuna(optuna.trial.Trial(self.study, stale._trial_id))
-        while self.budget_left():
-            number = len(self.study.get_trials(deepcopy=False))
-            self.study.sampler = optuna_sampler(self.config.optimizer, trial_seed(self.config.seed, number))
-            self._finish_optuna(self.study.ask())
-
-    def _finish_optuna(self, trial: optuna.Trial) -> None:
-        values = {
-            gene.name: trial.suggest_float(gene.name, gene.param.low, gene.param.high, log=gene.param.log)
-            for gene in self.genome.genes
-        }
-        outcome = self.evaluate(values)
-        for key, value in outcome.attrs.items():
-            trial.set_user_attr(key, value)
-        if outcome.state == TrialState.COMPLETE:
-            self.study.tell(trial, outcome.values)
-        else:
-            if outcome.state == TrialState.PRUNED and not self.config.multi_objective:
-                trial.report(outcome.estimate[0], step=outcome.attrs["examples_scored"])
-            self.study.tell(trial, state=outcome.state)
-        self._after(trial.number, outcome)
-
-    def _run_pycma(self) -> None:
-        """CMA-ES, rebuilt from its seeded construction and the ledger: every recorded generation is asked
-        again and told its recorded fitnesses, then the search goes on. No optimizer state is stored beside
-        the trials, and the replay checks that each population asked again is the one recorded."""
-        seeds = {t.user_attrs["seed_index"]: t for t in self._finished_trials() if "seed_index" in t.user_attrs}
-        for index, point in enumerate(self.seed_points):
-            if index not in seeds:
-                if not self.budget_left():
-                    return
-                seeds[index] = self._add_trial(point, self.evaluate(point), {"seed_index": index})
-        options = pycma_options(self.config.optimizer, self.config.seed)
-        es = cma.CMAEvolutionStrategy(self._best_seed_unit(seeds), self.config.optimizer.sigma, options)
-        generations: dict[int, dict[int, optuna.trial.FrozenTrial]] = {}
-        for trial in self._finished_trials():
-            if "generation" in trial.user_attrs:
-                generations.setdefault(trial.user_attrs["generation"], {})[trial.user_attrs["index"]] = trial
-        while True:
-            generation = es.countiter
-            population = es.ask()
-            done = generations.get(generation, {})
-            for index, unit in enumerate(population):
-                point = {gene.name: gene.value(u) for gene, u in zip(self.genome.genes, unit)}
-                if index in done:
-                    self._check_replayed(done[index], point)
-                    continue
-                if not self.budget_left():
-                    return
-                done[index] = self._add_trial(point, self.evaluate(point), {"generation": generation, "index": index})
-            told = [done[i] for i in range(len(population))]
-            # check_points=False: these are the very solutions pycma asked for; nothing to repair.
-            es.tell(population, self._fitnesses(told, upto=max(t.number for t in told)), check_points=False)
-
-    def _check_replayed(self, trial: optuna.trial.FrozenTrial, point: dict[str, float]) -> None:
-        if any(not math.isclose(trial.params[name], value, rel_tol=1e-12, abs_tol=1e-15) for name, value in point.items()):
-            raise UsageError(
-                f"the CMA-ES history in {self.config.run_dir} cannot be replayed: trial {trial.number} was asked "
-                "with other parameters (was the run made by another version of evomerge or cma?)"
-            )
-
-    def _best_seed_unit(self, seeds: dict[int, optuna.trial.FrozenTrial]) -> list[float]:
-        """The unit-cube point of the best seed recipe, where CMA-ES starts."""
-        completed = {i: t for i, t in seeds.items() if t.state == TrialState.COMPLETE}
-        if not completed:
-            return self.genome.encode_unit(self.seed_recipes[0])
-        upto = max(t.number for t in seeds.values())
-        fitness = dict(zip(completed, self._fitnesses(list(completed.values()), upto=upto)))
-        return self.genome.encode_unit(self.seed_recipes[min(fitness, key=fitness.get)])
-
-    def _fitnesses(self, trials: list[optuna.trial.FrozenTrial], upto: int) -> list[float]:
-        """What pycma minimizes: the scalarized objectives, judged against the trials up to number `upto`
-        (what had finished when these were told); a failed candidate gets the worst value seen + 1."""
-        objectives, method = self.config.objectives, self.config.optimizer.scalarization
-        completed = [t for t in self._finished_trials() if t.state == TrialState.COMPLETE and t.number <= upto]
-        value = dict(zip((t.number for t in completed), scalarized(completed, completed, objectives, method)))
-        if any(t.state == TrialState.PRUNED for t in trials):
-            ideal = [min(column) for column in zip(*(losses(t.values, objectives) for t in completed))]
-            for t in trials:
-                if t.state == TrialState.PRUNED:
-                    value[t.number] = scalarize(t.user_attrs["estimate"], objectives, method, ideal)
-        worst = max(value.values(), default=0.0)
-        return [value.get(t.number, worst + 1.0) for t in trials]
+    # ------------------------------------------------------------------ recording
 
     def distributions(self) -> dict[str, FloatDistribution]:
         """The genes as Optuna parameter distributions."""
@@ -189,7 +98,10 @@ class Search:
             for gene in self.genome.genes
         }
 
-    def _add_trial(self, point: dict[str, float], outcome: Outcome, attrs: dict[str, Any]) -> optuna.trial.FrozenTrial:
+    def add_trial(
+        self, point: dict[str, float], outcome: Outcome, attrs: dict[str, Any]
+    ) -> optuna.trial.FrozenTrial:
+        """Record an evaluated candidate that no trial of the study asked for (pycma's), with `attrs`."""
         trial = optuna.trial.create_trial(
             state=outcome.state,
             values=outcome.values,
@@ -201,6 +113,18 @@ class Search:
         added = self.study.get_trials(deepcopy=False)[-1]
         self._after(added.number, outcome)
         return added
+
+    def tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
+        """Record the outcome of a trial the study asked for (an Optuna sampler's)."""
+        for key, value in outcome.attrs.items():
+            trial.set_user_attr(key, value)
+        if outcome.state == TrialState.COMPLETE:
+            self.study.tell(trial, outcome.values)
+        else:
+            if outcome.state == TrialState.PRUNED and not self.config.multi_objective:
+                trial.report(outcome.estimate[0], step=outcome.attrs["examples_scored"])
+            self.study.tell(trial, state=outcome.state)
+        self._after(trial.number, outcome)
 
     # ------------------------------------------------------------------ one candidate
 
@@ -228,16 +152,17 @@ class Search:
                 raise MergeFailure(f"an objective is not finite: {values}")
         except KeyboardInterrupt:
             raise
-        except Exception as error:  # any failure of one candidate is data, not a crash (DESIGN.md decision 6)
+        except Exception as error:  # any failure of one candidate is data, not a crash: the search goes on
             return Outcome(None, {**attrs, "failure_reason": f"{type(error).__name__}: {error}"})
         attrs.update(scores=scores, merge_seconds=merged - started, eval_seconds=time.perf_counter() - merged)
         return Outcome(values, attrs)
 
     def _score_or_prune(self) -> Partial:
-        """Score the target model in chunks, stopping once it cannot beat the k-th best completed candidate."""
-        completed = [t for t in self._finished_trials() if t.state == TrialState.COMPLETE]
+        """Score the target model in chunks, stopping once it cannot beat the k-th best completed one."""
+        completed = [t for t in self.finished_trials() if t.state == TrialState.COMPLETE]
+        chunk_size = self.config.early_stopping.chunk_size
         return self.scorer.evaluator.score_progressively(
-            self.scorer.model, "search", self.config.early_stopping.chunk_size, self.pruner.keep_going(completed)
+            self.scorer.model, "search", chunk_size, self.pruner.keep_going(completed)
         )
 
     def _after(self, number: int, outcome: Outcome) -> None:
@@ -264,21 +189,21 @@ class Search:
 
     def _stop_after_failures(self) -> None:
         limit = self.config.budget.max_consecutive_failures
-        trials = self._finished_trials()
+        trials = self.finished_trials()
         tail = trials[-limit:]
         if len(tail) == limit and all(t.state == TrialState.FAIL for t in tail):
             raise UsageError(
-                f"stopped after {limit} failed candidates in a row; the last: {tail[-1].user_attrs.get('failure_reason')} "
-                f"(see {self.config.run_dir / 'run.log'})"
+                f"stopped after {limit} failed candidates in a row; the last: "
+                f"{tail[-1].user_attrs.get('failure_reason')} (see {self.config.run_dir / 'run.log'})"
             )
 
     # ------------------------------------------------------------------ budget and progress
 
-    def _finished_trials(self) -> list[optuna.trial.FrozenTrial]:
+    def finished_trials(self) -> list[optuna.trial.FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=FINISHED)
 
     def finished(self) -> int:
-        return len(self._finished_trials())
+        return len(self.finished_trials())
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started
@@ -291,10 +216,11 @@ class Search:
 
     def best_value(self) -> float | None:
         """The best scalarized objective so far, as a value to maximize (for the progress bar)."""
-        completed = [t for t in self._finished_trials() if t.state == TrialState.COMPLETE]
+        completed = [t for t in self.finished_trials() if t.state == TrialState.COMPLETE]
         if not completed:
             return None
-        return -min(self._fitnesses(completed, upto=completed[-1].number))
+        objectives, method = self.config.objectives, self.config.optimizer.scalarization
+        return -min(fitnesses(completed, completed, objectives, method))
 
     def _progress_bar(self):
         from contextlib import nullcontext

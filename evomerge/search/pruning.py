@@ -3,10 +3,10 @@
 The evaluator scores in chunks (`Evaluator.score_progressively`); after each chunk the candidate's optimistic
 objective values (`evaluate/bounds.py`: the best it can still reach, with the configured confidence) are
 compared with the completed candidates:
-- one objective, or several scalarized (pycma CMA-ES): hopeless when the optimistic scalarized loss is worse
-  than the k-th best scalarized loss so far;
-- several objectives with an Optuna sampler: hopeless when at least k completed candidates dominate the
-  optimistic values.
+- one objective, or several that the optimizer scalarizes (pycma CMA-ES): hopeless when the optimistic
+  scalarized loss is worse than the k-th best scalarized loss so far;
+- several objectives whose Pareto front the optimizer searches (Optuna samplers): hopeless when at least k
+  completed candidates dominate the optimistic values.
 What the optimizer is told for a pruned candidate (`estimate`) is its partial mean per objective (the
 optimistic value for an objective not scored yet), which is never better than the optimistic values that
 were judged hopeless: the pruned candidate ranks below the k-th best, consistently with why it was pruned.
@@ -21,7 +21,8 @@ from optuna.trial import FrozenTrial
 from evomerge.config import RunConfig
 from evomerge.evaluate.bounds import optimistic_scores
 from evomerge.evaluate.tasks import Partial, Scores
-from evomerge.search.optimizers import losses, scalarize
+from evomerge.search.optimizers import get_optimizer
+from evomerge.search.optimizers.scalarization import losses, scalarize
 
 
 class Pruner:
@@ -29,7 +30,8 @@ class Pruner:
         self.config = config
         self.settings = config.early_stopping
         self.metrics = metrics
-        self.scalar = not config.multi_objective or config.optimizer.name == "cmaes"
+        several = get_optimizer(config.optimizer.name).several_objectives
+        self.scalar = not config.multi_objective or several == "scalarized"
 
     def keep_going(self, completed: Sequence[FrozenTrial]) -> Callable[[Partial], bool] | None:
         """The `keep_going` test for one candidate, judged against the trials completed before it (None when

@@ -10,7 +10,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig
 from evomerge.evaluate.tasks import Scores
-from evomerge.search.optimizers import scalarized
+from evomerge.search.optimizers.scalarization import scalarized
 from evomerge.search.space import Candidate, candidate_from_yaml, space_of
 
 #: Held-out scores live in study user attributes `held_out.N` for trial N: Optuna refuses changes to a
@@ -43,7 +43,8 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def reported_trials(config: RunConfig, study: optuna.Study) -> list[FrozenTrial]:
-    """The trials a run reports: the best completed one, then the Pareto points (several objectives), each once."""
+    """The trials a run reports: the best completed one, then the Pareto points (several objectives), each
+    once."""
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not completed:
         return []

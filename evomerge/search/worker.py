@@ -25,7 +25,8 @@ Why the budget ends with exactly N evaluated candidates, none evaluated twice:
 
 Unlike a one-process run, a shared run is not reproducible trial for trial: which worker asks when depends on
 timing. Samplers are still seeded per trial number. pycma's CMA-ES (`cmaes`) is refused: it needs each
-generation told at once in one process; the shareable optimizers are in `optimizers.SHAREABLE`.
+generation told at once in one process; the shareable optimizers are those registered `shareable`
+(search/optimizers).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ from evomerge.search.ledger import (
     unknown_study,
 )
 from evomerge.search.loop import Search
-from evomerge.search.optimizers import SHAREABLE, optuna_sampler, trial_seed
+from evomerge.search.optimizers import get_optimizer, optimizers
+from evomerge.search.optimizers.optuna_samplers import OptunaSampler, finish_trial, trial_seed
 from evomerge.search.storage import Heartbeat, open_storage, patiently, quietly, study_lock, study_names
 from evomerge.search.timing import GRACE_HEARTBEATS, HEARTBEAT_SECONDS, PATIENCE_SECONDS
 
@@ -88,7 +90,7 @@ class SharedSearch(Search):
         patience: float = PATIENCE_SECONDS,
         progress: bool = True,
     ) -> None:
-        check_shareable(config)
+        self.optimizer = shareable_optimizer(config)
         self.heartbeat_seconds, self.patience = heartbeat_seconds, patience
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         # A bad URL, password or model file is refused here, before minutes of loading models.
@@ -151,7 +153,7 @@ class SharedSearch(Search):
             # trial, that trial would draw the same candidate again.
             number = next((t.number for t in trials if t.state == TrialState.WAITING), len(trials))
             seed = trial_seed(self.config.seed, number)
-            self.study.sampler = optuna_sampler(self.config.optimizer, seed, shared=True)
+            self.study.sampler = self.optimizer.sampler(self.config.optimizer, seed, shared=True)
             with warnings.catch_warnings():  # Optuna expects heartbeats with study.optimize; we keep our own
                 warnings.filterwarnings("ignore", message="Heartbeat of storage")
                 trial = self.study.ask(self.distributions())
@@ -173,7 +175,7 @@ class SharedSearch(Search):
     def _evaluate_claimed(self, trial: optuna.Trial) -> None:
         try:
             with Heartbeat(self.storage, trial._trial_id):
-                self._patiently(lambda: self._finish_optuna(trial))
+                self._patiently(lambda: finish_trial(self, trial))
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
             frozen = self._patiently(lambda: self.study.get_trials(deepcopy=False)[trial.number])
             if not frozen.state.is_finished():
@@ -198,9 +200,9 @@ class SharedSearch(Search):
             return True
         return evaluations is not None and self.finished() >= evaluations
 
-    def _finished_trials(self) -> list[optuna.trial.FrozenTrial]:
+    def finished_trials(self) -> list[optuna.trial.FrozenTrial]:
         """The evaluated trials, not those lost with a dead worker (their retries are evaluated instead)."""
-        return [t for t in super()._finished_trials() if counts_toward_budget(t)]
+        return [t for t in super().finished_trials() if counts_toward_budget(t)]
 
     def _patiently(self, step: Callable[[], T]) -> T:
         def say(message: str) -> None:
@@ -210,12 +212,17 @@ class SharedSearch(Search):
         return patiently(step, self.config.storage_url, self.patience, say)
 
 
-def check_shareable(config: RunConfig) -> None:
-    if config.optimizer.name not in SHAREABLE:
+def shareable_optimizer(config: RunConfig) -> OptunaSampler:
+    """The config's optimizer, which workers share by asking it through the study: an Optuna sampler."""
+    optimizer = get_optimizer(config.optimizer.name)
+    if not optimizer.shareable:
+        shareable = [o.name for o in optimizers() if o.shareable]
         raise UsageError(
-            f"optimizer '{config.optimizer.name}' (pycma CMA-ES) runs in one process and cannot be shared by "
-            f"workers; for a shared run use one of: {', '.join(SHAREABLE)} (tpe runs with constant liar)"
+            f"optimizer '{optimizer.name}' ({optimizer.title}) runs in one process and cannot be shared by "
+            f"workers; for a shared run use one of: {', '.join(shareable)} (tpe runs with constant liar)"
         )
+    assert isinstance(optimizer, OptunaSampler), f"a shareable optimizer is an Optuna sampler: {optimizer}"
+    return optimizer
 
 
 def joined_config(
