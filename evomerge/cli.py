@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,12 +20,14 @@ import yaml
 
 from evomerge import __version__
 from evomerge.errors import MergeFailure, UsageError
+from evomerge.extras import require
 from evomerge.search.timing import GRACE_HEARTBEATS, HEARTBEAT_SECONDS, PATIENCE_SECONDS
 
 if TYPE_CHECKING:
     from evomerge.config import RunConfig
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+#: The demo's run config, shipped inside the package: a wheel has no `configs/` (configs/demo.yaml is a copy).
+DEMO_CONFIG = resources.files("evomerge") / "configs" / "demo.yaml"
 DEMO_MARKER = "demo.json"
 RUN_CONFIG = "config.yaml"
 
@@ -463,6 +466,7 @@ def _run_demo(args: argparse.Namespace) -> None:
     from evomerge.search.results import held_out_scores
     from evomerge.zoo import ensure_zoo
 
+    require("matplotlib", "plots", "the demo's report")  # before minutes of search
     out: Path = args.out
     if out.exists():
         if not (out / DEMO_MARKER).is_file():
@@ -471,7 +475,8 @@ def _run_demo(args: argparse.Namespace) -> None:
     zoo = ensure_zoo()
     out.mkdir(parents=True)
     (out / DEMO_MARKER).write_text(json.dumps({"zoo": str(zoo), "finished": False}) + "\n")
-    config = load_config(CONFIGS / "demo.yaml", {"run_dir": str(out / "run")})
+    with resources.as_file(DEMO_CONFIG) as demo_config:
+        config = load_config(demo_config, {"run_dir": str(out / "run")})
     print(f"searching per-layer DARE weights and drop rates ({config.budget.evaluations} candidates, CMA-ES) ...")
     _write_run_config(config)
     Search(config).run()

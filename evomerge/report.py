@@ -24,8 +24,8 @@ from evomerge.config import SEARCH_BEST, RunConfig
 from evomerge.dfs import StackRecipe
 from evomerge.errors import UsageError
 from evomerge.evaluate.tasks import Scores
+from evomerge.extras import require
 from evomerge.model_card import task_description
-from evomerge.plots import plot_heatmap, plot_pareto, plot_progress, plot_stack
 from evomerge.recipe import Recipe, resolve_value
 from evomerge.search.baselines import BaselineResult, load_baselines
 from evomerge.search.held_out import record_held_out
@@ -184,6 +184,8 @@ def write_report(config: RunConfig, scorer: CandidateScorer | None = None) -> Pa
     report's path."""
     from evomerge.search.hybrid import phase_configs
 
+    require("matplotlib", "plots", "writing a run report")  # before held-out scoring, which can take minutes
+
     lines = [f"# Run report: {config.run_dir}", ""]
     if config.hybrid:
         phases = phase_configs(config)
@@ -254,6 +256,8 @@ def _plots(
     best: Candidate,
 ) -> list[tuple[str, str]]:
     """Draw the section's plots; returns (title, file name) of each."""
+    from evomerge.plots import plot_heatmap, plot_pareto, plot_progress, plot_stack  # the `plots` extra
+
     kind = "each source alone" if config.stack is not None else "baselines"
     ylabel = f"{'mean objective' if config.multi_objective else config.objectives[0].task} (search split)"
     progress = f"{prefix}{PROGRESS_PLOT}"

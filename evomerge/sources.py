@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, PretrainedConfig
 
 from evomerge.errors import UsageError
+from evomerge.extras import require
 
 ZOO_PREFIX = "zoo:"
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -178,11 +179,8 @@ def _load_directory_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_gguf(path: Path) -> tuple[PretrainedConfig, dict[str, torch.Tensor]]:
     """Read a GGUF file through transformers, which maps its tensor names to HF names and dequantizes."""
-    try:
-        import accelerate  # noqa: F401  (transformers needs both to read GGUF)
-        import gguf  # noqa: F401
-    except ImportError:
-        raise UsageError("reading GGUF files needs the gguf and accelerate packages: pip install 'evomerge[gguf]'") from None
+    for module in ("gguf", "accelerate"):  # transformers needs both to read GGUF
+        require(module, "gguf", "reading GGUF files")
     from transformers import AutoModelForCausalLM
 
     # An absolute gguf_file: transformers looks a bare file name up in the working directory first, so a
