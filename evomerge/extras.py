@@ -23,5 +23,5 @@ def require(module: str, extra: str, feature: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         raise UsageError(
-            f"{feature} needs the Python package '{module}', which is missing: pip install 'evomerge[{extra}]'"
+            f"{feature} needs the Python package '{module}', not installed: pip install 'evomerge[{extra}]'"
         ) from None
