@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from importlib import resources
 from pathlib import Path
 
 from evomerge.errors import UsageError
+from evomerge.extras import require
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+#: The demo's run config, shipped inside the package: a wheel has no `configs/` (configs/demo.yaml is a copy).
+DEMO_CONFIG = resources.files("evomerge") / "configs" / "demo.yaml"
 DEMO_MARKER = "demo.json"
 
 
@@ -30,6 +33,7 @@ def run_demo(out: Path) -> None:
     from evomerge.search.runs import write_run_config
     from evomerge.zoo.build import ensure_zoo
 
+    require("matplotlib", "plots", "the demo's report")  # before minutes of search
     if out.exists():
         if not (out / DEMO_MARKER).is_file():
             raise UsageError(f"'{out}' exists and is not a previous demo's output; choose another --out")
@@ -37,7 +41,8 @@ def run_demo(out: Path) -> None:
     zoo = ensure_zoo()
     out.mkdir(parents=True)
     (out / DEMO_MARKER).write_text(json.dumps({"zoo": str(zoo), "finished": False}) + "\n")
-    config = load_config(CONFIGS / "demo.yaml", {"run_dir": str(out / "run")})
+    with resources.as_file(DEMO_CONFIG) as demo_config:
+        config = load_config(demo_config, {"run_dir": str(out / "run")})
     print(f"searching per-layer DARE weights and drop rates ({config.budget.evaluations} candidates, CMA-ES) ...")
     write_run_config(config)
     Search(config).run()

@@ -8,9 +8,9 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import matplotlib
+from evomerge.extras import require
 
-matplotlib.use("Agg")
+require("matplotlib", "plots", "drawing a report's plots").use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
 from matplotlib.patches import Patch  # noqa: E402
 

@@ -21,8 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 from evomerge.config import SEARCH_BEST, RunConfig
 from evomerge.errors import UsageError
 from evomerge.evaluate.tasks import Scores
+from evomerge.extras import require
 from evomerge.model_card import task_description
-from evomerge.plots import plot_pareto, plot_progress
 from evomerge.search.ledger import ELAPSED_ATTR, load_run_study
 from evomerge.search.results import (
     Row,
@@ -106,6 +106,8 @@ def write_report(config: RunConfig) -> Path:
     report's path."""
     from evomerge.search.hybrid import phase_configs
 
+    require("matplotlib", "plots", "writing a run report")
+
     lines = [f"# Run report: {config.run_dir}", ""]
     phases = phase_configs(config)
     studies = []
@@ -165,6 +167,8 @@ def _plots(
     best: Candidate,
 ) -> list[tuple[str, str]]:
     """Draw the section's plots; returns (title, file name) of each."""
+    from evomerge.plots import plot_pareto, plot_progress  # the `plots` extra
+
     kind = space.reference_kind
     ylabel = f"{'mean objective' if config.multi_objective else config.objectives[0].task} (search split)"
     progress = f"{prefix}{PROGRESS_PLOT}"

@@ -27,6 +27,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from evomerge.errors import UsageError
 from evomerge.references import register_model_scheme, resolve_model_scheme, split_scheme
+from evomerge.extras import require
 
 #: The scheme of a hub model named explicitly: `hf:ORG/MODEL`.
 HUB_SCHEME = "hf"
@@ -195,13 +196,8 @@ def _load_directory_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_gguf(path: Path) -> tuple[PretrainedConfig, dict[str, torch.Tensor]]:
     """Read a GGUF file through transformers, which maps its tensor names to HF names and dequantizes."""
-    try:
-        import accelerate  # noqa: F401  (transformers needs both to read GGUF)
-        import gguf  # noqa: F401
-    except ImportError:
-        raise UsageError(
-            "reading GGUF files needs the gguf and accelerate packages: pip install 'evomerge[gguf]'"
-        ) from None
+    for module in ("gguf", "accelerate"):  # transformers needs both to read GGUF
+        require(module, "gguf", "reading GGUF files")
     from transformers import AutoModelForCausalLM
 
     # An absolute gguf_file: transformers looks a bare file name up in the working directory first, so a

@@ -23,18 +23,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from evomerge.errors import UsageError
 from evomerge.evaluate.data import FORMATS, template_fields
 from evomerge.evaluate.specs import ChoiceSpec, GenerateSpec, LmEvalSpec
+from evomerge.extras import require
 
 SPLIT_FIELDS = {"search": "task", "held_out": "held_out_task"}
 
 
 class LmEvalTask:
     def __init__(self, name: str, spec: LmEvalSpec) -> None:
-        try:
-            from lm_eval.tasks import TaskManager
-        except ImportError:
-            raise UsageError(
-                f"task '{name}' is an lm-eval task but lm-eval is not installed; pip install 'evomerge[lm-eval]'"
-            ) from None
+        require("lm_eval", "lm-eval", f"task '{name}' (kind lm_eval)")
+        from lm_eval.tasks import TaskManager
+
         if spec.include_path is not None and not spec.include_path.is_dir():
             raise UsageError(f"task '{name}': include_path '{spec.include_path}' is not a directory")
         self.name = name

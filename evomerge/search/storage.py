@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
 
 from evomerge.errors import UsageError
+from evomerge.extras import require
 from evomerge.search.timing import GRACE_HEARTBEATS
 
 T = TypeVar("T")
@@ -62,6 +63,7 @@ def open_storage(
     SQLite waits up to a minute for a lock instead of failing with 'database is locked', and a shared SQLite
     ledger uses write-ahead logging, so that readers (status, dashboard, other workers) never block a writer.
     """
+    _require_driver(url)
     sqlite = url.startswith("sqlite")
     engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
     shared = {}
@@ -84,6 +86,16 @@ def open_storage(
         with storage.engine.connect() as connection:
             connection.exec_driver_sql("PRAGMA journal_mode=WAL")
     return storage
+
+
+def _require_driver(url: str) -> None:
+    """A PostgreSQL URL with SQLAlchemy's default driver needs psycopg, which is the `postgres` extra."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL: opening it says so
+        return
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg":
+        require("psycopg", "postgres", "a PostgreSQL storage")
 
 
 def _schema_race(error: BaseException) -> bool:
