@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import signal
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from runs import config_data, evomerge_result, ledger_rows, small_demo_config, write_config
 from transformers import AutoModelForCausalLM
-from test_search import config_data, ledger, write_config
-from test_search_zoo import kill_9_after, small_demo_config
 
 from evomerge.cli import main
 from evomerge.config import config_from_dict
@@ -68,7 +66,7 @@ def test_a_stopped_and_resumed_hybrid_run_ends_as_an_uninterrupted_one(tiny_mode
         HybridSearch(config_from_dict(data), progress=False).run()
     parts, uninterrupted = studies(tmp_path / "parts"), studies(tmp_path / "whole")
     for name in ("evomerge", "evomerge-stack"):
-        assert ledger(parts[name]) == ledger(uninterrupted[name])
+        assert ledger_rows(parts[name]) == ledger_rows(uninterrupted[name])
 
 
 def test_the_cli_runs_and_resumes_a_hybrid_and_shows_both_phases(tiny_models, task_dir, tmp_path, capsys):
@@ -137,20 +135,19 @@ def test_a_hybrid_run_on_the_zoo_killed_9_in_both_phases_resumes_to_the_uninterr
         data["stack_budget"] = {"evaluations": 8}
         return write_config(tmp_path / f"{name}.yaml", data)
 
-    whole = subprocess.run([sys.executable, "-m", "evomerge.cli", "run", str(zoo_config("whole"))], capture_output=True)
-    assert whole.returncode == 0, whole.stderr
+    returncode, errors = evomerge_result("run", zoo_config("whole"))
+    assert returncode == 0, errors
     config, killed_dir = zoo_config("killed"), tmp_path / "killed"
-    killed_in = {"merge phase": 0, "stacking phase": 0}
-    # 12 merge candidates, then 8 stacks (one log line each): a kill lands up to a second after its line, and
-    # with 6 merge candidates (0.1-0.2 s each) both merge-phase kills could land in the stacking phase
-    for seed, trials in enumerate((2, 5, 14, 17)):
-        if kill_9_after(config, killed_dir, trials, seed):
-            killed_in["stacking phase" if "evomerge-stack" in studies(killed_dir) else "merge phase"] += 1
-    assert all(killed_in.values()), killed_in
-    finish = subprocess.run([sys.executable, "-m", "evomerge.cli", "resume", str(killed_dir)], capture_output=True)
-    assert finish.returncode == 0, finish.stderr
+    # 12 merge candidates (0-11 of the study evomerge), then 8 stacks (0-7 of evomerge-stack); each run kills
+    # itself once a chosen trial is recorded, and the next one resumes from there
+    for study, number in (("evomerge", 1), ("evomerge", 6), ("evomerge-stack", 1), ("evomerge-stack", 4)):
+        returncode, errors = evomerge_result("run", config, fault=f"sigkill@{study}:{number}")
+        assert returncode == -signal.SIGKILL, errors
+        assert len(studies(killed_dir)[study].get_trials()) == number + 1
+    returncode, errors = evomerge_result("resume", killed_dir)
+    assert returncode == 0, errors
     resumed, uninterrupted = studies(killed_dir), studies(tmp_path / "whole")
     for name, count in (("evomerge", 12), ("evomerge-stack", 8)):
         assert [t.state for t in resumed[name].get_trials()] == [TrialState.COMPLETE] * count
-        assert ledger(resumed[name]) == ledger(uninterrupted[name])
+        assert ledger_rows(resumed[name]) == ledger_rows(uninterrupted[name])
         assert held_out_scores(resumed[name]) == held_out_scores(uninterrupted[name]) != {}
