@@ -43,6 +43,7 @@ def add_rows(zoo_dir: Path, split: str, n: int) -> list[dict]:
     return read_split(zoo_dir, "add", split)[:n]
 
 
+@pytest.mark.slow
 def test_batched_greedy_generation_equals_one_prompt_at_a_time(zoo):
     zoo_dir, tokenizer, models = zoo
     prompts = [tokenizer(row["prompt"])["input_ids"] for row in add_rows(zoo_dir, "search", 12)]
@@ -52,6 +53,7 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time(zoo):
     assert batched == single and sum(c != "" for c in batched) == 12
 
 
+@pytest.mark.slow
 def test_stop_strings_cut_each_completion_before_the_stop(zoo):
     zoo_dir, tokenizer, models = zoo
     prompts = [tokenizer(row["prompt"])["input_ids"] for row in add_rows(zoo_dir, "search", 16)]
@@ -60,6 +62,7 @@ def test_stop_strings_cut_each_completion_before_the_stop(zoo):
     assert cut == [text.split("0")[0] for text in whole] and any("0" in text for text in whole)
 
 
+@pytest.mark.slow
 def test_generate_task_exact_and_numeric_match_with_extraction(zoo, tmp_path):
     zoo_dir, tokenizer, models = zoo
     rows = {split: add_rows(zoo_dir, split, 40) for split in ("search", "held_out")}
@@ -84,6 +87,7 @@ def test_generate_task_exact_and_numeric_match_with_extraction(zoo, tmp_path):
     assert exact.score(models["expert_add"])["a"]["exact_match"] > exact.score(models["base"])["a"]["exact_match"] + 0.5
 
 
+@pytest.mark.slow
 def test_batched_log_likelihood_equals_a_plain_forward_per_request(zoo):
     _, tokenizer, models = zoo
     texts = [("add 41+54=", "590"), ("add 1+2=", "30"), ("reverse abcd=", "dcba")]
@@ -101,6 +105,7 @@ def near_miss(answer: str) -> str:
     return str((int(answer[0]) + 1) % 10) + answer[1:]
 
 
+@pytest.mark.slow
 def test_choice_task_accuracy_and_length_normalized_accuracy(zoo, tmp_path):
     zoo_dir, tokenizer, models = zoo
     rows = {
@@ -122,6 +127,7 @@ def test_choice_task_accuracy_and_length_normalized_accuracy(zoo, tmp_path):
     assert partial.values["c"]["acc_norm"] == [float(normalized.index(max(normalized)) == first["label"])]
 
 
+@pytest.mark.slow
 def test_perplexity_task_is_the_mean_per_token_nll_and_favours_the_expert_on_its_skill(zoo, tmp_path):
     zoo_dir, tokenizer, models = zoo
     rows = {split: [{"text": r["prompt"] + r["answer"]} for r in add_rows(zoo_dir, split, 20)] for split in ("search", "held_out")}
@@ -135,6 +141,7 @@ def test_perplexity_task_is_the_mean_per_token_nll_and_favours_the_expert_on_its
     assert expert == pytest.approx(sum(by_hand) / len(by_hand), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_other_file_formats_and_the_seeded_subsample(zoo, tmp_path):
     zoo_dir, tokenizer, _ = zoo
     rows = {split: add_rows(zoo_dir, split, 50) for split in ("search", "held_out")}
@@ -171,6 +178,7 @@ BAD_TASKS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("change", "message"), BAD_TASKS)
 def test_bad_task_specs_get_one_line_and_exit_2_before_any_candidate(change, message, zoo, tmp_path, capsys):
     zoo_dir = zoo[0]
@@ -180,6 +188,7 @@ def test_bad_task_specs_get_one_line_and_exit_2_before_any_candidate(change, mes
     _expect_run_error(zoo_dir, tmp_path, {"t": task}, message, capsys)
 
 
+@pytest.mark.slow
 def test_overlapping_empty_and_missing_splits_are_refused(zoo, tmp_path, capsys):
     zoo_dir = zoo[0]
     rows = add_rows(zoo_dir, "search", 40)

@@ -19,6 +19,7 @@ from evomerge.evaluate.tasks import Evaluator, load_task
 from evomerge.search.loop import Search
 from evomerge.zoo import read_split
 
+pytestmark = pytest.mark.slow  # every test reads the zoo
 SPLITS = ("search", "held_out")
 
 
