@@ -1,4 +1,5 @@
-"""Hybrid runs: the merge-parameter search, then a layer-stacking search over its best merge, in one ledger."""
+"""Hybrid runs: the merge-parameter search, then a layer-stacking search over its best merge, in one
+ledger."""
 
 from __future__ import annotations
 
@@ -56,8 +57,8 @@ def test_a_hybrid_run_stacks_the_layers_of_its_best_merge_in_the_same_ledger(tin
 
 
 def test_a_stopped_and_resumed_hybrid_run_ends_as_an_uninterrupted_one(tiny_models, task_dir, tmp_path):
-    whole = HybridSearch(config_from_dict(hybrid_data(tiny_models, task_dir, tmp_path / "whole")), progress=False)
-    whole.run()
+    whole = config_from_dict(hybrid_data(tiny_models, task_dir, tmp_path / "whole"))
+    HybridSearch(whole, progress=False).run()
     stopped_in_merge_phase = hybrid_data(tiny_models, task_dir, tmp_path / "parts", evaluations=3)
     Search(config_from_dict(stopped_in_merge_phase).merge_phase(), progress=False).run()
     assert set(studies(tmp_path / "parts")) == {"evomerge"}
@@ -85,7 +86,7 @@ def test_the_cli_runs_and_resumes_a_hybrid_and_shows_both_phases(tiny_models, ta
     assert main(["report", str(tmp_path / "run")]) == 0
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Merge phase" in report and "## Layer-stacking phase" in report
-    assert (tmp_path / "run" / "merge_progress.png").is_file() and (tmp_path / "run" / "stack_progress.png").is_file()
+    assert all((tmp_path / "run" / f"{phase}_progress.png").is_file() for phase in ("merge", "stack"))
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "stacked")]) == 0
     assert main(["export", str(tmp_path / "run"), "--phase", "merge", "--out", str(tmp_path / "merged")]) == 0
     stacked = yaml.safe_load((tmp_path / "stacked" / "recipe.yaml").read_text())
@@ -104,7 +105,8 @@ def test_the_cli_runs_and_resumes_a_hybrid_and_shows_both_phases(tiny_models, ta
          "'search:best' is the best merge of a hybrid run's merge search"),
         ({"stack": None}, "stack_budget: only a hybrid run"),
         ({"seed_recipes": ["x.yaml"]}, "seed_recipes: a hybrid run starts from its template recipe"),
-        ({"recipe": None, "genome": [], "stack": {"sources": ["A"]}, "stack_budget": None, "sources_dtype": "float16"},
+        ({"recipe": None, "genome": [], "stack": {"sources": ["A"]}, "stack_budget": None,
+          "sources_dtype": "float16"},
          "sources_device, sources_dtype: they apply to merge-parameter runs"),
     ],
 )
@@ -126,7 +128,9 @@ def test_a_hybrid_run_is_not_shared_by_workers(tiny_models, task_dir, tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_hybrid_run_on_the_zoo_killed_9_in_both_phases_resumes_to_the_uninterrupted_ledger(zoo_dir, tmp_path):
+def test_a_hybrid_run_on_the_zoo_killed_9_in_both_phases_resumes_to_the_uninterrupted_ledger(
+    zoo_dir, tmp_path
+):
     def zoo_config(name: str) -> Path:
         data = yaml.safe_load(small_demo_config(tmp_path / f"{name}.yaml", tmp_path / name, 12).read_text())
         data["tasks"] = {skill: {**task, "limit": 12} for skill, task in data["tasks"].items()}

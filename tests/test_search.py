@@ -28,11 +28,14 @@ def test_cmaes_run_records_every_candidate_with_its_recipe_and_times(tiny_models
     first = yaml.safe_load(trials[0].user_attrs["recipe"])
     assert first["sources"][0]["weight"] == [1.0, 1.0] and first["sources"][0]["density"] == 1.0
     assert all(t.user_attrs["merge_seconds"] > 0 and t.user_attrs["eval_seconds"] > 0 for t in trials)
-    assert (tmp_path / "run" / "ledger.db").is_file() and "trial 8" in (tmp_path / "run" / "run.log").read_text()
+    assert (tmp_path / "run" / "ledger.db").is_file()
+    assert "trial 8" in (tmp_path / "run" / "run.log").read_text()
 
 
 @pytest.mark.parametrize("optimizer", ["cmaes", "tpe", "nsga2", "nsga3", "optuna-cmaes", "gp", "random"])
-def test_a_stopped_and_resumed_run_proposes_exactly_what_an_uninterrupted_run_does(optimizer, tiny_models, task_dir, tmp_path):
+def test_a_stopped_and_resumed_run_proposes_exactly_what_an_uninterrupted_run_does(
+    optimizer, tiny_models, task_dir, tmp_path
+):
     whole = run_search(config_data(tiny_models, task_dir, tmp_path / "whole", optimizer))
     run_search(config_data(tiny_models, task_dir, tmp_path / "parts", optimizer, evaluations=3))
     resumed = run_search(config_data(tiny_models, task_dir, tmp_path / "parts", optimizer, evaluations=6))
@@ -53,7 +56,9 @@ def test_the_candidate_in_flight_is_evaluated_first_on_resume(tiny_models, task_
     assert trials[4].params["sources.0.weight@layer0"] == in_flight.params["sources.0.weight@layer0"]
 
 
-def test_a_failing_candidate_is_a_failed_trial_and_the_search_goes_on(tiny_models, task_dir, tmp_path, monkeypatch):
+def test_a_failing_candidate_is_a_failed_trial_and_the_search_goes_on(
+    tiny_models, task_dir, tmp_path, monkeypatch
+):
     from evomerge.evaluate.tasks import Evaluator
 
     calls = {"n": 0}
@@ -81,8 +86,10 @@ def test_many_failures_in_a_row_stop_the_run_with_the_reason(tiny_models, task_d
         raise MergeFailure("the merge produced NaN or Inf in tensor 'x'")
 
     monkeypatch.setattr(MergeEngine, "materialize", always_nan)
-    data = config_data(tiny_models, task_dir, tmp_path / "run", budget={"evaluations": 20, "max_consecutive_failures": 3})
-    with pytest.raises(UsageError, match="stopped after 3 failed candidates in a row; the last: MergeFailure: the merge produced NaN"):
+    budget = {"evaluations": 20, "max_consecutive_failures": 3}
+    data = config_data(tiny_models, task_dir, tmp_path / "run", budget=budget)
+    last = "the last: MergeFailure: the merge produced NaN"
+    with pytest.raises(UsageError, match=f"stopped after 3 failed candidates in a row; {last}"):
         run_search(data)
 
 
@@ -121,7 +128,9 @@ def test_the_best_candidate_is_scored_on_the_held_out_split_after_the_search(tin
     assert all(not key.startswith("held_out") for t in study.get_trials() for key in t.user_attrs)
 
 
-def test_status_held_out_scores_the_best_of_a_run_in_progress(tiny_models, task_dir, tmp_path, monkeypatch, capsys):
+def test_status_held_out_scores_the_best_of_a_run_in_progress(
+    tiny_models, task_dir, tmp_path, monkeypatch, capsys
+):
     data = config_data(tiny_models, task_dir, tmp_path / "run")
     monkeypatch.setattr("evomerge.search.loop.record_held_out", lambda *args: {})
     study = run_search(data)
@@ -132,7 +141,8 @@ def test_status_held_out_scores_the_best_of_a_run_in_progress(tiny_models, task_
     best = best_trial(config_from_dict(data), study.get_trials(states=(TrialState.COMPLETE,)))
     held_out = optuna.load_study(study_name="evomerge", storage=config_from_dict(data).storage_url).user_attrs
     expected = held_out[f"held_out.{best.number}"]["t"]["exact_match"]
-    assert f"best: trial {best.number}: t={best.values[0]:.4f} (held-out {expected:.4f})" in capsys.readouterr().out
+    best_line = f"best: trial {best.number}: t={best.values[0]:.4f} (held-out {expected:.4f})"
+    assert best_line in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -147,7 +157,9 @@ def test_status_held_out_scores_the_best_of_a_run_in_progress(tiny_models, task_
         ({"tasks": {"t": {"data": "/nowhere"}}}, "task 't': data directory '/nowhere' does not exist"),
     ],
 )
-def test_bad_configs_get_one_line_and_exit_2_before_anything_is_written(change, message, tiny_models, task_dir, tmp_path, capsys):
+def test_bad_configs_get_one_line_and_exit_2_before_anything_is_written(
+    change, message, tiny_models, task_dir, tmp_path, capsys
+):
     data = config_data(tiny_models, task_dir, tmp_path / "run", **change)
     assert main(["run", str(write_config(tmp_path / "c.yaml", data))]) == 2
     error = capsys.readouterr().err.strip()
@@ -155,8 +167,11 @@ def test_bad_configs_get_one_line_and_exit_2_before_anything_is_written(change, 
     assert not (tmp_path / "run").exists()
 
 
-def test_a_run_directory_of_another_config_is_refused_and_left_intact(tiny_models, task_dir, tmp_path, capsys):
-    config = write_config(tmp_path / "c.yaml", config_data(tiny_models, task_dir, tmp_path / "run", evaluations=3))
+def test_a_run_directory_of_another_config_is_refused_and_left_intact(
+    tiny_models, task_dir, tmp_path, capsys
+):
+    data = config_data(tiny_models, task_dir, tmp_path / "run", evaluations=3)
+    config = write_config(tmp_path / "c.yaml", data)
     assert main(["run", str(config)]) == 0
     other = config_data(tiny_models, task_dir, tmp_path / "run", evaluations=3, seed=5, optimizer="tpe")
     capsys.readouterr()
@@ -167,7 +182,8 @@ def test_a_run_directory_of_another_config_is_refused_and_left_intact(tiny_model
 
 
 def test_resume_extends_the_budget_from_the_run_directory_alone(tiny_models, task_dir, tmp_path, capsys):
-    config = write_config(tmp_path / "c.yaml", config_data(tiny_models, task_dir, tmp_path / "run", evaluations=3))
+    data = config_data(tiny_models, task_dir, tmp_path / "run", evaluations=3)
+    config = write_config(tmp_path / "c.yaml", data)
     assert main(["run", str(config), "--budget", "2"]) == 0
     assert main(["resume", str(tmp_path / "run"), "--budget", "5"]) == 0
     assert "progress: 5/5" in capsys.readouterr().out
@@ -184,7 +200,8 @@ def test_user_seed_recipes_are_evaluated_right_after_the_uniform_start(tiny_mode
     study = run_search(config_data(tiny_models, task_dir, tmp_path / "run", seed_recipes=[str(seed)]))
     second = study.get_trials()[1]
     assert second.user_attrs["seed_index"] == 1
-    assert second.params["sources.0.weight@layer1"] == 0.25 and second.params["sources.1.density@global"] == 0.6
+    assert second.params["sources.0.weight@layer1"] == 0.25
+    assert second.params["sources.1.density@global"] == 0.6
 
 
 class CandidateClock:

@@ -20,7 +20,9 @@ from evomerge.zoo import recipe_accuracy
 pytestmark = pytest.mark.slow
 
 
-def test_the_demo_search_beats_its_start_and_the_uniform_average_on_the_search_split(zoo_dir, tmp_path, capsys):
+def test_the_demo_search_beats_its_start_and_the_uniform_average_on_the_search_split(
+    zoo_dir, tmp_path, capsys
+):
     run_dir = tmp_path / "demo"
     assert main(["run", str(CONFIGS / "demo.yaml"), "--run-dir", str(run_dir)]) == 0
     printed = capsys.readouterr().out
@@ -37,7 +39,8 @@ def test_the_demo_search_beats_its_start_and_the_uniform_average_on_the_search_s
 
 
 def test_nsga2_on_two_skills_prints_a_pareto_front(zoo_dir, tmp_path, capsys):
-    assert main(["run", str(CONFIGS / "pareto.yaml"), "--run-dir", str(tmp_path / "pareto"), "--budget", "24"]) == 0
+    run_dir = tmp_path / "pareto"
+    assert main(["run", str(CONFIGS / "pareto.yaml"), "--run-dir", str(run_dir), "--budget", "24"]) == 0
     printed = capsys.readouterr().out
     assert "Pareto front (" in printed
     front = printed.split("Pareto front (")[1]
@@ -73,7 +76,8 @@ def test_early_stopping_prunes_hopeless_candidates_and_resumes_exactly(optimizer
     from evomerge.search.optimizers import scalarize
 
     def run(run_dir: Path, evaluations: int) -> optuna.Study:
-        return Search(config_from_dict(early_stopping_config(run_dir, optimizer, evaluations)), progress=False).run()
+        config = config_from_dict(early_stopping_config(run_dir, optimizer, evaluations))
+        return Search(config, progress=False).run()
 
     whole = run(tmp_path / "whole", 14)
     trials = whole.get_trials()
@@ -86,7 +90,8 @@ def test_early_stopping_prunes_hopeless_candidates_and_resumes_exactly(optimizer
         if optimizer == "cmaes":  # what pycma is told ranks below the 2nd best completed before it
             fitness = sorted(scalarize(t.values, config.objectives, "weighted_sum", []) for t in before)
             assert scalarize(trial.user_attrs["estimate"], config.objectives, "weighted_sum", []) > fitness[1]
-    if optimizer != "cmaes":  # Optuna's exact resume is the same with pruning; pycma's replay is the delicate one
+    # Optuna's exact resume is the same with pruning; pycma's replay is the delicate one
+    if optimizer != "cmaes":
         return
     run(tmp_path / "parts", 6)
     resumed = run(tmp_path / "parts", 14)
