@@ -49,8 +49,9 @@ def planned_fault() -> Fault | None:
     if not text:
         return None
     name, _, step = text.partition("@")
+    full_name = name.upper() if name.upper().startswith("SIG") else f"SIG{name.upper()}"
     try:
-        sent = signal.Signals[name.upper() if name.upper().startswith("SIG") else f"SIG{name.upper()}"]
+        sent = signal.Signals[full_name]
     except KeyError:
         raise UsageError(f"{VARIABLE}={text}: no signal named '{name}' (e.g. sigint, sigkill)") from None
     if step == CLAIM:
