@@ -13,9 +13,8 @@ import torch
 import yaml
 from conftest import save_tiny_llama
 from optuna.trial import TrialState
+from runs import PNG_MAGIC, ledger_rows, run_search, write_config
 from safetensors.torch import load_file
-from test_results import PNG_MAGIC
-from test_search import ledger, run, write_config
 from transformers import AutoModelForCausalLM
 
 from evomerge.cli import main
@@ -48,7 +47,7 @@ def stack_config(tiny_models, task_dir, run_dir, optimizer="cmaes", evaluations=
 
 
 def test_a_stack_run_starts_from_each_source_and_records_stack_recipes(tiny_models, task_dir, tmp_path):
-    study = run(stack_config(tiny_models, task_dir, tmp_path / "run"))
+    study = run_search(stack_config(tiny_models, task_dir, tmp_path / "run"))
     trials = study.get_trials()
     assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
     first, second = (yaml.safe_load(t.user_attrs["recipe"])["layers"] for t in trials[:2])
@@ -62,10 +61,10 @@ def test_a_stack_run_starts_from_each_source_and_records_stack_recipes(tiny_mode
 def test_a_stopped_and_resumed_stack_run_ends_as_an_uninterrupted_one(
     optimizer, tiny_models, task_dir, tmp_path
 ):
-    whole = run(stack_config(tiny_models, task_dir, tmp_path / "whole", optimizer))
-    run(stack_config(tiny_models, task_dir, tmp_path / "parts", optimizer, evaluations=3))
-    resumed = run(stack_config(tiny_models, task_dir, tmp_path / "parts", optimizer))
-    assert ledger(resumed) == ledger(whole)
+    whole = run_search(stack_config(tiny_models, task_dir, tmp_path / "whole", optimizer))
+    run_search(stack_config(tiny_models, task_dir, tmp_path / "parts", optimizer, evaluations=3))
+    resumed = run_search(stack_config(tiny_models, task_dir, tmp_path / "parts", optimizer))
+    assert ledger_rows(resumed) == ledger_rows(whole)
 
 
 @pytest.fixture(scope="module")

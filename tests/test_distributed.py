@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -25,12 +24,11 @@ import yaml
 from conftest import save_tiny_llama
 from optuna.trial import FrozenTrial, TrialState
 from postgres import PASSWORD, Postgres
+from runs import CONFIGS, PROCESS_DEADLINE, evomerge_process
 
 from evomerge.cli import main
 from evomerge.fingerprint import BLOCK, SAMPLES, file_fingerprint, model_fingerprint
 from evomerge.search.ledger import counts_toward_budget
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -74,26 +72,13 @@ def tiny_config(
     return path
 
 
-def evomerge(*args: object, **popen) -> subprocess.Popen:
-    """An `evomerge` process with one torch thread: several share the 2 cores of CI, and two threads each
-    would make every one of them wait for a descheduled thread."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "evomerge.cli", *map(str, args)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        **popen,
-    )
-
-
 def cli(*args: object) -> int:
     return main([str(arg) for arg in args])
 
 
 @functools.cache
 def storage(url: str) -> optuna.storages.RDBStorage:
-    """One storage (one connection pool) per server: polling must be quick and must not pile up connections."""
+    """One storage (one connection pool) per server: polling must be quick and not pile up connections."""
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})  # survives a server restart
 
 
@@ -101,11 +86,27 @@ def trials(url: str, study: str) -> list[FrozenTrial]:
     return optuna.load_study(study_name=study, storage=storage(url)).get_trials()
 
 
-def wait_for(condition, what: str, timeout: float = 420.0) -> None:
+def wait_for(condition, what: str, timeout: float = PROCESS_DEADLINE) -> None:
+    """Poll `condition` until it holds; the deadline only turns a hang into a failure."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
+
+
+def wait_until_stopped(process: subprocess.Popen) -> None:
+    """Wait for `process` to stop itself (its injected fault is SIGSTOP); fail with its errors if it ended."""
+    status = []
+
+    def changed() -> bool:
+        pid, code = os.waitpid(process.pid, os.WUNTRACED | os.WNOHANG)
+        status.append(code)
+        return pid != 0
+
+    wait_for(changed, f"process {process.pid} to stop itself")
+    if not os.WIFSTOPPED(status[-1]):
+        process.returncode = os.waitstatus_to_exitcode(status[-1])
+        pytest.fail(f"process {process.pid} ended ({process.returncode}) instead: {process.stderr.read()}")
 
 
 def study_exists(url: str, study: str) -> bool:
@@ -140,41 +141,28 @@ def test_three_workers_on_the_zoo_one_killed_mid_candidate_end_with_exactly_the_
 ):
     budget = 24
     data = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
-    # 40 examples per skill: a candidate takes long enough to be killed in the middle of it
-    data["tasks"] = {name: {**task, "limit": 40} for name, task in data["tasks"].items()}
+    data["tasks"] = {name: {**task, "limit": 12} for name, task in data["tasks"].items()}
     data.update(optimizer={"name": "tpe"}, budget={"evaluations": budget}, run_dir=str(tmp_path / "run"))
     config = tmp_path / "zoo.yaml"
     config.write_text(yaml.safe_dump(data))
 
-    # the victim starts first (the same `run` command makes the study or joins it), so that it is working
-    # long before the budget is spent, and is killed inside a candidate. A candidate takes a tenth of a
-    # second: the poll may see one that the victim is telling, so the victim is frozen when seen inside one,
-    # and killed if it still is once what it sent before has been done
+    # the victim (the same `run` command makes the study or joins it) kills itself once it has claimed its
+    # first candidate: a RUNNING trial under its name, which the other workers must find lost and evaluate
     shared = ("--storage", postgres.url, "--study", "zoo", "--heartbeat", "1")
-    victim_process = evomerge("run", config, *shared, "--run-dir", tmp_path / "w2")
+    victim_process = evomerge_process(
+        "run", config, *shared, "--run-dir", tmp_path / "w2", fault="sigkill@claim"
+    )
+    victim = f"{socket.gethostname()}:{victim_process.pid}"
     wait_for(lambda: study_exists(postgres.url, "zoo") or victim_process.poll() is not None, "the study")
-    first = evomerge("run", config, *shared)
-    workers = [evomerge("run", config, *shared, "--run-dir", tmp_path / "w1"), victim_process]
-    victim = f"{socket.gethostname()}:{workers[1].pid}"
-
-    def inside_a_candidate() -> bool:
-        return any(
-            t.state == TrialState.RUNNING and t.user_attrs.get("worker") == victim
-            for t in trials(postgres.url, "zoo")
-        )
-
-    while True:
-        wait_for(inside_a_candidate, "a candidate of the victim")
-        os.kill(workers[1].pid, signal.SIGSTOP)
-        time.sleep(0.5)
-        if inside_a_candidate():
-            break
-        os.kill(workers[1].pid, signal.SIGCONT)
-    os.kill(workers[1].pid, signal.SIGKILL)
-    for process in (first, workers[0]):
-        _, errors = process.communicate(timeout=300)
+    others = [
+        evomerge_process("run", config, *shared),
+        evomerge_process("run", config, *shared, "--run-dir", tmp_path / "w1"),
+    ]
+    _, errors = victim_process.communicate(timeout=PROCESS_DEADLINE)
+    assert victim_process.returncode == -signal.SIGKILL, errors
+    for process in others:
+        _, errors = process.communicate(timeout=PROCESS_DEADLINE)
         assert process.returncode == 0, errors
-    assert workers[1].wait() == -signal.SIGKILL
 
     ledger = trials(postgres.url, "zoo")
     lost = assert_exactly_the_budget_with_every_lost_candidate_retried(ledger, budget)
@@ -190,11 +178,17 @@ def test_workers_on_one_machine_share_a_sqlite_ledger_without_lock_errors(
     budget = 24
     config = tiny_config(tmp_path / "c.yaml", tiny_models, numbers_task, "tpe", evaluations=budget)
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    processes = [
-        evomerge("run", config, "--storage", url, "--study", "s", "--heartbeat", "1") for _ in range(3)
-    ]
+    # each worker stops itself once it has claimed its first candidate, and all go on once all three have
+    # one: so all three take part, whenever each starts. The heartbeat is long enough that a worker stopped
+    # while the others start is not given up as lost (that is the next tests' subject).
+    shared = ("--storage", url, "--study", "s", "--heartbeat", "60")
+    processes = [evomerge_process("run", config, *shared, fault="sigstop@claim") for _ in range(3)]
     for process in processes:
-        _, errors = process.communicate(timeout=300)
+        wait_until_stopped(process)
+    for process in processes:
+        os.kill(process.pid, signal.SIGCONT)
+    for process in processes:
+        _, errors = process.communicate(timeout=PROCESS_DEADLINE)
         assert process.returncode == 0 and "locked" not in errors, errors
     ledger = trials(url, "s")
     assert assert_exactly_the_budget_with_every_lost_candidate_retried(ledger, budget) == []
@@ -214,19 +208,17 @@ def test_a_worker_that_loses_the_database_gives_up_with_one_line_and_the_study_g
 ):
     budget = 12
     config = tiny_config(tmp_path / "c.yaml", tiny_models, numbers_task, evaluations=budget)
-    process = evomerge(
-        "run", config, "--storage", postgres.url, "--study", "lost", "--heartbeat", "1", "--patience", "4"
+    # the worker stops itself once trial 3 is recorded; the database goes down while it is stopped, so the
+    # first thing it does when it goes on, claiming its next candidate, finds the database gone
+    process = evomerge_process(
+        "run", config, "--storage", postgres.url, "--study", "lost", "--heartbeat", "1", "--patience", "4",
+        fault="sigstop@3",
     )
-    wait_for(
-        lambda: (
-            study_exists(postgres.url, "lost")
-            and sum(map(counts_toward_budget, trials(postgres.url, "lost"))) >= 3
-        ),
-        "three candidates",
-    )
+    wait_until_stopped(process)
     postgres.stop()
     try:
-        _, errors = process.communicate(timeout=120)
+        os.kill(process.pid, signal.SIGCONT)
+        _, errors = process.communicate(timeout=PROCESS_DEADLINE)
     finally:
         postgres.start()
     assert process.returncode == 2, errors

@@ -117,7 +117,7 @@ def test_a_merge_that_cannot_fit_is_refused_before_loading(monkeypatch, tiny_mod
 
 
 def test_a_run_config_keeps_the_sources_where_and_in_the_precision_it_says(tiny_models, task_dir, tmp_path):
-    from test_search import config_data
+    from runs import config_data
 
     from evomerge.config import config_from_dict
     from evomerge.search.scoring import CandidateScorer

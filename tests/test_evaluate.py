@@ -32,6 +32,9 @@ def zoo(zoo_dir):
     return zoo_dir, tokenizer, models
 
 
+SPLIT_NAMES = ("search", "held_out")
+
+
 def write_task(directory: Path, rows: dict[str, list[dict]], suffix: str = ".jsonl") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for split, examples in rows.items():
@@ -43,6 +46,7 @@ def add_rows(zoo_dir: Path, split: str, n: int) -> list[dict]:
     return read_split(zoo_dir, "add", split)[:n]
 
 
+@pytest.mark.slow
 def test_batched_greedy_generation_equals_one_prompt_at_a_time(zoo):
     zoo_dir, tokenizer, models = zoo
     prompts = [tokenizer(row["prompt"])["input_ids"] for row in add_rows(zoo_dir, "search", 12)]
@@ -52,6 +56,7 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time(zoo):
     assert batched == single and sum(c != "" for c in batched) == 12
 
 
+@pytest.mark.slow
 def test_stop_strings_cut_each_completion_before_the_stop(zoo):
     zoo_dir, tokenizer, models = zoo
     prompts = [tokenizer(row["prompt"])["input_ids"] for row in add_rows(zoo_dir, "search", 16)]
@@ -60,9 +65,10 @@ def test_stop_strings_cut_each_completion_before_the_stop(zoo):
     assert cut == [text.split("0")[0] for text in whole] and any("0" in text for text in whole)
 
 
+@pytest.mark.slow
 def test_generate_task_exact_and_numeric_match_with_extraction(zoo, tmp_path):
     zoo_dir, tokenizer, models = zoo
-    rows = {split: add_rows(zoo_dir, split, 40) for split in ("search", "held_out")}
+    rows = {split: add_rows(zoo_dir, split, 40) for split in SPLIT_NAMES}
     plain = write_task(tmp_path / "plain", rows)
     # the gold answer now sits in a sentence; the regex takes the number back out of it
     wrapped = write_task(tmp_path / "wrapped", {
@@ -81,13 +87,17 @@ def test_generate_task_exact_and_numeric_match_with_extraction(zoo, tmp_path):
         ) / 40
         assert exact.score(model)["a"]["exact_match"] == by_hand
         assert numeric.score(model)["a"]["exact_match"] == pytest.approx(by_hand, abs=0.051)
-    assert exact.score(models["expert_add"])["a"]["exact_match"] > exact.score(models["base"])["a"]["exact_match"] + 0.5
+    expert, base = (exact.score(models[name])["a"]["exact_match"] for name in ("expert_add", "base"))
+    assert expert > base + 0.5
 
 
+@pytest.mark.slow
 def test_batched_log_likelihood_equals_a_plain_forward_per_request(zoo):
     _, tokenizer, models = zoo
     texts = [("add 41+54=", "590"), ("add 1+2=", "30"), ("reverse abcd=", "dcba")]
-    requests = [(tokenizer(c)["input_ids"], tokenizer(a, add_special_tokens=False)["input_ids"]) for c, a in texts]
+    requests = [
+        (tokenizer(c)["input_ids"], tokenizer(a, add_special_tokens=False)["input_ids"]) for c, a in texts
+    ]
     batched = continuation_logprobs(models["expert_add"], requests, batch_size=3)
     for (context, continuation), value in zip(requests, batched):
         ids = torch.tensor([context + continuation])
@@ -101,47 +111,60 @@ def near_miss(answer: str) -> str:
     return str((int(answer[0]) + 1) % 10) + answer[1:]
 
 
+@pytest.mark.slow
 def test_choice_task_accuracy_and_length_normalized_accuracy(zoo, tmp_path):
     zoo_dir, tokenizer, models = zoo
     rows = {
         split: [{"prompt": r["prompt"], "options": [near_miss(r["answer"]), r["answer"]], "label": 1}
                 for r in add_rows(zoo_dir, split, 30)]
-        for split in ("search", "held_out")
+        for split in SPLIT_NAMES
     }
     directory = write_task(tmp_path / "choice", rows)
-    task = load_task("c", spec(kind="choice", data=str(directory), choices="options", target="label", delimiter=""))
+    task = load_task(
+        "c", spec(kind="choice", data=str(directory), choices="options", target="label", delimiter="")
+    )
     evaluator = Evaluator([task], tokenizer)
     expert, base = evaluator.score(models["expert_add"])["c"], evaluator.score(models["base"])["c"]
     assert expert["acc"] >= 0.9 and expert["acc"] > base["acc"]
     # by hand for the first example: the likelier option (per character for acc_norm)
     first = rows["search"][0]
     ll = continuation_logprobs(models["base"], task.requests["search"][0])
-    partial = evaluator.score_progressively(models["base"], "search", chunk_size=1, keep_going=lambda p: False)
+    partial = evaluator.score_progressively(
+        models["base"], "search", chunk_size=1, keep_going=lambda p: False
+    )
     assert partial.values["c"]["acc"] == [float(ll.index(max(ll)) == first["label"])]
     normalized = [v / len(o) for v, o in zip(ll, first["options"])]
     assert partial.values["c"]["acc_norm"] == [float(normalized.index(max(normalized)) == first["label"])]
 
 
+@pytest.mark.slow
 def test_perplexity_task_is_the_mean_per_token_nll_and_favours_the_expert_on_its_skill(zoo, tmp_path):
     zoo_dir, tokenizer, models = zoo
-    rows = {split: [{"text": r["prompt"] + r["answer"]} for r in add_rows(zoo_dir, split, 20)] for split in ("search", "held_out")}
-    evaluator = Evaluator([load_task("p", spec(kind="perplexity", data=str(write_task(tmp_path / "p", rows))))], tokenizer)
-    expert, base = evaluator.score(models["expert_add"])["p"]["nll"], evaluator.score(models["base"])["p"]["nll"]
+    rows = {
+        split: [{"text": r["prompt"] + r["answer"]} for r in add_rows(zoo_dir, split, 20)]
+        for split in SPLIT_NAMES
+    }
+    task = load_task("p", spec(kind="perplexity", data=str(write_task(tmp_path / "p", rows))))
+    evaluator = Evaluator([task], tokenizer)
+    expert, base = (evaluator.score(models[name])["p"]["nll"] for name in ("expert_add", "base"))
     assert 0 < expert < base
     by_hand = []
     for row in rows["search"]:
         ids = torch.tensor([tokenizer(row["text"])["input_ids"]])
-        by_hand.append(torch.nn.functional.cross_entropy(models["expert_add"](ids).logits[0, :-1], ids[0, 1:]).item())
+        logits = models["expert_add"](ids).logits[0, :-1]
+        by_hand.append(torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item())
     assert expert == pytest.approx(sum(by_hand) / len(by_hand), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_other_file_formats_and_the_seeded_subsample(zoo, tmp_path):
     zoo_dir, tokenizer, _ = zoo
-    rows = {split: add_rows(zoo_dir, split, 50) for split in ("search", "held_out")}
+    rows = {split: add_rows(zoo_dir, split, 50) for split in SPLIT_NAMES}
     csv = tmp_path / "csv"
     csv.mkdir()
     for split, examples in rows.items():
-        (csv / f"{split}.csv").write_text("prompt,answer\n" + "".join(f"{r['prompt']},{r['answer']}\n" for r in examples))
+        lines = "".join(f"{r['prompt']},{r['answer']}\n" for r in examples)
+        (csv / f"{split}.csv").write_text("prompt,answer\n" + lines)
     first = load_task("a", spec(data=str(csv), limit=10, sample_seed=3))
     again = load_task("a", spec(data=str(write_task(tmp_path / "j", rows)), limit=10, sample_seed=3))
     other = load_task("a", spec(data=str(csv), limit=10, sample_seed=4))
@@ -164,31 +187,39 @@ BAD_TASKS = [
     ({"template": "{question}"}, "the search examples have no field 'question' (they have: prompt, answer)"),
     ({"target": "solution"}, "have no field 'solution'"),
     ({"limit": 500}, "the search split has 40 examples, fewer than limit 500"),
-    ({"extract": r"answer: (\d+)"}, "the extraction regex 'answer: (\\\\d+)' matches none of the gold answers"),
+    ({"extract": r"answer: (\d+)"},
+     "the extraction regex 'answer: (\\\\d+)' matches none of the gold answers"),
     ({"extract": "("}, "is not a valid regex"),
-    ({"kind": "choice", "options": ["a", "b"], "target": "answer"}, "target '590' is neither an option nor an option's index"),
-    ({"kind": "lm_eval", "task": "zoo_ad", "held_out_task": "zoo_add", "data": None}, "lm-eval has no task 'zoo_ad'"),
+    ({"kind": "choice", "options": ["a", "b"], "target": "answer"},
+     "target '590' is neither an option nor an option's index"),
+    ({"kind": "lm_eval", "task": "zoo_ad", "held_out_task": "zoo_add", "data": None},
+     "lm-eval has no task 'zoo_ad'"),
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("change", "message"), BAD_TASKS)
 def test_bad_task_specs_get_one_line_and_exit_2_before_any_candidate(change, message, zoo, tmp_path, capsys):
     zoo_dir = zoo[0]
-    data = write_task(tmp_path / "t", {split: add_rows(zoo_dir, split, 40) for split in ("search", "held_out")})
+    data = write_task(tmp_path / "t", {split: add_rows(zoo_dir, split, 40) for split in SPLIT_NAMES})
     task = {"data": str(data), **change}
     task = {key: value for key, value in task.items() if value is not None}
     _expect_run_error(zoo_dir, tmp_path, {"t": task}, message, capsys)
 
 
+@pytest.mark.slow
 def test_overlapping_empty_and_missing_splits_are_refused(zoo, tmp_path, capsys):
     zoo_dir = zoo[0]
     rows = add_rows(zoo_dir, "search", 40)
-    overlap = write_task(tmp_path / "o", {"search": rows, "held_out": rows[30:] + add_rows(zoo_dir, "held_out", 5)})
-    _expect_run_error(zoo_dir, tmp_path, {"t": {"data": str(overlap)}}, "10 held-out examples are also in the search split", capsys)
+    held_out = rows[30:] + add_rows(zoo_dir, "held_out", 5)
+    overlap = write_task(tmp_path / "o", {"search": rows, "held_out": held_out})
+    message = "10 held-out examples are also in the search split"
+    _expect_run_error(zoo_dir, tmp_path, {"t": {"data": str(overlap)}}, message, capsys)
     empty = write_task(tmp_path / "e", {"search": rows, "held_out": []})
     _expect_run_error(zoo_dir, tmp_path, {"t": {"data": str(empty)}}, "cannot read", capsys)
     missing = write_task(tmp_path / "m", {"search": rows})
-    _expect_run_error(zoo_dir, tmp_path, {"t": {"data": str(missing)}}, "no file for split 'held_out'", capsys)
+    message = "no file for split 'held_out'"
+    _expect_run_error(zoo_dir, tmp_path, {"t": {"data": str(missing)}}, message, capsys)
 
 
 def _expect_run_error(zoo_dir: Path, tmp_path: Path, tasks: dict, message: str, capsys) -> None:

@@ -1,18 +1,17 @@
-"""Hybrid runs: the merge-parameter search, then a layer-stacking search over its best merge, in one ledger."""
+"""Hybrid runs: the merge-parameter search, then a layer-stacking search over its best merge, in one
+ledger."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import signal
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from runs import config_data, evomerge_result, ledger_rows, small_demo_config, write_config
 from transformers import AutoModelForCausalLM
-from test_search import config_data, ledger, write_config
-from test_search_zoo import kill_9_after, small_demo_config
 
 from evomerge.cli import main
 from evomerge.config import config_from_dict
@@ -58,8 +57,8 @@ def test_a_hybrid_run_stacks_the_layers_of_its_best_merge_in_the_same_ledger(tin
 
 
 def test_a_stopped_and_resumed_hybrid_run_ends_as_an_uninterrupted_one(tiny_models, task_dir, tmp_path):
-    whole = HybridSearch(config_from_dict(hybrid_data(tiny_models, task_dir, tmp_path / "whole")), progress=False)
-    whole.run()
+    whole = config_from_dict(hybrid_data(tiny_models, task_dir, tmp_path / "whole"))
+    HybridSearch(whole, progress=False).run()
     stopped_in_merge_phase = hybrid_data(tiny_models, task_dir, tmp_path / "parts", evaluations=3)
     Search(config_from_dict(stopped_in_merge_phase).merge_phase(), progress=False).run()
     assert set(studies(tmp_path / "parts")) == {"evomerge"}
@@ -68,7 +67,7 @@ def test_a_stopped_and_resumed_hybrid_run_ends_as_an_uninterrupted_one(tiny_mode
         HybridSearch(config_from_dict(data), progress=False).run()
     parts, uninterrupted = studies(tmp_path / "parts"), studies(tmp_path / "whole")
     for name in ("evomerge", "evomerge-stack"):
-        assert ledger(parts[name]) == ledger(uninterrupted[name])
+        assert ledger_rows(parts[name]) == ledger_rows(uninterrupted[name])
 
 
 def test_the_cli_runs_and_resumes_a_hybrid_and_shows_both_phases(tiny_models, task_dir, tmp_path, capsys):
@@ -87,7 +86,7 @@ def test_the_cli_runs_and_resumes_a_hybrid_and_shows_both_phases(tiny_models, ta
     assert main(["report", str(tmp_path / "run")]) == 0
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Merge phase" in report and "## Layer-stacking phase" in report
-    assert (tmp_path / "run" / "merge_progress.png").is_file() and (tmp_path / "run" / "stack_progress.png").is_file()
+    assert all((tmp_path / "run" / f"{phase}_progress.png").is_file() for phase in ("merge", "stack"))
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "stacked")]) == 0
     assert main(["export", str(tmp_path / "run"), "--phase", "merge", "--out", str(tmp_path / "merged")]) == 0
     stacked = yaml.safe_load((tmp_path / "stacked" / "recipe.yaml").read_text())
@@ -106,7 +105,8 @@ def test_the_cli_runs_and_resumes_a_hybrid_and_shows_both_phases(tiny_models, ta
          "'search:best' is the best merge of a hybrid run's merge search"),
         ({"stack": None}, "stack_budget: only a hybrid run"),
         ({"seed_recipes": ["x.yaml"]}, "seed_recipes: a hybrid run starts from its template recipe"),
-        ({"recipe": None, "genome": [], "stack": {"sources": ["A"]}, "stack_budget": None, "sources_dtype": "float16"},
+        ({"recipe": None, "genome": [], "stack": {"sources": ["A"]}, "stack_budget": None,
+          "sources_dtype": "float16"},
          "sources_device, sources_dtype: they apply to merge-parameter runs"),
     ],
 )
@@ -128,7 +128,9 @@ def test_a_hybrid_run_is_not_shared_by_workers(tiny_models, task_dir, tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_hybrid_run_on_the_zoo_killed_9_in_both_phases_resumes_to_the_uninterrupted_ledger(zoo_dir, tmp_path):
+def test_a_hybrid_run_on_the_zoo_killed_9_in_both_phases_resumes_to_the_uninterrupted_ledger(
+    zoo_dir, tmp_path
+):
     def zoo_config(name: str) -> Path:
         data = yaml.safe_load(small_demo_config(tmp_path / f"{name}.yaml", tmp_path / name, 12).read_text())
         data["tasks"] = {skill: {**task, "limit": 12} for skill, task in data["tasks"].items()}
@@ -137,20 +139,19 @@ def test_a_hybrid_run_on_the_zoo_killed_9_in_both_phases_resumes_to_the_uninterr
         data["stack_budget"] = {"evaluations": 8}
         return write_config(tmp_path / f"{name}.yaml", data)
 
-    whole = subprocess.run([sys.executable, "-m", "evomerge.cli", "run", str(zoo_config("whole"))], capture_output=True)
-    assert whole.returncode == 0, whole.stderr
+    returncode, errors = evomerge_result("run", zoo_config("whole"))
+    assert returncode == 0, errors
     config, killed_dir = zoo_config("killed"), tmp_path / "killed"
-    killed_in = {"merge phase": 0, "stacking phase": 0}
-    # 12 merge candidates, then 8 stacks (one log line each): a kill lands up to a second after its line, and
-    # with 6 merge candidates (0.1-0.2 s each) both merge-phase kills could land in the stacking phase
-    for seed, trials in enumerate((2, 5, 14, 17)):
-        if kill_9_after(config, killed_dir, trials, seed):
-            killed_in["stacking phase" if "evomerge-stack" in studies(killed_dir) else "merge phase"] += 1
-    assert all(killed_in.values()), killed_in
-    finish = subprocess.run([sys.executable, "-m", "evomerge.cli", "resume", str(killed_dir)], capture_output=True)
-    assert finish.returncode == 0, finish.stderr
+    # 12 merge candidates (0-11 of the study evomerge), then 8 stacks (0-7 of evomerge-stack); each run kills
+    # itself once a chosen trial is recorded, and the next one resumes from there
+    for study, number in (("evomerge", 1), ("evomerge", 6), ("evomerge-stack", 1), ("evomerge-stack", 4)):
+        returncode, errors = evomerge_result("run", config, fault=f"sigkill@{study}:{number}")
+        assert returncode == -signal.SIGKILL, errors
+        assert len(studies(killed_dir)[study].get_trials()) == number + 1
+    returncode, errors = evomerge_result("resume", killed_dir)
+    assert returncode == 0, errors
     resumed, uninterrupted = studies(killed_dir), studies(tmp_path / "whole")
     for name, count in (("evomerge", 12), ("evomerge-stack", 8)):
         assert [t.state for t in resumed[name].get_trials()] == [TrialState.COMPLETE] * count
-        assert ledger(resumed[name]) == ledger(uninterrupted[name])
+        assert ledger_rows(resumed[name]) == ledger_rows(uninterrupted[name])
         assert held_out_scores(resumed[name]) == held_out_scores(uninterrupted[name]) != {}

@@ -8,8 +8,8 @@ import optuna
 import pytest
 import torch
 import yaml
+from runs import PNG_MAGIC, config_data
 from safetensors.torch import load_file
-from test_search import config_data
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from evomerge.cli import main
@@ -20,8 +20,6 @@ from evomerge.recipe import recipe_from_dict
 from evomerge.search.baselines import BASELINES_STUDY, baseline_grid
 from evomerge.search.results import HELD_OUT_PREFIX
 from evomerge.zoo.tokenizer import build_tokenizer
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def run_config(path: Path, models: dict[str, Path], task_dir: Path, run_dir: Path, **changes) -> Path:

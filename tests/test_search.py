@@ -3,53 +3,24 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from runs import config_data, ledger_rows, run_search, write_config
 
 from evomerge.cli import main
 from evomerge.config import config_from_dict
 from evomerge.errors import UsageError
 from evomerge.recipe import recipe_from_dict
-from evomerge.search.loop import Search
 from evomerge.search.results import best_trial, held_out_scores, pareto_front
 from evomerge.search.scoring import CandidateScorer
 from evomerge.search.status import status_text
 
 
-def config_data(tiny_models, task_dir, run_dir, optimizer="cmaes", evaluations=9, **changes):
-    data = {
-        "recipe": {
-            "method": "ties", "base": str(tiny_models["base"]),
-            "sources": [{"model": str(tiny_models["a"])}, {"model": str(tiny_models["b"])}],
-        },
-        "genome": [
-            {"param": "weight", "granularity": "layer", "low": 0.0, "high": 1.5},
-            {"param": "density", "granularity": "global", "low": 0.2, "high": 1.0},
-        ],
-        "tasks": {"t": {"data": str(task_dir), "limit": 4}},
-        "objectives": [{"task": "t"}],
-        "optimizer": {"name": optimizer, "population_size": 4},
-        "budget": {"evaluations": evaluations},
-        "run_dir": str(run_dir),
-    }
-    data.update(changes)
-    return data
-
-
-def run(data) -> optuna.Study:
-    return Search(config_from_dict(data), progress=False).run()
-
-
-def ledger(study: optuna.Study) -> list[tuple]:
-    return [(t.number, t.state, t.values, t.params) for t in study.get_trials()]
-
-
 def test_cmaes_run_records_every_candidate_with_its_recipe_and_times(tiny_models, task_dir, tmp_path):
-    study = run(config_data(tiny_models, task_dir, tmp_path / "run"))
+    study = run_search(config_data(tiny_models, task_dir, tmp_path / "run"))
     trials = study.get_trials()
     assert len(trials) == 9 and all(t.state == TrialState.COMPLETE for t in trials)
     assert trials[0].user_attrs["seed_index"] == 0
@@ -57,32 +28,37 @@ def test_cmaes_run_records_every_candidate_with_its_recipe_and_times(tiny_models
     first = yaml.safe_load(trials[0].user_attrs["recipe"])
     assert first["sources"][0]["weight"] == [1.0, 1.0] and first["sources"][0]["density"] == 1.0
     assert all(t.user_attrs["merge_seconds"] > 0 and t.user_attrs["eval_seconds"] > 0 for t in trials)
-    assert (tmp_path / "run" / "ledger.db").is_file() and "trial 8" in (tmp_path / "run" / "run.log").read_text()
+    assert (tmp_path / "run" / "ledger.db").is_file()
+    assert "trial 8" in (tmp_path / "run" / "run.log").read_text()
 
 
 @pytest.mark.parametrize("optimizer", ["cmaes", "tpe", "nsga2", "nsga3", "optuna-cmaes", "gp", "random"])
-def test_a_stopped_and_resumed_run_proposes_exactly_what_an_uninterrupted_run_does(optimizer, tiny_models, task_dir, tmp_path):
-    whole = run(config_data(tiny_models, task_dir, tmp_path / "whole", optimizer))
-    run(config_data(tiny_models, task_dir, tmp_path / "parts", optimizer, evaluations=3))
-    resumed = run(config_data(tiny_models, task_dir, tmp_path / "parts", optimizer, evaluations=6))
+def test_a_stopped_and_resumed_run_proposes_exactly_what_an_uninterrupted_run_does(
+    optimizer, tiny_models, task_dir, tmp_path
+):
+    whole = run_search(config_data(tiny_models, task_dir, tmp_path / "whole", optimizer))
+    run_search(config_data(tiny_models, task_dir, tmp_path / "parts", optimizer, evaluations=3))
+    resumed = run_search(config_data(tiny_models, task_dir, tmp_path / "parts", optimizer, evaluations=6))
     assert len(resumed.get_trials()) == 6
-    resumed = run(config_data(tiny_models, task_dir, tmp_path / "parts", optimizer))
-    assert ledger(resumed) == ledger(whole)
+    resumed = run_search(config_data(tiny_models, task_dir, tmp_path / "parts", optimizer))
+    assert ledger_rows(resumed) == ledger_rows(whole)
     assert len({json.dumps(t.params, sort_keys=True) for t in whole.get_trials()}) > 1
 
 
 def test_the_candidate_in_flight_is_evaluated_first_on_resume(tiny_models, task_dir, tmp_path):
     data = config_data(tiny_models, task_dir, tmp_path / "run", "tpe", evaluations=4)
-    study = run(data)
+    study = run_search(data)
     in_flight = study.ask()
     in_flight.suggest_float("sources.0.weight@layer0", 0.0, 1.5)  # killed after asking, before finishing
-    study = run(config_data(tiny_models, task_dir, tmp_path / "run", "tpe", evaluations=6))
+    study = run_search(config_data(tiny_models, task_dir, tmp_path / "run", "tpe", evaluations=6))
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
     assert trials[4].params["sources.0.weight@layer0"] == in_flight.params["sources.0.weight@layer0"]
 
 
-def test_a_failing_candidate_is_a_failed_trial_and_the_search_goes_on(tiny_models, task_dir, tmp_path, monkeypatch):
+def test_a_failing_candidate_is_a_failed_trial_and_the_search_goes_on(
+    tiny_models, task_dir, tmp_path, monkeypatch
+):
     from evomerge.evaluate.tasks import Evaluator
 
     calls = {"n": 0}
@@ -95,7 +71,7 @@ def test_a_failing_candidate_is_a_failed_trial_and_the_search_goes_on(tiny_model
         return original(self, model, split)
 
     monkeypatch.setattr(Evaluator, "score", sometimes_out_of_memory)
-    study = run(config_data(tiny_models, task_dir, tmp_path / "run"))
+    study = run_search(config_data(tiny_models, task_dir, tmp_path / "run"))
     states = [t.state for t in study.get_trials()]
     assert states.count(TrialState.FAIL) == 1 and len(states) == 9
     failed = next(t for t in study.get_trials() if t.state == TrialState.FAIL)
@@ -110,14 +86,16 @@ def test_many_failures_in_a_row_stop_the_run_with_the_reason(tiny_models, task_d
         raise MergeFailure("the merge produced NaN or Inf in tensor 'x'")
 
     monkeypatch.setattr(MergeEngine, "materialize", always_nan)
-    data = config_data(tiny_models, task_dir, tmp_path / "run", budget={"evaluations": 20, "max_consecutive_failures": 3})
-    with pytest.raises(UsageError, match="stopped after 3 failed candidates in a row; the last: MergeFailure: the merge produced NaN"):
-        run(data)
+    budget = {"evaluations": 20, "max_consecutive_failures": 3}
+    data = config_data(tiny_models, task_dir, tmp_path / "run", budget=budget)
+    last = "the last: MergeFailure: the merge produced NaN"
+    with pytest.raises(UsageError, match=f"stopped after 3 failed candidates in a row; {last}"):
+        run_search(data)
 
 
 def test_status_shows_progress_best_and_speed(tiny_models, task_dir, tmp_path):
     data = config_data(tiny_models, task_dir, tmp_path / "run")
-    run(data)
+    run_search(data)
     text = status_text(config_from_dict(data))
     assert "progress: 9/9 evaluated (9 complete, 0 failed, 0 running)" in text
     assert "evaluations/hour" in text and "best: trial" in text
@@ -129,7 +107,7 @@ def test_two_objectives_with_nsga2_give_a_pareto_front(tiny_models, task_dir, tm
         tasks={"t": {"data": str(task_dir), "limit": 4}, "u": {"data": str(task_dir), "limit": 2}},
         objectives=[{"task": "t"}, {"task": "u", "direction": "minimize"}],
     )
-    study = run(data)
+    study = run_search(data)
     config = config_from_dict(data)
     assert "Pareto front (" in status_text(config)
     front = pareto_front(study)
@@ -138,7 +116,7 @@ def test_two_objectives_with_nsga2_give_a_pareto_front(tiny_models, task_dir, tm
 
 def test_the_best_candidate_is_scored_on_the_held_out_split_after_the_search(tiny_models, task_dir, tmp_path):
     data = config_data(tiny_models, task_dir, tmp_path / "run")
-    study = run(data)
+    study = run_search(data)
     config = config_from_dict(data)
     best = best_trial(config, study.get_trials(states=(TrialState.COMPLETE,)))
     recorded = held_out_scores(study)
@@ -150,10 +128,12 @@ def test_the_best_candidate_is_scored_on_the_held_out_split_after_the_search(tin
     assert all(not key.startswith("held_out") for t in study.get_trials() for key in t.user_attrs)
 
 
-def test_status_held_out_scores_the_best_of_a_run_in_progress(tiny_models, task_dir, tmp_path, monkeypatch, capsys):
+def test_status_held_out_scores_the_best_of_a_run_in_progress(
+    tiny_models, task_dir, tmp_path, monkeypatch, capsys
+):
     data = config_data(tiny_models, task_dir, tmp_path / "run")
     monkeypatch.setattr("evomerge.search.loop.record_held_out", lambda *args: {})
-    study = run(data)
+    study = run_search(data)
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(data))
     assert main(["status", str(tmp_path / "run")]) == 0
     assert "held-out scores: not computed yet" in capsys.readouterr().out
@@ -161,12 +141,8 @@ def test_status_held_out_scores_the_best_of_a_run_in_progress(tiny_models, task_
     best = best_trial(config_from_dict(data), study.get_trials(states=(TrialState.COMPLETE,)))
     held_out = optuna.load_study(study_name="evomerge", storage=config_from_dict(data).storage_url).user_attrs
     expected = held_out[f"held_out.{best.number}"]["t"]["exact_match"]
-    assert f"best: trial {best.number}: t={best.values[0]:.4f} (held-out {expected:.4f})" in capsys.readouterr().out
-
-
-def write_config(path: Path, data) -> Path:
-    path.write_text(yaml.safe_dump(data))
-    return path
+    best_line = f"best: trial {best.number}: t={best.values[0]:.4f} (held-out {expected:.4f})"
+    assert best_line in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -181,7 +157,9 @@ def write_config(path: Path, data) -> Path:
         ({"tasks": {"t": {"data": "/nowhere"}}}, "task 't': data directory '/nowhere' does not exist"),
     ],
 )
-def test_bad_configs_get_one_line_and_exit_2_before_anything_is_written(change, message, tiny_models, task_dir, tmp_path, capsys):
+def test_bad_configs_get_one_line_and_exit_2_before_anything_is_written(
+    change, message, tiny_models, task_dir, tmp_path, capsys
+):
     data = config_data(tiny_models, task_dir, tmp_path / "run", **change)
     assert main(["run", str(write_config(tmp_path / "c.yaml", data))]) == 2
     error = capsys.readouterr().err.strip()
@@ -189,8 +167,11 @@ def test_bad_configs_get_one_line_and_exit_2_before_anything_is_written(change, 
     assert not (tmp_path / "run").exists()
 
 
-def test_a_run_directory_of_another_config_is_refused_and_left_intact(tiny_models, task_dir, tmp_path, capsys):
-    config = write_config(tmp_path / "c.yaml", config_data(tiny_models, task_dir, tmp_path / "run", evaluations=3))
+def test_a_run_directory_of_another_config_is_refused_and_left_intact(
+    tiny_models, task_dir, tmp_path, capsys
+):
+    data = config_data(tiny_models, task_dir, tmp_path / "run", evaluations=3)
+    config = write_config(tmp_path / "c.yaml", data)
     assert main(["run", str(config)]) == 0
     other = config_data(tiny_models, task_dir, tmp_path / "run", evaluations=3, seed=5, optimizer="tpe")
     capsys.readouterr()
@@ -201,7 +182,8 @@ def test_a_run_directory_of_another_config_is_refused_and_left_intact(tiny_model
 
 
 def test_resume_extends_the_budget_from_the_run_directory_alone(tiny_models, task_dir, tmp_path, capsys):
-    config = write_config(tmp_path / "c.yaml", config_data(tiny_models, task_dir, tmp_path / "run", evaluations=3))
+    data = config_data(tiny_models, task_dir, tmp_path / "run", evaluations=3)
+    config = write_config(tmp_path / "c.yaml", data)
     assert main(["run", str(config), "--budget", "2"]) == 0
     assert main(["resume", str(tmp_path / "run"), "--budget", "5"]) == 0
     assert "progress: 5/5" in capsys.readouterr().out
@@ -215,15 +197,43 @@ def test_user_seed_recipes_are_evaluated_right_after_the_uniform_start(tiny_mode
         "sources": [{"model": str(tiny_models["a"]), "weight": [0.5, 0.25], "density": 0.4},
                     {"model": str(tiny_models["b"]), "weight": 1.25, "density": 0.6}],
     }))
-    study = run(config_data(tiny_models, task_dir, tmp_path / "run", seed_recipes=[str(seed)]))
+    study = run_search(config_data(tiny_models, task_dir, tmp_path / "run", seed_recipes=[str(seed)]))
     second = study.get_trials()[1]
     assert second.user_attrs["seed_index"] == 1
-    assert second.params["sources.0.weight@layer1"] == 0.25 and second.params["sources.1.density@global"] == 0.6
+    assert second.params["sources.0.weight@layer1"] == 0.25
+    assert second.params["sources.1.density@global"] == 0.6
 
 
-def test_a_wall_clock_budget_stops_the_run(tiny_models, task_dir, tmp_path):
-    study = run(config_data(tiny_models, task_dir, tmp_path / "run", budget={"wall_clock_seconds": 0.5}))
-    assert 1 <= len(study.get_trials()) < 50
+class CandidateClock:
+    """The search loop's clock, moved only by scoring a candidate, which takes 10 s: a wall-clock budget
+    tested without waiting for real time, and without a result that depends on the machine's speed."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    perf_counter = monotonic
+
+
+def test_a_wall_clock_budget_stops_the_run_and_a_resume_counts_the_time_already_spent(
+    tiny_models, task_dir, tmp_path, monkeypatch
+):
+    from evomerge.evaluate.tasks import Evaluator
+    from evomerge.search import loop
+
+    clock, score = CandidateClock(), Evaluator.score
+
+    def ten_seconds(self, model, split="search"):
+        clock.now += 10.0
+        return score(self, model, split)
+
+    monkeypatch.setattr(loop, "time", clock)
+    monkeypatch.setattr(Evaluator, "score", ten_seconds)
+    for limit, candidates in ((35, 4), (65, 7)):  # started before 30 s (60 s) have passed: 4 (7) candidates
+        data = config_data(tiny_models, task_dir, tmp_path / "run", budget={"wall_clock_seconds": limit})
+        assert [t.state for t in run_search(data).get_trials()] == [TrialState.COMPLETE] * candidates
 
 
 def test_scalarizations_by_hand():

@@ -3,18 +3,13 @@ resume: tests/test_hybrid.py, in both phases of a hybrid run)."""
 
 from __future__ import annotations
 
-import os
-import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from runs import CONFIGS, evomerge_result, run_study, small_demo_config
 
 from evomerge.cli import main
 from evomerge.config import load_config
@@ -23,52 +18,11 @@ from evomerge.search.results import best_trial
 from evomerge.zoo.check import recipe_accuracy
 
 pytestmark = pytest.mark.slow
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def small_demo_config(path: Path, run_dir: Path, evaluations: int) -> Path:
-    data = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
-    data["tasks"] = {name: {**task, "limit": 24} for name, task in data["tasks"].items()}
-    data["optimizer"]["population_size"] = 4
-    data["budget"] = {"evaluations": evaluations}
-    data["run_dir"] = str(run_dir)
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def ledger(run_dir: Path) -> list[tuple]:
-    study = optuna.load_study(study_name="evomerge", storage=f"sqlite:///{run_dir / 'ledger.db'}")
-    return [(t.state, t.values, t.params) for t in study.get_trials()]
-
-
-def logged_trials(run_dir: Path) -> int:
-    log = run_dir / "run.log"
-    return log.read_text().count(" trial ") if log.exists() else 0
-
-
-def evomerge_run(config: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "evomerge.cli", "run", str(config)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def kill_9_after(config: Path, run_dir: Path, trials: int, seed: int) -> bool:
-    """Start `evomerge run config`, wait until run.log has logged `trials` trials, kill -9 it somewhere inside
-    a later candidate (merging, scoring or recording: a seeded random delay); whether it was still running."""
-    process = evomerge_run(config)
-    deadline = time.monotonic() + 120
-    while logged_trials(run_dir) < trials and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(random.Random(seed).uniform(0.0, 1.0))
-    killed = process.poll() is None
-    if killed:
-        os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    return killed
-
-
-def test_the_demo_search_beats_its_start_and_the_uniform_average_on_the_search_split(zoo_dir, tmp_path, capsys):
+def test_the_demo_search_beats_its_start_and_the_uniform_average_on_the_search_split(
+    zoo_dir, tmp_path, capsys
+):
     run_dir = tmp_path / "demo"
     assert main(["run", str(CONFIGS / "demo.yaml"), "--run-dir", str(run_dir)]) == 0
     printed = capsys.readouterr().out
@@ -85,7 +39,8 @@ def test_the_demo_search_beats_its_start_and_the_uniform_average_on_the_search_s
 
 
 def test_nsga2_on_two_skills_prints_a_pareto_front(zoo_dir, tmp_path, capsys):
-    assert main(["run", str(CONFIGS / "pareto.yaml"), "--run-dir", str(tmp_path / "pareto"), "--budget", "24"]) == 0
+    run_dir = tmp_path / "pareto"
+    assert main(["run", str(CONFIGS / "pareto.yaml"), "--run-dir", str(run_dir), "--budget", "24"]) == 0
     printed = capsys.readouterr().out
     assert "Pareto front (" in printed
     front = printed.split("Pareto front (")[1]
@@ -93,21 +48,15 @@ def test_nsga2_on_two_skills_prints_a_pareto_front(zoo_dir, tmp_path, capsys):
 
 
 def test_ctrl_c_stops_cleanly_and_the_run_resumes(zoo_dir, tmp_path):
-    # a candidate takes about 0.1 s: enough of them that the run is still going when the signal comes, even
-    # when this process is slow to see the first two logged
-    evaluations = 40
-    config = small_demo_config(tmp_path / "c.yaml", tmp_path / "run", evaluations=evaluations)
-    process = evomerge_run(config)
-    deadline = time.monotonic() + 120
-    while logged_trials(tmp_path / "run") < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
+    # the run interrupts itself (SIGINT, as Ctrl-C sends) once trial 3 is recorded
+    config = small_demo_config(tmp_path / "c.yaml", tmp_path / "run", evaluations=12)
+    returncode, stderr = evomerge_result("run", config, fault="sigint@3")
+    assert returncode == 130
     assert f"nothing is lost: evomerge resume {tmp_path / 'run'}" in stderr and "Traceback" not in stderr
-    finished = subprocess.run([sys.executable, "-m", "evomerge.cli", "resume", str(tmp_path / "run")], capture_output=True)
-    assert finished.returncode == 0
-    assert [state for state, _, _ in ledger(tmp_path / "run")] == [TrialState.COMPLETE] * evaluations
+    assert [t.state for t in run_study(tmp_path / "run").get_trials()] == [TrialState.COMPLETE] * 4
+    returncode, stderr = evomerge_result("resume", tmp_path / "run")
+    assert returncode == 0, stderr
+    assert [t.state for t in run_study(tmp_path / "run").get_trials()] == [TrialState.COMPLETE] * 12
 
 
 def early_stopping_config(run_dir: Path, optimizer: str, evaluations: int) -> dict:
@@ -127,7 +76,8 @@ def test_early_stopping_prunes_hopeless_candidates_and_resumes_exactly(optimizer
     from evomerge.search.optimizers.scalarization import scalarize
 
     def run(run_dir: Path, evaluations: int) -> optuna.Study:
-        return Search(config_from_dict(early_stopping_config(run_dir, optimizer, evaluations)), progress=False).run()
+        config = config_from_dict(early_stopping_config(run_dir, optimizer, evaluations))
+        return Search(config, progress=False).run()
 
     whole = run(tmp_path / "whole", 14)
     trials = whole.get_trials()
@@ -140,7 +90,8 @@ def test_early_stopping_prunes_hopeless_candidates_and_resumes_exactly(optimizer
         if optimizer == "cmaes":  # what pycma is told ranks below the 2nd best completed before it
             fitness = sorted(scalarize(t.values, config.objectives, "weighted_sum", []) for t in before)
             assert scalarize(trial.user_attrs["estimate"], config.objectives, "weighted_sum", []) > fitness[1]
-    if optimizer != "cmaes":  # Optuna's exact resume is the same with pruning; pycma's replay is the delicate one
+    # Optuna's exact resume is the same with pruning; pycma's replay is the delicate one
+    if optimizer != "cmaes":
         return
     run(tmp_path / "parts", 6)
     resumed = run(tmp_path / "parts", 14)

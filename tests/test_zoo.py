@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -263,8 +262,6 @@ def test_task_arithmetic_of_the_experts_beats_the_base_and_every_expert(zoo_dir:
 def test_a_second_build_returns_from_the_cache(zoo_dir: Path) -> None:
     manifest = read_manifest(zoo_dir)
     before = {p: p.stat().st_mtime_ns for p in zoo_dir.rglob("*")}
-    started = time.perf_counter()
     again = build_zoo(zoo_dir, ZooSettings(**manifest["settings"]), progress=False)
-    assert time.perf_counter() - started < 5
-    assert again == manifest
+    assert again == manifest  # and nothing was trained or written again: every file as it was
     assert {p: p.stat().st_mtime_ns for p in zoo_dir.rglob("*")} == before

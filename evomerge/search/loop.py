@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 from evomerge.config import RunConfig
 from evomerge.errors import MergeFailure, UsageError
 from evomerge.evaluate.tasks import Partial
+from evomerge.search.faults import inject_after_record
 from evomerge.search.held_out import record_held_out
 from evomerge.search.ledger import ELAPSED_ATTR, open_study
 from evomerge.search.optimizers import get_optimizer
@@ -186,6 +187,7 @@ class Search:
             if best is not None:
                 self.bar.set_postfix(best=f"{best:.4f}")
         self._stop_after_failures()
+        inject_after_record(self.study.study_name, number)
 
     def _stop_after_failures(self) -> None:
         limit = self.config.budget.max_consecutive_failures

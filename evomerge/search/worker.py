@@ -47,6 +47,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig, config_from_dict
 from evomerge.errors import UsageError
+from evomerge.search.faults import inject_after_claim
 from evomerge.search.held_out import record_held_out
 from evomerge.search.ledger import (
     CONFIG_ATTR,
@@ -173,6 +174,7 @@ class SharedSearch(Search):
                     retry(self.study, self.study.get_trials(deepcopy=False)[trial.number])
 
     def _evaluate_claimed(self, trial: optuna.Trial) -> None:
+        inject_after_claim()
         try:
             with Heartbeat(self.storage, trial._trial_id):
                 self._patiently(lambda: finish_trial(self, trial))
