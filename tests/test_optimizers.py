@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from optuna.trial import TrialState
-from test_search import config_data, ledger, run
+from runs import config_data, ledger_rows, run_search
 
 from evomerge.config import OptimizerConfig, config_from_dict
 from evomerge.errors import UsageError
@@ -85,9 +85,9 @@ def test_the_config_and_the_shared_worker_read_a_registered_optimizers_declarati
 
 
 def test_a_registered_optimizer_runs_and_resumes_exactly(diagonal, tiny_models, task_dir, tmp_path):
-    whole = run(config_data(tiny_models, task_dir, tmp_path / "whole", "diagonal", evaluations=5))
-    run(config_data(tiny_models, task_dir, tmp_path / "parts", "diagonal", evaluations=2))
-    resumed = run(config_data(tiny_models, task_dir, tmp_path / "parts", "diagonal", evaluations=5))
+    whole = run_search(config_data(tiny_models, task_dir, tmp_path / "whole", "diagonal", evaluations=5))
+    run_search(config_data(tiny_models, task_dir, tmp_path / "parts", "diagonal", evaluations=2))
+    resumed = run_search(config_data(tiny_models, task_dir, tmp_path / "parts", "diagonal", evaluations=5))
     assert [t.user_attrs["step"] for t in whole.get_trials()] == [0, 1, 2, 3, 4]
     assert all(t.state == TrialState.COMPLETE for t in whole.get_trials())
-    assert ledger(resumed) == ledger(whole)
+    assert ledger_rows(resumed) == ledger_rows(whole)
