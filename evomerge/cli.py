@@ -416,14 +416,14 @@ def _record_held_out(config) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> None:
-    from evomerge.report import write_report
+    from evomerge.output.report import write_report
     from evomerge.search.runs import stored_config
 
     print(f"report written to {write_report(stored_config(args.run_dir))}")
 
 
 def _run_export(args: argparse.Namespace) -> None:
-    from evomerge.search.export import export_candidate, pick_trial
+    from evomerge.output.export import export_candidate, pick_trial
     from evomerge.search.hybrid import exported_phase
     from evomerge.search.ledger import load_run_study
     from evomerge.search.runs import stored_config
@@ -437,7 +437,7 @@ def _run_export(args: argparse.Namespace) -> None:
 
 def _run_baselines(args: argparse.Namespace) -> None:
     from evomerge.config import load_config
-    from evomerge.report import results_table
+    from evomerge.output.report import results_table
     from evomerge.search.baselines import baseline_rows, run_baselines
     from evomerge.search.runs import stored_config, write_run_config
 

@@ -5,7 +5,7 @@ recipe:                 # the template: method, base, sources and every paramete
   method: ties
   base: zoo:base
   sources: [{model: zoo:expert_add}, {model: zoo:expert_reverse}, {model: zoo:expert_shift}]
-genome:                 # what the search varies (see evomerge/genome.py)
+genome:                 # what the search varies (see evomerge/merge/genome.py)
   - {param: weight, granularity: layer, low: 0.0, high: 1.5}
   - {param: density, granularity: layer, low: 0.2, high: 1.0}
 tasks:                  # what candidates are scored on (evomerge/evaluate/specs.py: kinds and fields)
@@ -25,7 +25,7 @@ kernels: auto           # optional: compiled (one fused kernel per tensor), bloc
 ```
 
 A layer-stacking (data-flow space) run has a `stack:` section instead of `recipe` and `genome`
-(evomerge/dfs.py: StackSpace):
+(evomerge/stack/recipe.py: StackSpace):
 
 ```yaml
 stack: {sources: [zoo:expert_add, zoo:expert_reverse], repeats: 2, max_depth: 6, scale_low: 0.5,
@@ -51,13 +51,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from evomerge.dfs import StackSpace
 from evomerge.errors import UsageError, validated
 from evomerge.evaluate.specs import TaskSpec
 from evomerge.files import read_yaml
-from evomerge.genome import SearchedParam
-from evomerge.recipe import Recipe, recipe_from_dict
+from evomerge.merge.recipe import Recipe, recipe_from_dict
+from evomerge.search.genes import SearchedParam
 from evomerge.search.optimizers import get_optimizer, optimizers, unknown_optimizer
+from evomerge.stack.recipe import StackSpace
 
 #: The stack source that stands for the best merge of a hybrid run's parameter-space phase.
 SEARCH_BEST = "search:best"

@@ -27,7 +27,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from evomerge.config import RunConfig
-from evomerge.methods import get_method, method_names
+from evomerge.merge.methods import get_method, method_names
 
 COMMAND = "python -m evomerge.config_reference > docs/config.md"
 SCALARS = {bool: "boolean", int: "integer", float: "number", str: "string", Path: "path", Any: "any value"}

@@ -24,9 +24,9 @@ DEMO_MARKER = "demo.json"
 def run_demo(out: Path) -> None:
     """Run the demo into `out` (a previous demo's output there is replaced) and print its results table."""
     from evomerge.config import load_config
-    from evomerge.report import results_table, write_report
+    from evomerge.output.export import export_candidate, pick_trial
+    from evomerge.output.report import results_table, write_report
     from evomerge.search.baselines import baseline_rows, run_baselines
-    from evomerge.search.export import export_candidate, pick_trial
     from evomerge.search.ledger import load_run_study
     from evomerge.search.loop import Search
     from evomerge.search.results import Row, held_out_scores, objective_values

@@ -26,8 +26,8 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, PretrainedConfig
 
 from evomerge.errors import UsageError
-from evomerge.references import register_model_scheme, resolve_model_scheme, split_scheme
 from evomerge.extras import require
+from evomerge.references import register_model_scheme, resolve_model_scheme, split_scheme
 
 #: The scheme of a hub model named explicitly: `hf:ORG/MODEL`.
 HUB_SCHEME = "hf"

@@ -6,7 +6,7 @@
 For random tensors of a Llama's shapes (no files, no engine), and each method, it times in one process:
 - per tensor: every tensor merged by its own kernel call into its own target (as the engine merges into a
   target that is not stacked);
-- as rows: the tensors of one size laid out as rows of one buffer (evomerge/layout.py), in base, sources and
+- as rows: the tensors of one size laid out as rows of one buffer (evomerge/merge/layout.py), in base, sources and
   targets, and merged in one kernel call per size (as the engine merges into a stacked target, a search's);
 - one call: the same elements as one tensor, merged by one call (the kernels' throughput without any per-call
   cost);
@@ -32,10 +32,10 @@ import torch
 from bench_merge import SIZES, copy_seconds
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from evomerge import layout
-from evomerge.methods import fused
-from evomerge.methods.magnitude_cut import MagnitudeCut
-from evomerge.methods.task_arithmetic import (
+from evomerge.merge import layout
+from evomerge.merge.methods import fused
+from evomerge.merge.methods.magnitude_cut import MagnitudeCut
+from evomerge.merge.methods.task_arithmetic import (
     TaskArithmeticSettings,
     generalized_task_arithmetic,
     task_arithmetic_call,

@@ -65,7 +65,7 @@ DIFFERENCES = {
         "Deliberately different: we rescale kept entries by 1 / (1 - drop) as the DARE paper does and "
         "normalize by the agreeing weights by default (mergekit rescales to the L1 norm of the task "
         "vector and does not normalize); our random masks are a hash of the element's index "
-        "(evomerge/methods/counter_random.py: the same on every device), mergekit's come from torch's "
+        "(evomerge/merge/methods/counter_random.py: the same on every device), mergekit's come from torch's "
         "generator, so agreement is measured at drop 0 (density 1) with mergekit's normalize on, which "
         "checks the sign election."
     ),
@@ -172,8 +172,8 @@ def synchronize(device: torch.device) -> None:
 def run_ours(args: argparse.Namespace) -> dict:
     """Time `materialize` for one method and number of sources; runs in its own process for its peak
     memory."""
-    from evomerge.engine import MergeEngine, model_bytes
-    from evomerge.recipe import recipe_from_dict
+    from evomerge.merge.engine import MergeEngine, model_bytes
+    from evomerge.merge.recipe import recipe_from_dict
 
     rss_before = peak_rss()
     paths = [Path(p) for p in args.paths]
@@ -229,8 +229,8 @@ def run_agreement(args: argparse.Namespace) -> dict:
     difference."""
     from safetensors.torch import load_file
 
-    from evomerge.engine import MergeEngine
-    from evomerge.recipe import recipe_from_dict
+    from evomerge.merge.engine import MergeEngine
+    from evomerge.merge.recipe import recipe_from_dict
 
     paths = [Path(p) for p in args.paths]
     recipe = recipe_from_dict(our_recipe(args.method, paths, args.sources, 0, agreement=True))
@@ -461,8 +461,8 @@ def precomputed_vs_on_the_fly(paths: list[Path], repeats: int) -> dict:
     per source), both block by block into a bf16 target."""
     from safetensors.torch import load_file
 
-    from evomerge.methods.blocks import block_size, write_blocks
-    from evomerge.methods.task_arithmetic import TaskArithmeticSettings, generalized_task_arithmetic
+    from evomerge.merge.methods.blocks import block_size, write_blocks
+    from evomerge.merge.methods.task_arithmetic import TaskArithmeticSettings, generalized_task_arithmetic
 
     tensors = [load_file(path / "model.safetensors") for path in paths[:4]]
     name = max(tensors[0], key=lambda n: tensors[0][n].numel())

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from evomerge.engine import MergeEngine
-from evomerge.export import write_merge
-from evomerge.recipe import load_recipe
+from evomerge.merge.engine import MergeEngine
+from evomerge.merge.recipe import load_recipe
+from evomerge.output.model_dir import write_merge
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results" / "bench_zoo_merge.json"

@@ -13,7 +13,7 @@ per skill), every number in the table on the held-out split (200 other prompts p
   embeddings, final norm and head are the merge's), `--evaluations` candidates, in one ledger.
 A stacking search first scores each source's own layers as they are (under the embeddings of its first source;
 the zoo's experts share a base, so this costs little): the experts alone, and in the hybrid the best merge.
-The best stack of each run is exported as a plain checkpoint (scales folded, evomerge/stacking.py), reloaded with
+The best stack of each run is exported as a plain checkpoint (scales folded, evomerge/stack/engine.py), reloaded with
 transformers and scored again on the held-out split: the difference to the ledger's held-out record and the
 largest logit difference say what folding costs. Prints a table; saves results/stack_zoo.json.
 """
@@ -42,7 +42,7 @@ from evomerge.search.ledger import load_run_study  # noqa: E402
 from evomerge.search.loop import Search  # noqa: E402
 from evomerge.search.results import best_trial, held_out_scores  # noqa: E402
 from evomerge.search.space import candidate_from_yaml  # noqa: E402
-from evomerge.stacking import write_stack_dir  # noqa: E402
+from evomerge.stack.engine import write_stack_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results" / "stack_zoo.json"

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from evomerge.config import RunConfig
 from evomerge.config_reference import COMMAND, Section, reference, sections, type_text
-from evomerge.methods import get_method, method_names
+from evomerge.merge.methods import get_method, method_names
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evomerge.engine import MergeEngine
 from evomerge.errors import MergeFailure, UsageError
-from evomerge.recipe import recipe_from_dict
+from evomerge.merge.engine import MergeEngine
+from evomerge.merge.recipe import recipe_from_dict
 from evomerge.sources import LoadedModel, load_model
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evomerge import engine as engine_module
-from evomerge.engine import MergeEngine
 from evomerge.errors import UsageError
-from evomerge.methods import get_method, magnitude_cut, task_arithmetic
-from evomerge.recipe import recipe_from_dict
+from evomerge.merge import engine as engine_module
+from evomerge.merge.engine import MergeEngine
+from evomerge.merge.methods import get_method, magnitude_cut, task_arithmetic
+from evomerge.merge.recipe import recipe_from_dict
 
 FAMILY = ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties"]
 

@@ -8,14 +8,14 @@ import warnings
 import pytest
 import torch
 
-from evomerge import engine as engine_module
-from evomerge import layout
-from evomerge.engine import MergeEngine
 from evomerge.errors import MergeFailure
-from evomerge.methods import fused, get_method
-from evomerge.methods.counter_random import DRAW_RANGE, draws, index_hash, mix32, mix32_int, source_key
-from evomerge.methods.magnitude_cut import RANK_GRID, RANKS_BYTES_PER_ELEMENT, MagnitudeRanks, top_cut
-from evomerge.recipe import recipe_from_dict
+from evomerge.merge import engine as engine_module
+from evomerge.merge import layout
+from evomerge.merge.engine import MergeEngine
+from evomerge.merge.methods import fused, get_method
+from evomerge.merge.methods.counter_random import DRAW_RANGE, draws, index_hash, mix32, mix32_int, source_key
+from evomerge.merge.methods.magnitude_cut import RANK_GRID, RANKS_BYTES_PER_ELEMENT, MagnitudeRanks, top_cut
+from evomerge.merge.recipe import recipe_from_dict
 from evomerge.sources import load_model
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from pydantic import ValidationError
 
-from evomerge.engine import MergeEngine
 from evomerge.errors import UsageError
-from evomerge.genome import Genome, SearchedParam
-from evomerge.methods import get_method
-from evomerge.recipe import recipe_from_dict
+from evomerge.merge.engine import MergeEngine
+from evomerge.merge.genome import Genome
+from evomerge.merge.methods import get_method
+from evomerge.merge.recipe import recipe_from_dict
+from evomerge.search.genes import SearchedParam
 from evomerge.sources import load_model
 
 KINDS = {"embedding", "attention", "mlp", "norm", "head"}

@@ -12,7 +12,7 @@ gguf = pytest.importorskip("gguf")
 from conftest import save_tiny_llama  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
-from evomerge.engine import MergeEngine  # noqa: E402
+from evomerge.merge.engine import MergeEngine  # noqa: E402
 from evomerge.sources import load_model  # noqa: E402
 
 # HF tensor name (inside `model.layers.N.`) -> llama.cpp tensor name (inside `blk.N.`).

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from evomerge.engine import MergeEngine
 from evomerge.errors import UsageError
-from evomerge.methods import get_method, registry
-from evomerge.methods.params import SCALE
-from evomerge.recipe import recipe_from_dict
+from evomerge.merge.engine import MergeEngine
+from evomerge.merge.methods import get_method, registry
+from evomerge.merge.methods.params import SCALE
+from evomerge.merge.recipe import recipe_from_dict
 
 BASE = torch.tensor([1.0, 1.0, 1.0, 1.0])
 D1 = torch.tensor([1.0, -2.0, 3.0, -4.0])

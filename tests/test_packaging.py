@@ -97,11 +97,11 @@ def test_an_lm_eval_task_without_lm_eval_names_the_extra(monkeypatch):
 
 def test_plots_without_matplotlib_name_the_extra_and_the_report_tables_still_import(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.delitem(sys.modules, "evomerge.plots", raising=False)
-    monkeypatch.delitem(sys.modules, "evomerge.report", raising=False)
+    monkeypatch.delitem(sys.modules, "evomerge.output.plots", raising=False)
+    monkeypatch.delitem(sys.modules, "evomerge.output.report", raising=False)
     with pytest.raises(UsageError, match=re.escape("pip install 'evomerge[plots]'")):
-        importlib.import_module("evomerge.plots")
-    report = importlib.import_module("evomerge.report")  # `baselines` uses its tables, which draw nothing
+        importlib.import_module("evomerge.output.plots")
+    report = importlib.import_module("evomerge.output.report")  # `baselines` uses its tables, which draw nothing
     assert callable(report.results_table)
 
 

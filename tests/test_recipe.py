@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from evomerge.errors import UsageError
-from evomerge.recipe import load_recipe, recipe_from_dict, resolve_parameters, resolve_value
+from evomerge.merge.recipe import load_recipe, recipe_from_dict, resolve_parameters, resolve_value
 
 TIES = {
     "method": "ties",

@@ -13,8 +13,8 @@ import pytest
 from evomerge import references
 from evomerge.errors import UsageError
 from evomerge.evaluate.data import data_directory
-from evomerge.mergekit import mergekit_config
-from evomerge.recipe import recipe_from_dict
+from evomerge.merge.recipe import recipe_from_dict
+from evomerge.output.mergekit import mergekit_config
 from evomerge.references import register_model_scheme, split_scheme
 from evomerge.sources import resolve_ref, source_name
 

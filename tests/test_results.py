@@ -15,8 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 from evomerge.cli import main
 from evomerge.config import config_from_dict
 from evomerge.errors import UsageError
-from evomerge.mergekit import mergekit_config
-from evomerge.recipe import recipe_from_dict
+from evomerge.merge.recipe import recipe_from_dict
+from evomerge.output.mergekit import mergekit_config
 from evomerge.search.baselines import BASELINES_STUDY, baseline_grid
 from evomerge.search.results import HELD_OUT_PREFIX
 from evomerge.zoo.tokenizer import build_tokenizer

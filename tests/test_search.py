@@ -13,7 +13,7 @@ from runs import config_data, ledger_rows, run_search, write_config
 from evomerge.cli import main
 from evomerge.config import config_from_dict
 from evomerge.errors import UsageError
-from evomerge.recipe import recipe_from_dict
+from evomerge.merge.recipe import recipe_from_dict
 from evomerge.search.results import best_trial, held_out_scores, pareto_front
 from evomerge.search.scoring import CandidateScorer
 from evomerge.search.status import status_text
@@ -79,8 +79,8 @@ def test_a_failing_candidate_is_a_failed_trial_and_the_search_goes_on(
 
 
 def test_many_failures_in_a_row_stop_the_run_with_the_reason(tiny_models, task_dir, tmp_path, monkeypatch):
-    from evomerge.engine import MergeEngine
     from evomerge.errors import MergeFailure
+    from evomerge.merge.engine import MergeEngine
 
     def always_nan(self, recipe, model, progress=False):
         raise MergeFailure("the merge produced NaN or Inf in tensor 'x'")

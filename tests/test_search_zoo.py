@@ -13,7 +13,7 @@ from runs import CONFIGS, evomerge_result, run_study, small_demo_config
 
 from evomerge.cli import main
 from evomerge.config import load_config
-from evomerge.recipe import recipe_from_dict
+from evomerge.merge.recipe import recipe_from_dict
 from evomerge.search.results import best_trial
 from evomerge.zoo.check import recipe_accuracy
 

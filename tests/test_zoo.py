@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evomerge.engine import MergeEngine
 from evomerge.errors import UsageError
-from evomerge.recipe import recipe_from_dict
+from evomerge.merge.engine import MergeEngine
+from evomerge.merge.recipe import recipe_from_dict
 from evomerge.zoo.build import build_zoo, read_manifest
 from evomerge.zoo.check import format_matrix, merge_check_recipes, model_accuracy
 from evomerge.zoo.settings import ZooSettings, settings_hash

@@ -13,10 +13,10 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from evomerge.config import RunConfig
-    from evomerge.engine import MergeEngine
     from evomerge.evaluate.tasks import Scores
-    from evomerge.genome import Genome
-    from evomerge.recipe import Recipe
+    from evomerge.merge.engine import MergeEngine
+    from evomerge.merge.genome import Genome
+    from evomerge.merge.recipe import Recipe
     from evomerge.search.results import Row
     from evomerge.search.space import ValuesText
 
@@ -38,20 +38,20 @@ class ParameterSpace(SearchSpace):
 
     @staticmethod
     def parse(data: Any, origin: str) -> Recipe:
-        from evomerge.recipe import recipe_from_dict
+        from evomerge.merge.recipe import recipe_from_dict
 
         return recipe_from_dict(data, origin)
 
     @staticmethod
     def write(candidate: Recipe, out: Path, device: str) -> None:
-        from evomerge.export import write_merge
+        from evomerge.output.model_dir import write_merge
 
         write_merge(candidate, out, device=device)
 
     # ------------------------------------------------------------------ the search
 
     def load_engine(self) -> MergeEngine:
-        from evomerge.engine import DTYPES, MergeEngine
+        from evomerge.merge.engine import DTYPES, MergeEngine
 
         config = self.config
         return MergeEngine.from_recipe(
@@ -60,14 +60,14 @@ class ParameterSpace(SearchSpace):
         )
 
     def new_target(self, engine: MergeEngine) -> PreTrainedModel:
-        from evomerge.engine import recipe_dtype
+        from evomerge.merge.engine import recipe_dtype
 
         return engine.new_target(recipe_dtype(self.config.recipe), stacked=True)
 
     def genome(self, engine: MergeEngine) -> tuple[Genome, list[Recipe]]:
         """The genes of the searched parameters; seeds: the template recipe, then the user's seed recipes."""
-        from evomerge.genome import Genome
-        from evomerge.recipe import load_recipe
+        from evomerge.merge.genome import Genome
+        from evomerge.merge.recipe import load_recipe
 
         config = self.config
         genome = Genome(config.recipe, config.genome, engine.num_layers, engine.reference.module_kinds)
@@ -121,7 +121,7 @@ class ParameterSpace(SearchSpace):
 
     def best_plots(self, directory: Path, prefix: str, best: Recipe, title: str) -> list[tuple[str, str]]:
         """A heat map of the best recipe's parameters by layer (none when it has no numeric parameter)."""
-        from evomerge.plots import plot_heatmap
+        from evomerge.output.plots import plot_heatmap
 
         rows, columns, values = recipe_grid(best)
         if not rows:
@@ -139,7 +139,7 @@ class ParameterSpace(SearchSpace):
         """Title, the models and method sections, and the searched parameters of a merge recipe."""
         recipe = candidate
         title = f"Merge of {len(recipe.sources)} models: `{recipe.method}`"
-        reference = recipe.method_def.reference or "see evomerge/methods/"
+        reference = recipe.method_def.reference or "see evomerge/merge/methods/"
         body = f"""## Models
 
 - base: {f"`{recipe.base}`" if recipe.base else "none"}
@@ -160,13 +160,13 @@ models.
         return title, body, searched
 
     def mergekit_yaml(self, candidate: Recipe, engine: MergeEngine) -> str:
-        from evomerge.mergekit import recipe_mergekit_yaml
+        from evomerge.output.mergekit import recipe_mergekit_yaml
 
         return recipe_mergekit_yaml(candidate, list(engine.reference.tensors))
 
     def export(self, engine: MergeEngine, candidate: Recipe, out: Path, files: dict[str, str], replace: bool) -> None:
-        from evomerge.engine import recipe_dtype
-        from evomerge.export import write_model_dir
+        from evomerge.merge.engine import recipe_dtype
+        from evomerge.output.model_dir import write_model_dir
 
         model = engine.new_target(recipe_dtype(candidate))
         engine.materialize(candidate, model)
@@ -178,7 +178,7 @@ def recipe_grid(recipe: Recipe) -> tuple[list[str], list[str], list[list[float]]
 
     The layer count is the longest per-layer list in the recipe (one column, "every layer", when it has none).
     """
-    from evomerge.recipe import resolve_value
+    from evomerge.merge.recipe import resolve_value
     from evomerge.sources import source_name
 
     found: list[tuple[str, Any]] = [

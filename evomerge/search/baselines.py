@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from evomerge.config import RunConfig
 from evomerge.errors import MergeFailure, UsageError
 from evomerge.evaluate.tasks import Scores
-from evomerge.recipe import Recipe, recipe_from_dict
+from evomerge.merge.recipe import Recipe, recipe_from_dict
 from evomerge.search.ledger import open_storage, open_study
 from evomerge.search.results import (
     HELD_OUT_PREFIX,

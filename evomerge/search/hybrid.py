@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from evomerge.config import RunConfig
 from evomerge.errors import UsageError
-from evomerge.recipe import Recipe
+from evomerge.merge.recipe import Recipe
 from evomerge.search.ledger import load_run_study
 from evomerge.search.results import best_trial, evaluated_trials, trial_recipe
 from evomerge.search.storage import open_storage, study_names

@@ -13,7 +13,7 @@ Guarantees:
   `max_consecutive_failures` failures in a row stop the run with the last reason.
 - **Seeds first.** The first candidates are the template recipe with every searched parameter at the method's
   default (equal weights: the uniform merge) and then each of `seed_recipes`; CMA-ES starts from the best.
-  A layer-stacking search (evomerge/dfs.py) starts from each source as it is.
+  A layer-stacking search (evomerge/stack/recipe.py) starts from each source as it is.
 """
 
 from __future__ import annotations

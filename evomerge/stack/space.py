@@ -13,11 +13,12 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from evomerge.config import RunConfig
-    from evomerge.dfs import DfsGenome, StackRecipe
     from evomerge.evaluate.tasks import Scores
     from evomerge.search.results import Row
     from evomerge.search.space import ValuesText
-    from evomerge.stacking import StackEngine
+    from evomerge.stack.engine import StackEngine
+    from evomerge.stack.genome import StackGenome
+    from evomerge.stack.recipe import StackRecipe
 
 STACK_PLOT = "best_stack.png"
 
@@ -34,37 +35,38 @@ class DataFlowSpace(SearchSpace):
 
     @staticmethod
     def holds(data: Any) -> bool:
-        from evomerge.dfs import is_stack_data
+        from evomerge.stack.recipe import is_stack_data
 
         return is_stack_data(data)
 
     @staticmethod
     def parse(data: Any, origin: str) -> StackRecipe:
-        from evomerge.dfs import stack_from_dict
+        from evomerge.stack.recipe import stack_from_dict
 
         return stack_from_dict(data, origin)
 
     @staticmethod
     def write(candidate: StackRecipe, out: Path, device: str) -> None:
-        from evomerge.stacking import write_stack
+        from evomerge.stack.engine import write_stack
 
         write_stack(candidate, out, device=device)
 
     # ------------------------------------------------------------------ the search
 
     def load_engine(self) -> StackEngine:
-        from evomerge.stacking import StackEngine
+        from evomerge.stack.engine import StackEngine
 
         return StackEngine.from_space(self.config.stack, device=self.config.device)
 
     def new_target(self, engine: StackEngine) -> PreTrainedModel:
         return engine.new_target()
 
-    def genome(self, engine: StackEngine) -> tuple[DfsGenome, list[StackRecipe]]:
+    def genome(self, engine: StackEngine) -> tuple[StackGenome, list[StackRecipe]]:
         """Inclusion and scale genes per slot; seeds: each source as it is, then the user's seed stacks."""
-        from evomerge.dfs import DfsGenome, load_stack
+        from evomerge.stack.genome import StackGenome
+        from evomerge.stack.recipe import load_stack
 
-        genome = DfsGenome(self.config.stack, engine.source_layers)
+        genome = StackGenome(self.config.stack, engine.source_layers)
         own = [genome.source_stack(source, count) for source, count in enumerate(engine.source_layers)]
         return genome, [*own, *(load_stack(path) for path in self.config.seed_recipes)]
 
@@ -82,7 +84,7 @@ class DataFlowSpace(SearchSpace):
 
     def reference_rows(self, study: optuna.Study, held_out: dict[int, Scores]) -> list[Row]:
         from evomerge.search.results import Row, objective_values
-        from evomerge.stacking import source_label
+        from evomerge.stack.engine import source_label
 
         rows = []
         for index, trial in sorted(self.reference_trials(study).items()):
@@ -99,7 +101,7 @@ class DataFlowSpace(SearchSpace):
         )
 
     def settings_lines(self) -> list[str]:
-        from evomerge.stacking import source_label
+        from evomerge.stack.engine import source_label
 
         space = self.config.stack
         sources = ", ".join(f"source {index} {source_label(ref)}" for index, ref in enumerate(space.sources))
@@ -116,7 +118,7 @@ class DataFlowSpace(SearchSpace):
     def status_lines(self, study: optuna.Study, best: FrozenTrial, values: ValuesText) -> list[str]:
         """Each source alone, with its held-out scores when recorded."""
         from evomerge.search.results import held_out_scores
-        from evomerge.stacking import source_label
+        from evomerge.stack.engine import source_label
 
         alone, held_out = self.reference_trials(study), held_out_scores(study)
         return ["each source alone (its own layers, the first candidates):"] + [
@@ -128,8 +130,8 @@ class DataFlowSpace(SearchSpace):
 
     def best_plots(self, directory: Path, prefix: str, best: StackRecipe, title: str) -> list[tuple[str, str]]:
         """A bar chart of the best stack: each layer's source, source layer and input scale."""
-        from evomerge.plots import plot_stack
-        from evomerge.stacking import source_label
+        from evomerge.output.plots import plot_stack
+        from evomerge.stack.engine import source_label
 
         drawn = f"{prefix}{STACK_PLOT}"
         layers = [(layer.source, layer.layer, layer.scale) for layer in best.layers]
@@ -144,7 +146,7 @@ class DataFlowSpace(SearchSpace):
 
     def card_parts(self, candidate: StackRecipe) -> tuple[str, str, str]:
         """Title, the models and layers sections, and the searched layout of a layer stack."""
-        from evomerge.stacking import folded_factors, source_label
+        from evomerge.stack.engine import folded_factors, source_label
 
         stack, space = candidate, self.config.stack
         title = f"Layer stack of {len(stack.sources)} models ({len(stack.layers)} layers)"
@@ -168,7 +170,7 @@ class DataFlowSpace(SearchSpace):
                 "and MLP down projection (`down_proj`) are multiplied by its folded factor, 1 over the product "
                 "of the scales up to and including that layer. As RMSNorm(s h) = RMSNorm(h) but for the epsilon "
                 "inside the norm, this computes the scaled stack exactly up to RMSNorm's epsilon "
-                "(evomerge/stacking.py derives it). The scores below were measured on the searched stack (scales "
+                "(evomerge/stack/engine.py derives it). The scores below were measured on the searched stack (scales "
                 "applied to the hidden states), not on this checkpoint."
             )
         body = f"""## Models
@@ -201,12 +203,12 @@ This checkpoint is an ordinary model of the embeddings source's architecture wit
         return title, body, searched
 
     def mergekit_yaml(self, candidate: StackRecipe, engine: StackEngine) -> str:
-        from evomerge.mergekit import stack_mergekit_yaml
+        from evomerge.output.mergekit import stack_mergekit_yaml
 
         return stack_mergekit_yaml(candidate)
 
     def export(self, engine: StackEngine, candidate: StackRecipe, out: Path, files: dict[str, str],
                replace: bool) -> None:
-        from evomerge.stacking import write_stack_dir
+        from evomerge.stack.engine import write_stack_dir
 
         write_stack_dir(engine, candidate, out, files, replace=replace)

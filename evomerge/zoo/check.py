@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from evomerge.engine import MergeEngine
 from evomerge.errors import UsageError
 from evomerge.evaluate.generate import greedy_exact_match
-from evomerge.recipe import Recipe, recipe_from_dict
+from evomerge.merge.engine import MergeEngine
+from evomerge.merge.recipe import Recipe, recipe_from_dict
 from evomerge.zoo.skills import BASE_MODEL, SKILLS, SPLITS, expert_name, model_names, read_split
 
 

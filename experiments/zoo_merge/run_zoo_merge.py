@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evomerge.config import RunConfig, load_config
-from evomerge.recipe import Recipe
+from evomerge.merge.recipe import Recipe
 from evomerge.search.baselines import run_baselines
 from evomerge.search.ledger import ELAPSED_ATTR, load_run_study
 from evomerge.search.loop import Search

@@ -16,8 +16,8 @@ from typing import Literal
 import torch
 
 from evomerge.errors import UsageError
-from evomerge.methods.fused import KernelCall
-from evomerge.methods.magnitude_cut import MagnitudeRanks
+from evomerge.merge.methods.fused import KernelCall
+from evomerge.merge.methods.magnitude_cut import MagnitudeRanks
 
 Scope = Literal["source", "global"]
 

@@ -15,11 +15,11 @@ from typing import Protocol
 
 from transformers import AutoTokenizer, PreTrainedModel
 
-from evomerge.dfs import StackRecipe
-from evomerge.engine import MergeEngine, recipe_dtype
 from evomerge.errors import UsageError
 from evomerge.files import written_directory
-from evomerge.recipe import Recipe
+from evomerge.merge.engine import MergeEngine, recipe_dtype
+from evomerge.merge.recipe import Recipe
+from evomerge.stack.recipe import StackRecipe
 
 
 def check_output_dir(out: Path, replace: bool = False) -> None:

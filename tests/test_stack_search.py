@@ -19,13 +19,13 @@ from transformers import AutoModelForCausalLM
 
 from evomerge.cli import main
 from evomerge.config import config_from_dict
-from evomerge.dfs import load_stack, stack_from_dict
 from evomerge.errors import UsageError
-from evomerge.mergekit import stack_mergekit_config
+from evomerge.output.mergekit import stack_mergekit_config
 from evomerge.search.ledger import load_run_study
 from evomerge.search.results import best_trial, held_out_scores, trial_recipe
 from evomerge.search.scoring import CandidateScorer
-from evomerge.stacking import folded_factors
+from evomerge.stack.engine import folded_factors
+from evomerge.stack.recipe import load_stack, stack_from_dict
 
 
 def stack_config(tiny_models, task_dir, run_dir, optimizer="cmaes", evaluations=8, **stack):

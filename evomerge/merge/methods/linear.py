@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from evomerge.methods import fused
-from evomerge.methods.blocks import block_size, write_blocks
-from evomerge.methods.params import WEIGHT, normalize_param
-from evomerge.methods.registry import MergeMethod, register
+from evomerge.merge.methods import fused
+from evomerge.merge.methods.blocks import block_size, write_blocks
+from evomerge.merge.methods.params import WEIGHT, normalize_param
+from evomerge.merge.methods.registry import MergeMethod, register
 
 
 @dataclass(frozen=True)

@@ -36,18 +36,18 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from evomerge import layout
 from evomerge.errors import MergeFailure, UsageError
-from evomerge.methods import fused
-from evomerge.methods.fused import KernelCall
-from evomerge.methods.magnitude_cut import (
+from evomerge.merge import layout
+from evomerge.merge.methods import fused
+from evomerge.merge.methods.fused import KernelCall
+from evomerge.merge.methods.magnitude_cut import (
     COUNTED_BYTES_PER_ELEMENT,
     COUNTED_MIN_BLOCK,
     RANKS_BYTES_PER_ELEMENT,
     MagnitudeRanks,
 )
-from evomerge.methods.registry import MergeMethod
-from evomerge.recipe import Recipe, resolve_parameters
+from evomerge.merge.methods.registry import MergeMethod
+from evomerge.merge.recipe import Recipe, resolve_parameters
 from evomerge.sources import LoadedModel, check_compatible, load_model, tensor_info
 
 

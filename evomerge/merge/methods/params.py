@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from evomerge.methods.magnitude_cut import RANK_GRID
-from evomerge.methods.registry import ParamSpec
+from evomerge.merge.methods.magnitude_cut import RANK_GRID
+from evomerge.merge.methods.registry import ParamSpec
 
 WEIGHT = ParamSpec("weight", "source", 1.0, "weight of this source's contribution")
 # A search proposes densities and gammas on the grid of the magnitude ranks an engine keeps (MagnitudeRanks),

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evomerge.errors import UsageError, first_validation_problem
 from evomerge.files import read_yaml
-from evomerge.methods import MergeMethod, ParamSpec, get_method
+from evomerge.merge.methods import MergeMethod, ParamSpec, get_method
 
 MODULE_KINDS = ("embedding", "attention", "mlp", "norm", "head")
 Dtype = Literal["float32", "float16", "bfloat16"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from evomerge.methods.registry import MergeMethod, ParamSpec, register
+from evomerge.merge.methods.registry import MergeMethod, ParamSpec, register
 
 #: Above this |cos| the two tensors are treated as colinear and interpolated linearly (sin(theta) ~ 0).
 COLINEAR_COSINE = 0.9995

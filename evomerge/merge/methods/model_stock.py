@@ -6,7 +6,7 @@ import itertools
 
 import torch
 
-from evomerge.methods.registry import MergeMethod, NoSettings, register
+from evomerge.merge.methods.registry import MergeMethod, NoSettings, register
 
 
 def model_stock(base: torch.Tensor, sources: list[torch.Tensor], settings: NoSettings) -> torch.Tensor:

@@ -16,8 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig
 from evomerge.errors import UsageError
-from evomerge.export import check_output_dir
-from evomerge.model_card import model_card
+from evomerge.output.model_card import model_card
+from evomerge.output.model_dir import check_output_dir
 from evomerge.search.results import best_trial, evaluated_trials, held_out_scores, pareto_front, trial_recipe
 from evomerge.search.space import space_of
 

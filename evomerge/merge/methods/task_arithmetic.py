@@ -16,12 +16,18 @@ from typing import Literal
 
 import torch
 
-from evomerge.methods import fused
-from evomerge.methods.blocks import block_size, write_blocks
-from evomerge.methods.counter_random import DRAW_RANGE, draws, index_hash, keep_limit, source_key
-from evomerge.methods.magnitude_cut import KEEP_NONE, MagnitudeBlock, MagnitudeCut, MagnitudeRanks, top_cut
-from evomerge.methods.params import DENSITY, DROP, GAMMA, SCALE, WEIGHT, normalize_param
-from evomerge.methods.registry import MergeMethod, register
+from evomerge.merge.methods import fused
+from evomerge.merge.methods.blocks import block_size, write_blocks
+from evomerge.merge.methods.counter_random import DRAW_RANGE, draws, index_hash, keep_limit, source_key
+from evomerge.merge.methods.magnitude_cut import (
+    KEEP_NONE,
+    MagnitudeBlock,
+    MagnitudeCut,
+    MagnitudeRanks,
+    top_cut,
+)
+from evomerge.merge.methods.params import DENSITY, DROP, GAMMA, SCALE, WEIGHT, normalize_param
+from evomerge.merge.methods.registry import MergeMethod, register
 
 Sparsification = Literal["magnitude", "random", "breadcrumbs"] | None
 Consensus = Literal["sign"] | None

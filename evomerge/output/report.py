@@ -22,7 +22,7 @@ from evomerge.config import SEARCH_BEST, RunConfig
 from evomerge.errors import UsageError
 from evomerge.evaluate.tasks import Scores
 from evomerge.extras import require
-from evomerge.model_card import task_description
+from evomerge.output.model_card import task_description
 from evomerge.search.ledger import ELAPSED_ATTR, load_run_study
 from evomerge.search.results import (
     Row,
@@ -167,7 +167,7 @@ def _plots(
     best: Candidate,
 ) -> list[tuple[str, str]]:
     """Draw the section's plots; returns (title, file name) of each."""
-    from evomerge.plots import plot_pareto, plot_progress  # the `plots` extra
+    from evomerge.output.plots import plot_pareto, plot_progress  # the `plots` extra
 
     kind = space.reference_kind
     ylabel = f"{'mean objective' if config.multi_objective else config.objectives[0].task} (search split)"

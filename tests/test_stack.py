@@ -7,9 +7,10 @@ import torch
 from conftest import save_tiny_llama
 from transformers import AutoModelForCausalLM
 
-from evomerge.dfs import DfsGenome, StackLayer, StackRecipe, StackSpace, load_stack, stack_from_dict
 from evomerge.errors import UsageError
-from evomerge.stacking import StackEngine, write_stack
+from evomerge.stack.engine import StackEngine, write_stack
+from evomerge.stack.genome import StackGenome
+from evomerge.stack.recipe import StackLayer, StackRecipe, StackSpace, load_stack, stack_from_dict
 
 IDS = torch.tensor([[1, 5, 6, 7, 8, 9]])
 
@@ -33,13 +34,13 @@ def stack(space: StackSpace, *layers: tuple[int, int, float]) -> StackRecipe:
 
 
 def test_slots_are_the_sources_layers_in_order_repeated(space):
-    genome = DfsGenome(space, [2, 2])
+    genome = StackGenome(space, [2, 2])
     assert genome.slots == [(0, 0), (0, 1), (1, 0), (1, 1)] * 2
     assert genome.dimension == 16 and genome.names[:3] == ["slot0.include", "slot0.scale", "slot1.include"]
 
 
 def test_a_stack_encodes_to_genes_that_decode_back_to_it(space):
-    genome = DfsGenome(space, [2, 2])
+    genome = StackGenome(space, [2, 2])
     wanted = stack(space, (0, 1, 1.0), (1, 0, 1.5), (0, 0, 0.5), (1, 1, 2.0))
     assert genome.decode(genome.encode(wanted)) == wanted
     assert genome.decode_unit(genome.encode_unit(wanted)) == wanted
@@ -48,7 +49,7 @@ def test_a_stack_encodes_to_genes_that_decode_back_to_it(space):
 
 
 def test_depth_guards_keep_the_highest_or_drop_the_lowest_inclusion_values(space):
-    genome = DfsGenome(space.model_copy(update={"min_depth": 3, "max_depth": 4}), [2, 2])
+    genome = StackGenome(space.model_copy(update={"min_depth": 3, "max_depth": 4}), [2, 2])
     values = {f"slot{i}.include": 0.1 * i for i in range(8)} | {f"slot{i}.scale": 1.0 for i in range(8)}
     assert genome.kept_slots(values) == [5, 6, 7]  # only slot 6 and 7 are above 0.5; slot 5 is the next best
     values.update({f"slot{i}.include": 0.9 - 0.01 * i for i in range(8)})
@@ -71,7 +72,7 @@ def test_bad_stack_spaces_are_refused(space, change, message):
 
 def test_a_depth_no_genome_can_reach_is_refused(space):
     with pytest.raises(UsageError, match="min_depth 9 is more than the 8 slots"):
-        DfsGenome(space.model_copy(update={"min_depth": 9}), [2, 2])
+        StackGenome(space.model_copy(update={"min_depth": 9}), [2, 2])
 
 
 def test_stack_recipes_round_trip_through_yaml(space, tmp_path):
@@ -84,7 +85,7 @@ def test_stack_recipes_round_trip_through_yaml(space, tmp_path):
 
 def test_a_source_stack_is_that_source_and_no_weight_is_copied(space, engine):
     model = engine.new_target()
-    engine.materialize(DfsGenome(space, engine.source_layers).source_stack(0, 2), model)
+    engine.materialize(StackGenome(space, engine.source_layers).source_stack(0, 2), model)
     source = engine.sources[0].model
     assert torch.equal(model(IDS).logits, source(IDS).logits)
     ours = {p.data_ptr() for p in model.parameters()}
@@ -123,7 +124,7 @@ def test_export_is_a_plain_checkpoint_with_the_scales_folded(space, tmp_path):
     assert exported.config.num_hidden_layers == 5
     assert load_stack(tmp_path / "out" / "recipe.yaml") == wanted
     scaled, folded = model(IDS).logits, exported(IDS).logits
-    assert (folded - scaled).abs().max() < 0.01 * scaled.abs().max()  # RMSNorm's epsilon: see stacking.py
+    assert (folded - scaled).abs().max() < 0.01 * scaled.abs().max()  # RMSNorm's epsilon: see evomerge/stack/engine.py
     for norm in [m for net in (exported, *(s.model for s in engine.sources)) for m in net.modules()]:
         if hasattr(norm, "variance_epsilon"):
             norm.variance_epsilon = 0.0

@@ -27,12 +27,12 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from evomerge.dfs import StackRecipe, StackSpace
-from evomerge.engine import MergeEngine, recipe_dtype
 from evomerge.errors import UsageError
-from evomerge.export import check_output_dir, write_model_dir
-from evomerge.recipe import Recipe
+from evomerge.merge.engine import MergeEngine, recipe_dtype
+from evomerge.merge.recipe import Recipe
+from evomerge.output.model_dir import check_output_dir, write_model_dir
 from evomerge.sources import resolve_ref, source_name
+from evomerge.stack.recipe import StackRecipe, StackSpace
 
 # what must agree for one source's layer to read another's hidden state and share one rotary embedding
 STACKABLE = (
