@@ -1,4 +1,4 @@
-"""The two kinds of failure evomerge distinguishes (DESIGN.md, decision 6).
+"""The two kinds of failure evomerge distinguishes: a user's mistake, and a candidate that failed.
 
 `UsageError` is a user's mistake (a wrong path, a bad value, incompatible models): the CLI prints its message
 as one line and exits with code 2, having written nothing. `MergeFailure` is a candidate that could not be

@@ -59,7 +59,7 @@ class Recipe(BaseModel):
     """A merge, fully specified: the method, the models and every parameter value."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    method: str = Field(description="the merge method's name (see the method registry, evomerge/methods)")
+    method: str = Field(description="the merge method's name (see the method registry, evomerge/merge/methods)")
     base: str | None = Field(
         None, description="the model the sources were fine-tuned from, as a source's `model` is named; "
         "methods that merge task vectors need it",

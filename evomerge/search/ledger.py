@@ -1,4 +1,4 @@
-"""The run ledger: one Optuna study in RDB storage (DESIGN.md decision 1).
+"""The run ledger: one Optuna study in RDB storage: the only state of a run.
 
 Every candidate is a trial: its genes as parameters, its objective values, and in user attributes its recipe,
 scores, merge and evaluation seconds, and the failure reason when it failed. The run config and the pycma
