@@ -77,7 +77,10 @@ def inject_after_claim() -> None:
 
 
 def _fire(fault: Fault) -> None:
+    """Send the signal to this very thread, the main one, so that it acts here and now: sent to the process
+    (os.kill), it may be taken by another thread, and a Python handler (SIGINT's KeyboardInterrupt) then
+    runs wherever the main thread has got to by the time it notices."""
     global _fired
     if not _fired:
         _fired = True
-        os.kill(os.getpid(), fault.signal)
+        signal.raise_signal(fault.signal)
