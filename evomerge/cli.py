@@ -274,17 +274,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: Settings that tokenizers, transformers, huggingface_hub and datasets read when they are imported: no
+#: warnings below errors, no download or dataset progress bars. Set as the environment (a user's own value
+#: wins) so that commands which never import those libraries (status, --help) do not pay for importing them.
+#: Optuna's own messages are quieted where the ledger opens its storage (search/storage.py).
+QUIET_ENVIRONMENT = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+}
+
+
 def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    import datasets
-    import optuna
-
-    datasets.disable_progress_bars()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created; the ledger has it all
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
 
 
 def _run_demo(args: argparse.Namespace) -> None:
@@ -396,9 +400,10 @@ def _run_score(args: argparse.Namespace) -> None:
 def _located_config(args: argparse.Namespace):
     """The config of the run named by RUN_DIR, or by --storage and --study."""
     from evomerge.search.runs import stored_config
-    from evomerge.search.worker import joined_config
 
     if args.storage is not None and args.study is not None and args.run_dir is None:
+        from evomerge.search.worker import joined_config  # the worker's search loop: only for a shared run
+
         return joined_config(args.storage, args.study, worker=False)
     if args.storage is None and args.study is None and args.run_dir is not None:
         return stored_config(args.run_dir)
