@@ -369,7 +369,7 @@ def _searched(config, **options) -> None:
 def _run_status(args: argparse.Namespace) -> None:
     from evomerge.search.hybrid import run_status_text
 
-    config = _located_config(args)
+    config = _located_config(args, read_only=not args.held_out)
     if args.held_out:
         _record_held_out(config)
     print(run_status_text(config))
@@ -397,8 +397,9 @@ def _run_score(args: argparse.Namespace) -> None:
     print(run_status_text(config))
 
 
-def _located_config(args: argparse.Namespace):
-    """The config of the run named by RUN_DIR, or by --storage and --study."""
+def _located_config(args: argparse.Namespace, read_only: bool = False):
+    """The config of the run named by RUN_DIR, or by --storage and --study (`read_only`: for a command that
+    only reads the ledger, see runs.stored_config)."""
     from evomerge.search.runs import stored_config
 
     if args.storage is not None and args.study is not None and args.run_dir is None:
@@ -406,7 +407,7 @@ def _located_config(args: argparse.Namespace):
 
         return joined_config(args.storage, args.study, worker=False)
     if args.storage is None and args.study is None and args.run_dir is not None:
-        return stored_config(args.run_dir)
+        return stored_config(args.run_dir, read_only=read_only)
     raise UsageError("give either RUN_DIR or both --storage URL and --study NAME")
 
 
