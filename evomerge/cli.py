@@ -275,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: Settings that tokenizers, transformers, huggingface_hub and datasets read when they are imported: no
-#: warnings below errors, no download or dataset progress bars. Set as the environment (a user's own value
-#: wins) so that commands which never import those libraries (status, --help) do not pay for importing them.
-#: Optuna's own messages are quieted where the ledger opens its storage (search/storage.py).
+#: messages below errors, no progress bars (loading weights, reading data). Set as the environment (a user's
+#: own value wins) so that commands which never import those libraries (status, --help) do not pay for
+#: importing them. Optuna's own messages are quieted where the ledger opens its storage (search/storage.py).
 QUIET_ENVIRONMENT = {
     "TOKENIZERS_PARALLELISM": "false",
     "TRANSFORMERS_VERBOSITY": "error",
@@ -289,6 +289,15 @@ QUIET_ENVIRONMENT = {
 def _quiet_libraries() -> None:
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    # A caller in this process (a test, a notebook) may have imported them already, past reading the
+    # environment: those get the same settings through their own switches.
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
 
 
 def _run_demo(args: argparse.Namespace) -> None:
