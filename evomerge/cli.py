@@ -274,17 +274,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: Settings that tokenizers, transformers, huggingface_hub and datasets read when they are imported: no
+#: messages below errors, no progress bars (loading weights, reading data). Set as the environment (a user's
+#: own value wins) so that commands which never import those libraries (status, --help) do not pay for
+#: importing them. Optuna's own messages are quieted where the ledger opens its storage (search/storage.py).
+QUIET_ENVIRONMENT = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+}
+
+
 def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    # A caller in this process (a test, a notebook) may have imported them already, past reading the
+    # environment: those get the same settings through their own switches.
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
 
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    import datasets
-    import optuna
-
-    datasets.disable_progress_bars()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created; the ledger has it all
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
 
 
 def _run_demo(args: argparse.Namespace) -> None:
@@ -365,7 +378,7 @@ def _searched(config, **options) -> None:
 def _run_status(args: argparse.Namespace) -> None:
     from evomerge.search.hybrid import run_status_text
 
-    config = _located_config(args)
+    config = _located_config(args, read_only=not args.held_out)
     if args.held_out:
         _record_held_out(config)
     print(run_status_text(config))
@@ -393,15 +406,17 @@ def _run_score(args: argparse.Namespace) -> None:
     print(run_status_text(config))
 
 
-def _located_config(args: argparse.Namespace):
-    """The config of the run named by RUN_DIR, or by --storage and --study."""
+def _located_config(args: argparse.Namespace, read_only: bool = False):
+    """The config of the run named by RUN_DIR, or by --storage and --study (`read_only`: for a command that
+    only reads the ledger, see runs.stored_config)."""
     from evomerge.search.runs import stored_config
-    from evomerge.search.worker import joined_config
 
     if args.storage is not None and args.study is not None and args.run_dir is None:
+        from evomerge.search.worker import joined_config  # the worker's search loop: only for a shared run
+
         return joined_config(args.storage, args.study, worker=False)
     if args.storage is None and args.study is None and args.run_dir is not None:
-        return stored_config(args.run_dir)
+        return stored_config(args.run_dir, read_only=read_only)
     raise UsageError("give either RUN_DIR or both --storage URL and --study NAME")
 
 

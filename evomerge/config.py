@@ -49,7 +49,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from evomerge.errors import UsageError, validated
 from evomerge.evaluate.specs import TaskSpec
@@ -205,10 +205,10 @@ class RunConfig(_Frozen):
 
     @field_validator("recipe", mode="before")
     @classmethod
-    def _recipe(cls, value: Any) -> Recipe | None:
+    def _recipe(cls, value: Any, info: ValidationInfo) -> Recipe | None:
         if value is None or isinstance(value, Recipe):  # None: a layer-stacking run (its config as stored)
             return value
-        return recipe_from_dict(value, origin="recipe")
+        return recipe_from_dict(value, origin="recipe", context=info.context)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -324,14 +324,19 @@ def _resolved(objective: Objective, task: TaskSpec) -> Objective:
     return objective.model_copy(update={"metric": metric, "direction": direction})
 
 
-def config_from_dict(data: Any, origin: str = "config") -> RunConfig:
+def config_from_dict(data: Any, origin: str = "config", context: dict[str, Any] | None = None) -> RunConfig:
+    """`data` validated as a run config (`context`: pydantic's validation context, e.g. STORED_CONFIG)."""
     if not isinstance(data, dict):
         raise UsageError(f"{origin}: expected a mapping of settings, got {type(data).__name__}")
-    return validated(RunConfig, data, origin)
+    return validated(RunConfig, data, origin, context)
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a run config YAML; `overrides` (dotted keys such as 'budget.evaluations') replace its values."""
+def load_config(
+    path: str | Path, overrides: dict[str, Any] | None = None, context: dict[str, Any] | None = None
+) -> RunConfig:
+    """Read a run config YAML; `overrides` (dotted keys such as 'budget.evaluations') replace its values.
+    `context` is pydantic's validation context: STORED_CONFIG (evomerge/merge/recipe.py) for the config a run
+    directory was started with, read by a command that only reads its ledger."""
     path = Path(path)
     data = read_yaml(path, "config")
     for dotted, value in (overrides or {}).items() if isinstance(data, dict) else ():
@@ -340,4 +345,4 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         for key in parents:
             target = target.setdefault(key, {})
         target[last] = value
-    return config_from_dict(data, origin=f"config '{path}'")
+    return config_from_dict(data, origin=f"config '{path}'", context=context)

@@ -32,10 +32,11 @@ def first_validation_problem(error: ValidationError) -> str:
 
 
 
-def validated(model: type[Model], data: Any, origin: str) -> Model:
-    """`model` validated from plain data; any problem is one UsageError line that starts with `origin`."""
+def validated(model: type[Model], data: Any, origin: str, context: dict[str, Any] | None = None) -> Model:
+    """`model` validated from plain data (with pydantic's validation `context`, which validators read); any
+    problem is one UsageError line that starts with `origin`."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except UsageError as error:
         raise UsageError(f"{origin}: {error}") from None
     except ValidationError as error:

@@ -15,8 +15,6 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evomerge.sources import resolve_ref
-
 if TYPE_CHECKING:
     from evomerge.config import RunConfig
 
@@ -41,6 +39,10 @@ def file_fingerprint(path: Path) -> str:
 
 def model_fingerprint(ref: str) -> str:
     """One fingerprint over the model's files (a .gguf file, or the model files of a directory)."""
+    # Imported here, where a fingerprint is computed: sources imports transformers, and reading a ledger
+    # (status) needs none of it.
+    from evomerge.sources import resolve_ref
+
     path = resolve_ref(ref)
     files = [path] if path.is_file() else sorted({f for pattern in MODEL_FILES for f in path.glob(pattern)})
     digest = hashlib.sha256()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -99,6 +101,27 @@ def test_status_shows_progress_best_and_speed(tiny_models, task_dir, tmp_path):
     text = status_text(config_from_dict(data))
     assert "progress: 9/9 evaluated (9 complete, 0 failed, 0 running)" in text
     assert "evaluations/hour" in text and "best: trial" in text
+
+
+#: Run in a fresh interpreter: `evomerge status RUN_DIR`, then the heavy libraries it imported, on stderr.
+STATUS_IMPORTS = (
+    "import sys; from evomerge.cli import main; assert main(['status', sys.argv[1]]) == 0; "
+    "print(sorted(set(sys.argv[2:]) & set(sys.modules)), file=sys.stderr)"
+)
+
+
+def test_status_of_a_finished_run_imports_no_model_or_search_code(tiny_models, task_dir, tmp_path):
+    """What keeps `evomerge status` answering at once: reading a ledger imports neither torch, transformers,
+    datasets nor the optimizer and plotting libraries (importing them took seconds)."""
+    data = config_data(tiny_models, task_dir, tmp_path / "run", evaluations=3)
+    assert main(["run", str(write_config(tmp_path / "c.yaml", data))]) == 0
+    heavy = ["torch", "transformers", "datasets", "safetensors", "cma", "matplotlib"]
+    result = subprocess.run(
+        [sys.executable, "-c", STATUS_IMPORTS, str(tmp_path / "run"), *heavy],
+        capture_output=True, text=True, check=True,
+    )
+    assert "progress: 3/3 evaluated" in result.stdout
+    assert result.stderr.splitlines()[-1] == "[]", result.stderr
 
 
 def test_two_objectives_with_nsga2_give_a_pareto_front(tiny_models, task_dir, tmp_path):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from statistics import NormalDist, stdev
 
-from evomerge.evaluate.tasks import UNIT_METRICS, Partial, Scores
+from evomerge.evaluate.scores import Scores
+from evomerge.evaluate.tasks import UNIT_METRICS, Partial
 
 
 def optimistic_scores(partial: Partial, metrics: dict[str, dict[str, bool]], confidence: float) -> Scores:

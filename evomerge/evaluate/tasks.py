@@ -24,14 +24,13 @@ from evomerge.errors import UsageError
 from evomerge.evaluate.data import check_disjoint, check_fields, read_rows, render, subsample, template_fields
 from evomerge.evaluate.generate import answers_match, extracted, greedy_completions
 from evomerge.evaluate.loglik import Request, continuation_logprobs
+from evomerge.evaluate.scores import Scores
 from evomerge.evaluate.specs import ChoiceSpec, GenerateSpec, PerplexitySpec, TaskSpec
 
 if TYPE_CHECKING:  # lm-eval is optional and slow to import: loaded only for an lm-eval task
     from evomerge.evaluate.lm_eval_task import LmEvalTask
 
 SPLITS = ("search", "held_out")
-#: What an evaluator returns: `{task: {metric: value}}`.
-Scores = dict[str, dict[str, float]]
 #: Metrics whose per-example values lie in [0, 1] (early stopping bounds them with a Wilson interval).
 UNIT_METRICS = frozenset({"exact_match", "acc", "acc_norm"})
 

@@ -27,17 +27,25 @@ head).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evomerge.errors import UsageError, first_validation_problem
 from evomerge.files import read_yaml
-from evomerge.merge.methods import MergeMethod, ParamSpec, get_method
+
+if TYPE_CHECKING:
+    from evomerge.merge.methods import MergeMethod, ParamSpec
 
 MODULE_KINDS = ("embedding", "attention", "mlp", "norm", "head")
+#: The pydantic validation context of a config that a run directory or a study stored when its run started,
+#: read again by a command that only reads the ledger (`evomerge status`): its recipes were checked against
+#: their methods' declared parameters when the run started, so they are not checked again. That check needs
+#: the method registry, whose methods import torch, which such a command has no other use for.
+STORED_CONFIG = {"recipes_checked": True}
 Dtype = Literal["float32", "float16", "bfloat16"]
 
 
@@ -82,11 +90,15 @@ class Recipe(BaseModel):
 
     @property
     def method_def(self) -> MergeMethod:
+        from evomerge.merge.methods import get_method  # imports torch: only once a recipe's method is used
+
         return get_method(self.method)
 
 
-def recipe_from_dict(data: Any, origin: str = "recipe") -> Recipe:
-    """Validate plain data as a Recipe for its method; `origin` names it in error messages."""
+def recipe_from_dict(data: Any, origin: str = "recipe", context: Mapping[str, Any] | None = None) -> Recipe:
+    """Validate plain data as a Recipe for its method; `origin` names it in error messages. Under the
+    validation context STORED_CONFIG, a recipe read back from a started run's config, the method check
+    (check_recipe) is left out."""
     if not isinstance(data, dict):
         raise UsageError(
             f"{origin}: expected a mapping with 'method' and 'sources', got {type(data).__name__}"
@@ -95,7 +107,8 @@ def recipe_from_dict(data: Any, origin: str = "recipe") -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
         raise UsageError(f"{origin}: {first_validation_problem(error)}") from None
-    check_recipe(recipe, origin)
+    if not (context or {}).get("recipes_checked"):
+        check_recipe(recipe, origin)
     return recipe
 
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from evomerge.config import RunConfig
-    from evomerge.evaluate.tasks import Scores
+    from evomerge.evaluate.scores import Scores
     from evomerge.merge.engine import MergeEngine
     from evomerge.merge.genome import Genome
     from evomerge.merge.recipe import Recipe

@@ -6,8 +6,8 @@ from __future__ import annotations
 from optuna.trial import FrozenTrial
 
 from evomerge.config import RunConfig
+from evomerge.evaluate.scores import Scores
 from evomerge.evaluate.specs import TaskSpec
-from evomerge.evaluate.tasks import Scores
 from evomerge.search.optimizers import get_optimizer
 from evomerge.search.space import Candidate, space_of
 

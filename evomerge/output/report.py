@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import SEARCH_BEST, RunConfig
 from evomerge.errors import UsageError
-from evomerge.evaluate.tasks import Scores
+from evomerge.evaluate.scores import Scores
 from evomerge.extras import require
 from evomerge.output.model_card import task_description
 from evomerge.search.ledger import ELAPSED_ATTR, load_run_study

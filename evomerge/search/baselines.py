@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from evomerge.config import RunConfig
 from evomerge.errors import MergeFailure, UsageError
-from evomerge.evaluate.tasks import Scores
+from evomerge.evaluate.scores import Scores
 from evomerge.merge.recipe import Recipe, recipe_from_dict
 from evomerge.search.ledger import open_storage, open_study
 from evomerge.search.results import (

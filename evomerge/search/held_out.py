@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from evomerge.config import RunConfig
-from evomerge.evaluate.tasks import Scores
+from evomerge.evaluate.scores import Scores
 from evomerge.search.results import HELD_OUT_PREFIX, held_out_scores, reported_trials, trial_recipe
 from evomerge.search.scoring import CandidateScorer
 from evomerge.search.space import space_of

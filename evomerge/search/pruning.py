@@ -20,7 +20,8 @@ from optuna.trial import FrozenTrial
 
 from evomerge.config import RunConfig
 from evomerge.evaluate.bounds import optimistic_scores
-from evomerge.evaluate.tasks import Partial, Scores
+from evomerge.evaluate.scores import Scores
+from evomerge.evaluate.tasks import Partial
 from evomerge.search.optimizers import get_optimizer
 from evomerge.search.optimizers.scalarization import losses, scalarize
 

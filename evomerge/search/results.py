@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig
-from evomerge.evaluate.tasks import Scores
+from evomerge.evaluate.scores import Scores
 from evomerge.search.optimizers.scalarization import scalarized
 from evomerge.search.space import Candidate, candidate_from_yaml, space_of
 

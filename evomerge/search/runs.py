@@ -18,13 +18,21 @@ if TYPE_CHECKING:
 RUN_CONFIG = "config.yaml"
 
 
-def stored_config(run_dir: Path, overrides: dict[str, object] | None = None) -> RunConfig:
-    """The config a run directory was started with (it may have moved: `run_dir` is where it is now)."""
+def stored_config(
+    run_dir: Path, overrides: dict[str, object] | None = None, read_only: bool = False
+) -> RunConfig:
+    """The config a run directory was started with (it may have moved: `run_dir` is where it is now).
+
+    `read_only`: for a command that only reads the ledger (status), which leaves out checking the recipes
+    against their methods again (evomerge/merge/recipe.py, STORED_CONFIG) and so answers without importing
+    torch. Commands that merge or write (resume, report, export) check the config in full."""
     from evomerge.config import load_config
+    from evomerge.merge.recipe import STORED_CONFIG
 
     if not (run_dir / RUN_CONFIG).is_file():
         raise UsageError(f"'{run_dir}' holds no run (no {RUN_CONFIG}); start one with: evomerge run CONFIG")
-    return load_config(run_dir / RUN_CONFIG, {**(overrides or {}), "run_dir": str(run_dir)})
+    overrides = {**(overrides or {}), "run_dir": str(run_dir)}
+    return load_config(run_dir / RUN_CONFIG, overrides, context=STORED_CONFIG if read_only else None)
 
 
 def write_run_config(config: RunConfig) -> None:

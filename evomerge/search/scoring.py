@@ -11,7 +11,8 @@ from transformers import AutoTokenizer
 
 from evomerge.config import RunConfig
 from evomerge.errors import UsageError
-from evomerge.evaluate.tasks import Evaluator, Scores, load_task
+from evomerge.evaluate.scores import Scores
+from evomerge.evaluate.tasks import Evaluator, load_task
 from evomerge.search.space import Candidate, space_of
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from evomerge.config import RunConfig
-    from evomerge.evaluate.tasks import Scores
+    from evomerge.evaluate.scores import Scores
     from evomerge.search.genes import GeneSpace
     from evomerge.search.results import Row
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig
-from evomerge.evaluate.tasks import Scores
+from evomerge.evaluate.scores import Scores
 from evomerge.search.ledger import ELAPSED_ATTR, counts_toward_budget, load_run_study
 from evomerge.search.results import best_trial, held_out_scores, pareto_front
 from evomerge.search.space import space_of

@@ -62,7 +62,10 @@ def open_storage(
 
     SQLite waits up to a minute for a lock instead of failing with 'database is locked', and a shared SQLite
     ledger uses write-ahead logging, so that readers (status, dashboard, other workers) never block a writer.
+    Optuna's informational lines (a line per study created, per trial finished) are turned off: the ledger
+    records all of it.
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     _require_driver(url)
     sqlite = url.startswith("sqlite")
     engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
 from evomerge.errors import UsageError, validated
 from evomerge.files import read_yaml
@@ -24,12 +24,14 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _recipes_read(value: Any) -> Any:
-    """A source given as a mapping is an inline merge recipe, checked as a recipe file is."""
+def _recipes_read(value: Any, info: ValidationInfo) -> Any:
+    """A source given as a mapping is an inline merge recipe, checked as a recipe file is (but for a stored
+    config's: evomerge/merge/recipe.py, STORED_CONFIG)."""
     if not isinstance(value, list):
         return value
     return [
-        recipe_from_dict(item, origin="stack source") if isinstance(item, dict) else item for item in value
+        recipe_from_dict(item, origin="stack source", context=info.context) if isinstance(item, dict) else item
+        for item in value
     ]
 
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from evomerge.config import RunConfig
-    from evomerge.evaluate.tasks import Scores
+    from evomerge.evaluate.scores import Scores
     from evomerge.search.results import Row
     from evomerge.search.space import ValuesText
     from evomerge.stack.engine import StackEngine
