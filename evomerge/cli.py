@@ -380,29 +380,21 @@ def _run_status(args: argparse.Namespace) -> None:
 
     config = _located_config(args, read_only=not args.held_out)
     if args.held_out:
-        _record_held_out(config)
+        from evomerge.search.held_out import record_run_held_out
+
+        record_run_held_out(config)
     print(run_status_text(config))
 
 
 def _run_score(args: argparse.Namespace) -> None:
-    from evomerge.search.held_out import record_held_out
-    from evomerge.search.hybrid import exported_phase, run_status_text
-    from evomerge.search.ledger import load_run_study
+    from evomerge.search.held_out import record_run_held_out, record_trials_held_out
+    from evomerge.search.hybrid import run_status_text
 
     config = _located_config(args)
     if args.trial:
-        phase = exported_phase(config, args.phase)
-        study = load_run_study(phase)
-        trials = {t.number: t for t in study.get_trials(deepcopy=False) if t.values is not None}
-        missing = sorted(set(args.trial) - set(trials))
-        if missing:
-            raise UsageError(
-                f"--trial {', '.join(map(str, missing))}: no completed trial of that number in the run in "
-                f"{config.run_dir}; `evomerge status` lists them"
-            )
-        record_held_out(phase, study, trials=[trials[number] for number in args.trial])
+        record_trials_held_out(config, args.trial, args.phase)
     else:
-        _record_held_out(config)
+        record_run_held_out(config)
     print(run_status_text(config))
 
 
@@ -418,16 +410,6 @@ def _located_config(args: argparse.Namespace, read_only: bool = False):
     if args.storage is None and args.study is None and args.run_dir is not None:
         return stored_config(args.run_dir, read_only=read_only)
     raise UsageError("give either RUN_DIR or both --storage URL and --study NAME")
-
-
-def _record_held_out(config) -> None:
-    """Score on the held-out split, in each phase, the trials a run shows that have no held-out score yet."""
-    from evomerge.search.held_out import record_held_out
-    from evomerge.search.hybrid import phase_configs
-    from evomerge.search.ledger import load_run_study
-
-    for _, phase in phase_configs(config):
-        record_held_out(phase, load_run_study(phase))
 
 
 def _run_report(args: argparse.Namespace) -> None:

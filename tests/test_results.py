@@ -113,6 +113,8 @@ def test_export_loads_in_transformers_and_its_recipe_remerges_bit_for_bit(
     assert exported.keys() == rebuilt.keys()
     assert all(torch.equal(exported[name], rebuilt[name]) for name in exported)
 
+    assert main(["score", str(tmp_path / "run"), "--trial", "7"]) == 2  # no such trial: one line, nothing scored
+    assert f"{HELD_OUT_PREFIX}1" not in study(tmp_path / "run").user_attrs
     assert main(["score", str(tmp_path / "run"), "--trial", "1"]) == 0
     assert set(study(tmp_path / "run").user_attrs) >= {f"{HELD_OUT_PREFIX}1"}
     (out / "model.safetensors").write_bytes(b"stale")
