@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         "cores once the zoo is built (about 2 minutes the first time).",
     )
     demo.add_argument(
-        "--out", type=Path, default=Path("evomerge-demo"),
+        "--out",
+        type=Path,
+        default=Path("evomerge-demo"),
         help="directory for the run (with its report), the evolved model and demo.json (default: "
         "./evomerge-demo; a previous demo's output there is replaced)",
     )
@@ -56,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         "held_out data) into DIR and print its expert x skill accuracy matrix. A zoo with the same "
         "settings already in DIR is reused. Takes about two minutes on 2 CPU cores.",
     )
-    zoo_build.add_argument("dir", type=Path, metavar="DIR", help="where to build it (absent, empty, or this zoo)")
+    zoo_build.add_argument(
+        "dir", type=Path, metavar="DIR", help="where to build it (absent, empty, or this zoo)"
+    )
     zoo_build.set_defaults(run=_run_zoo_build)
 
     merge = commands.add_parser(
@@ -86,12 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("config", type=Path, metavar="CONFIG", help="the run config YAML")
     run.add_argument("--run-dir", type=Path, help="run directory (overrides run_dir in the config)")
-    run.add_argument("--budget", type=int, help="number of candidates to evaluate in all (overrides budget.evaluations)")
+    run.add_argument(
+        "--budget", type=int, help="number of candidates to evaluate in all (overrides budget.evaluations)"
+    )
     _stack_budget_option(run)
     run.add_argument("--seed", type=int, help="random seed (overrides seed)")
     run.add_argument("--device", help="device for the models: cpu, cuda, cuda:3, ... (overrides device)")
     run.add_argument(
-        "--storage", metavar="URL",
+        "--storage",
+        metavar="URL",
         help="share the run: keep its ledger in this storage (postgresql://USER:PASSWORD@HOST/DB, or "
         "sqlite:///PATH for workers on one machine) so that `evomerge worker` processes can join it; the "
         "same command on several GPUs or machines starts one worker each",
@@ -99,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--study", help="the study's name in the storage (overrides study; default: evomerge)")
     _shared_options(run)
     run.add_argument(
-        "--heartbeat", type=int, default=HEARTBEAT_SECONDS, metavar="SECONDS",
+        "--heartbeat",
+        type=int,
+        default=HEARTBEAT_SECONDS,
+        metavar="SECONDS",
         help=f"with --storage: how often each worker records a sign of life (default {HEARTBEAT_SECONDS}); a "
         f"candidate whose worker is silent for {GRACE_HEARTBEATS} heartbeats is given to another worker",
     )
@@ -118,8 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--storage", required=True, metavar="URL", help="the storage of the shared run")
     worker.add_argument("--study", required=True, metavar="NAME", help="the study's name in the storage")
     worker.add_argument("--device", help="device for the models (default: the run config's device)")
-    worker.add_argument("--run-dir", type=Path, help="where this worker writes run.log and config.yaml "
-                        "(default: the run config's run_dir)")
+    worker.add_argument(
+        "--run-dir",
+        type=Path,
+        help="where this worker writes run.log and config.yaml (default: the run config's run_dir)",
+    )
     _shared_options(worker)
     worker.set_defaults(run=_run_worker)
 
@@ -130,8 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluated again, and the candidate that was in flight is evaluated first.",
     )
     resume.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
-    resume.add_argument("--budget", type=int, help="raise the number of candidates to evaluate in all (a "
-                        "hybrid run: in its merge phase, until its layer-stacking phase starts)")
+    resume.add_argument(
+        "--budget",
+        type=int,
+        help="raise the number of candidates to evaluate in all (a "
+        "hybrid run: in its merge phase, until its layer-stacking phase starts)",
+    )
     _stack_budget_option(resume)
     resume.set_defaults(run=_run_resume)
 
@@ -144,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--storage", metavar="URL", help="instead of RUN_DIR: the storage of a shared run")
     status.add_argument("--study", metavar="NAME", help="with --storage: the study's name")
     status.add_argument(
-        "--held-out", action="store_true",
+        "--held-out",
+        action="store_true",
         help="first score the best candidate and every Pareto point on the held-out split where the ledger "
         "has no held-out score for them yet (a finished run has them), and store those scores in the ledger",
     )
@@ -163,10 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="the run directory")
     score.add_argument("--storage", metavar="URL", help="instead of RUN_DIR: the storage of a shared run")
     score.add_argument("--study", metavar="NAME", help="with --storage: the study's name")
-    score.add_argument("--trial", type=int, action="append", metavar="N",
-                       help="score this trial (repeat for several) instead of the ones the run shows")
-    score.add_argument("--phase", choices=("merge", "stack"),
-                       help="a hybrid run, with --trial: the phase of the trials (default: stack)")
+    score.add_argument(
+        "--trial",
+        type=int,
+        action="append",
+        metavar="N",
+        help="score this trial (repeat for several) instead of the ones the run shows",
+    )
+    score.add_argument(
+        "--phase",
+        choices=("merge", "stack"),
+        help="a hybrid run, with --trial: the phase of the trials (default: stack)",
+    )
     score.set_defaults(run=_run_score)
     _add_result_commands(commands)
     return parser
@@ -174,14 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _stack_budget_option(command: argparse.ArgumentParser) -> None:
     command.add_argument(
-        "--stack-budget", type=int, metavar="N",
+        "--stack-budget",
+        type=int,
+        metavar="N",
         help="a hybrid run: candidates for its layer-stacking phase (overrides stack_budget.evaluations)",
     )
 
 
 def _shared_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
-        "--patience", type=float, default=PATIENCE_SECONDS, metavar="SECONDS",
+        "--patience",
+        type=float,
+        default=PATIENCE_SECONDS,
+        metavar="SECONDS",
         help="with a storage: how long a worker that lost the database keeps retrying (backing off) before "
         f"it exits (default {PATIENCE_SECONDS})",
     )
@@ -220,23 +251,31 @@ def _add_result_commands(commands: argparse._SubParsersAction) -> None:
         "--out merged-p2 --format mergekit",
     )
     export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
-    export.add_argument("--out", type=Path, required=True, help="output directory (must not exist, see --force)")
+    export.add_argument(
+        "--out", type=Path, required=True, help="output directory (must not exist, see --force)"
+    )
     chosen = export.add_mutually_exclusive_group()
-    chosen.add_argument("--trial", type=int, help="the trial number to export (as status and report list them)")
     chosen.add_argument(
-        "--pick", default="best",
+        "--trial", type=int, help="the trial number to export (as status and report list them)"
+    )
+    chosen.add_argument(
+        "--pick",
+        default="best",
         help="best (default: by the run's objectives and scalarization) or pareto:K, the K-th point of the "
         "Pareto front in trial order, counting from 1, as the report lists them",
     )
     export.add_argument("--force", action="store_true", help="replace --out if it holds a previous export")
     export.add_argument(
-        "--format", choices=("hf", "mergekit"), default="hf",
+        "--format",
+        choices=("hf", "mergekit"),
+        default="hf",
         help="hf (default): the model directory; mergekit: also mergekit.yaml, the same merge as a mergekit "
         "config (a layer stack as a passthrough merge of one slice per layer; an error if mergekit cannot "
         "express the recipe)",
     )
     export.add_argument(
-        "--phase", choices=("merge", "stack"),
+        "--phase",
+        choices=("merge", "stack"),
         help="a hybrid run: the phase whose candidate is exported (default: stack, the final models; merge: "
         "the merge phase's, as --pick and --trial select them there)",
     )
@@ -253,7 +292,9 @@ def _add_result_commands(commands: argparse._SubParsersAction) -> None:
         "layer-stacking run's report compares its stacks with each source alone.",
         epilog="examples: evomerge baselines configs/demo.yaml; evomerge baselines runs/demo",
     )
-    baselines.add_argument("config", type=Path, metavar="CONFIG", help="a run config YAML, or a run directory")
+    baselines.add_argument(
+        "config", type=Path, metavar="CONFIG", help="a run config YAML, or a run directory"
+    )
     baselines.add_argument("--run-dir", type=Path, help="run directory (overrides run_dir in a config file)")
     baselines.set_defaults(run=_run_baselines)
 

@@ -104,13 +104,16 @@ class OptimizerConfig(_Frozen):
     """What proposes the candidates: pycma's CMA-ES or an Optuna sampler, seeded by the run's `seed`."""
 
     name: str = Field(
-        "cmaes", description="a registered optimizer (evomerge/search/optimizers): cmaes (pycma) or an Optuna "
+        "cmaes",
+        description="a registered optimizer (evomerge/search/optimizers): cmaes (pycma) or an Optuna "
         "sampler; with several objectives a multi-objective sampler finds a Pareto front and cmaes optimizes "
         "their scalarization",
         json_schema_extra={"enum": [optimizer.name for optimizer in optimizers()]},
     )
     population_size: int | None = Field(
-        None, ge=2, description="candidates per generation, for optimizers that have generations (default: "
+        None,
+        ge=2,
+        description="candidates per generation, for optimizers that have generations (default: "
         "the optimizer's own)",
     )
     sigma: float = Field(0.3, gt=0, description="CMA-ES initial step size, in the unit cube")
@@ -282,8 +285,13 @@ class RunConfig(_Frozen):
         stack = data["stack"]
         stack["sources"] = [best.model_dump(mode="json") if s == SEARCH_BEST else s for s in stack["sources"]]
         data.update(
-            recipe=None, genome=[], stack=stack, stack_budget=None,
-            budget=data["stack_budget"] or data["budget"], study=self.stack_study, sources_device=None,
+            recipe=None,
+            genome=[],
+            stack=stack,
+            stack_budget=None,
+            budget=data["stack_budget"] or data["budget"],
+            study=self.stack_study,
+            sources_device=None,
             sources_dtype=None,
         )
         return config_from_dict(data, "stack phase")

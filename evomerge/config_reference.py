@@ -228,8 +228,13 @@ def section_text(section: Section, anchors: dict[type[BaseModel], Section]) -> s
         lines += ["Keys other than those below are accepted too.", ""]
     lines += ["| key | type | default | constraints | description |", "| --- | --- | --- | --- | --- |"]
     for name, info in section.model.model_fields.items():
-        cells = [f"`{name}`", type_text(info, anchors), default_text(info), constraints_text(info),
-                 info.description or ""]
+        cells = [
+            f"`{name}`",
+            type_text(info, anchors),
+            default_text(info),
+            constraints_text(info),
+            info.description or "",
+        ]
         lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
     return "\n".join(lines)
 
@@ -237,7 +242,10 @@ def section_text(section: Section, anchors: dict[type[BaseModel], Section]) -> s
 def methods_text() -> str:
     """The merge methods a recipe names and the parameters each takes, from the method registry."""
     lines = [
-        '<a id="merge-methods"></a>', "", "## Merge methods (`recipe.method`) and their parameters", "",
+        '<a id="merge-methods"></a>',
+        "",
+        "## Merge methods (`recipe.method`) and their parameters",
+        "",
         "A per-source parameter is a key of each entry of `recipe.sources`, a global one a key of "
         "`recipe.parameters`. A number can be a scalar, a list with one value per layer, "
         "`{gradient: [first, ..., last]}` or a mapping by module kind (embedding, attention, mlp, norm, "

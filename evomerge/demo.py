@@ -43,7 +43,9 @@ def run_demo(out: Path) -> None:
     (out / DEMO_MARKER).write_text(json.dumps({"zoo": str(zoo), "finished": False}) + "\n")
     with resources.as_file(DEMO_CONFIG) as demo_config:
         config = load_config(demo_config, {"run_dir": str(out / "run")})
-    print(f"searching per-layer DARE weights and drop rates ({config.budget.evaluations} candidates, CMA-ES) ...")
+    print(
+        f"searching per-layer DARE weights and drop rates ({config.budget.evaluations} candidates, CMA-ES) ..."
+    )
     write_run_config(config)
     Search(config).run()
     print("merging the experts the usual ways (baselines, each tuned on the search split) ...")
@@ -52,11 +54,18 @@ def run_demo(out: Path) -> None:
     study = load_run_study(config)
     best, chosen_as = pick_trial(config, study, None, "best")
     export_candidate(config, study, best, chosen_as, out / "evolved")
-    evolved = Row(f"evolved (CMA-ES, trial {best.number})", list(best.values),
-                  objective_values(config, held_out_scores(study)[best.number]))
+    evolved = Row(
+        f"evolved (CMA-ES, trial {best.number})",
+        list(best.values),
+        objective_values(config, held_out_scores(study)[best.number]),
+    )
     rows = [*baseline_rows(config, baselines), evolved]
     table = {row.name: dict(zip((o.task for o in config.objectives), row.held_out)) for row in rows}
-    (out / DEMO_MARKER).write_text(json.dumps({"zoo": str(zoo), "finished": True, "held_out": table}, indent=2) + "\n")
-    print("\nexact match on the held-out split (the search and the baselines' grids saw only the search split):")
+    (out / DEMO_MARKER).write_text(
+        json.dumps({"zoo": str(zoo), "finished": True, "held_out": table}, indent=2) + "\n"
+    )
+    print(
+        "\nexact match on the held-out split (the search and the baselines' grids saw only the search split):"
+    )
     print(results_table(config, rows))
     print(f"\nreport: {report}; the evolved model (with recipe.yaml and README.md): {out / 'evolved'}")

@@ -31,7 +31,6 @@ def first_validation_problem(error: ValidationError) -> str:
     return f"{where}: {message}" if where else message
 
 
-
 def validated(model: type[Model], data: Any, origin: str, context: dict[str, Any] | None = None) -> Model:
     """`model` validated from plain data (with pydantic's validation `context`, which validators read); any
     problem is one UsageError line that starts with `origin`."""

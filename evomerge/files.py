@@ -23,7 +23,9 @@ def read_yaml(path: Path, what: str) -> Any:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark else ""
-        raise UsageError(f"{what} '{path}' is not valid YAML{line}: {getattr(error, 'problem', error)}") from None
+        raise UsageError(
+            f"{what} '{path}' is not valid YAML{line}: {getattr(error, 'problem', error)}"
+        ) from None
 
 
 @contextmanager

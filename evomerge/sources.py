@@ -239,4 +239,3 @@ def check_compatible(models: list[LoadedModel]) -> None:
                 f"incompatible models: tensor '{name}' has shape {list(tensor.shape)} in '{reference.ref}' "
                 f"but {list(theirs.shape)} in '{other.ref}'"
             )
-

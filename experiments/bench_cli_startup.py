@@ -43,8 +43,9 @@ def small_run(root: Path) -> Path:
     path = root / "small.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     run_dir = root / "run"
-    subprocess.run(evomerge("run", str(path), "--run-dir", str(run_dir)), check=True, env=ENV,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        evomerge("run", str(path), "--run-dir", str(run_dir)), check=True, env=ENV, stdout=subprocess.DEVNULL
+    )
     return run_dir
 
 

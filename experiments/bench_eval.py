@@ -51,18 +51,31 @@ def write_tasks(root: Path, zoo_dir: Path, batch_size: int) -> dict[str, dict]:
     (root / "yaml").mkdir()
     for split in SPLITS:
         rows = read_split(zoo_dir, "add", split)
-        choice = [{"prompt": r["prompt"], "options": [str((int(r["answer"][0]) + 1) % 10) + r["answer"][1:], r["answer"]],
-                   "label": 1} for r in rows]
+        choice = [
+            {
+                "prompt": r["prompt"],
+                "options": [str((int(r["answer"][0]) + 1) % 10) + r["answer"][1:], r["answer"]],
+                "label": 1,
+            }
+            for r in rows
+        ]
         for name, examples in (("generate", rows), ("choice", choice)):
             data_file = root / name / f"{split}.jsonl"
             data_file.write_text("".join(json.dumps(r) + "\n" for r in examples))
             specs[name] = {**specs[name], "data": str(root / name), "batch_size": batch_size}
             spec = TypeAdapter(TaskSpec).validate_python(specs[name])
             task = f"bench_{name}_{split}"
-            (root / "yaml" / f"{task}.yaml").write_text(yaml.safe_dump(lm_eval_task_config(task, data_file, spec)))
+            (root / "yaml" / f"{task}.yaml").write_text(
+                yaml.safe_dump(lm_eval_task_config(task, data_file, spec))
+            )
     lm_eval = {
-        f"lm_eval_{name}": {"kind": "lm_eval", "task": f"bench_{name}_search", "held_out_task": f"bench_{name}_held_out",
-                            "include_path": str(root / "yaml"), "batch_size": batch_size}
+        f"lm_eval_{name}": {
+            "kind": "lm_eval",
+            "task": f"bench_{name}_search",
+            "held_out_task": f"bench_{name}_held_out",
+            "include_path": str(root / "yaml"),
+            "batch_size": batch_size,
+        }
         for name in specs
     }
     return {**specs, **lm_eval}
@@ -78,8 +91,12 @@ def best_seconds(action, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="zoo:expert_add", help="the model scored (default: zoo:expert_add)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default="zoo:expert_add", help="the model scored (default: zoo:expert_add)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per batch, for both scorers")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (the fastest counts)")
@@ -100,12 +117,21 @@ def main() -> None:
             scores = evaluator.score(model)[name]
             seconds = best_seconds(lambda: evaluator.score(model), args.repeats)
             examples = task.size("search")
-            rows.append({"task": name, "examples": examples, "seconds": round(seconds, 3),
-                         "examples_per_second": round(examples / seconds, 1), "prepare_seconds": round(prepare, 3),
-                         "scores": scores})
+            rows.append(
+                {
+                    "task": name,
+                    "examples": examples,
+                    "seconds": round(seconds, 3),
+                    "examples_per_second": round(examples / seconds, 1),
+                    "prepare_seconds": round(prepare, 3),
+                    "scores": scores,
+                }
+            )
     by_task = {row["task"]: row for row in rows}
-    speedup = {name: round(by_task[f"lm_eval_{name}"]["seconds"] / by_task[name]["seconds"], 2)
-               for name in ("generate", "choice")}
+    speedup = {
+        name: round(by_task[f"lm_eval_{name}"]["seconds"] / by_task[name]["seconds"], 2)
+        for name in ("generate", "choice")
+    }
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
@@ -118,7 +144,9 @@ def main() -> None:
     }
     print(f"{'task':<18}{'examples':>9}{'seconds':>9}{'ex/s':>9}  scores")
     for row in rows:
-        print(f"{row['task']:<18}{row['examples']:>9}{row['seconds']:>9.3f}{row['examples_per_second']:>9.1f}  {row['scores']}")
+        print(
+            f"{row['task']:<18}{row['examples']:>9}{row['seconds']:>9.3f}{row['examples_per_second']:>9.1f}  {row['scores']}"
+        )
     print("built-in speed-up over lm-eval:", speedup)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -75,8 +75,10 @@ def model_tensors(size: str, sources: int) -> tuple[list[torch.Tensor], list[lis
         shapes = [p.shape for p in LlamaForCausalLM(config).parameters()]
     generator = torch.Generator().manual_seed(0)
     base = [torch.randn(shape, generator=generator).bfloat16() for shape in shapes]
-    return base, [[(b.float() + torch.randn(b.shape, generator=generator) * 0.01).bfloat16() for b in base]
-                  for _ in range(sources)]
+    return base, [
+        [(b.float() + torch.randn(b.shape, generator=generator) * 0.01).bfloat16() for b in base]
+        for _ in range(sources)
+    ]
 
 
 def merge_call(method: str, sources: int) -> Callable[[torch.Tensor, list[torch.Tensor], torch.Tensor], None]:
@@ -85,14 +87,16 @@ def merge_call(method: str, sources: int) -> Callable[[torch.Tensor, list[torch.
 
     def call(base: torch.Tensor, inputs: list[torch.Tensor], out: torch.Tensor) -> None:
         ranks = [FixedCut(base.numel())] * sources if method == "ties" else None
-        generalized_task_arithmetic(base, inputs, settings, compiled=True, out=out, checksum=checksum,
-                                    ranks=ranks)
+        generalized_task_arithmetic(
+            base, inputs, settings, compiled=True, out=out, checksum=checksum, ranks=ranks
+        )
 
     return call
 
 
-def merge_rows(method: str, sources: int) -> Callable[[list[torch.Tensor], list[list[torch.Tensor]],
-                                                       list[torch.Tensor]], None]:
+def merge_rows(
+    method: str, sources: int
+) -> Callable[[list[torch.Tensor], list[list[torch.Tensor]], list[torch.Tensor]], None]:
     """Like merge_call, over all tensors at once: each tensor's call planned, then calls of one size run as
     one (fused.run_many), as the engine runs them."""
     settings = method_settings(method, sources)
@@ -169,7 +173,8 @@ def main() -> None:
             "rows_seconds": median_seconds(as_rows, args.repeats),
             "kernel_calls_as_rows": calls_as_rows,
             "one_call_seconds": median_seconds(
-                lambda call=call: call(whole_base, whole_sources, whole_target), args.repeats),
+                lambda call=call: call(whole_base, whole_sources, whole_target), args.repeats
+            ),
             "memory_bound_seconds": copy * (inputs + 1) / 2,
         }
         with mock.patch.object(fused, "run", lambda *a, **k: True):
@@ -177,12 +182,14 @@ def main() -> None:
         row["per_call_ms"] = (row["per_tensor_seconds"] - row["one_call_seconds"]) / len(base) * 1e3
         rows.append(row)
         bound = row["memory_bound_seconds"]
-        print(f"{method:16} per tensor {row['per_tensor_seconds']:.3f} s  "
-              f"as rows {row['rows_seconds']:.3f} s ({row['kernel_calls_as_rows']} calls)  "
-              f"one call {row['one_call_seconds']:.3f} s  "
-              f"memory-bound {bound:.3f} s (x{row['per_tensor_seconds'] / bound:.1f}"
-              f" / x{row['one_call_seconds'] / bound:.1f})  python {row['python_seconds']:.3f} s  "
-              f"per call {row['per_call_ms']:.2f} ms over one call's rate")
+        print(
+            f"{method:16} per tensor {row['per_tensor_seconds']:.3f} s  "
+            f"as rows {row['rows_seconds']:.3f} s ({row['kernel_calls_as_rows']} calls)  "
+            f"one call {row['one_call_seconds']:.3f} s  "
+            f"memory-bound {bound:.3f} s (x{row['per_tensor_seconds'] / bound:.1f}"
+            f" / x{row['one_call_seconds'] / bound:.1f})  python {row['python_seconds']:.3f} s  "
+            f"per call {row['per_call_ms']:.2f} ms over one call's rate"
+        )
     figures = {
         "model": f"random Llama tensors, {args.size} shape, bfloat16, tied embeddings",
         "parameters": whole_base.numel(),

@@ -45,12 +45,30 @@ DEFAULT_MERGEKIT = ROOT / ".mergekit-venv" / "bin" / "mergekit-yaml"
 METHODS = ("linear", "task_arithmetic", "ties", "dare_ties")
 #: Llama shapes: SmolLM-135M's, a ~0.5B one (Qwen2.5-0.5B's widths), and a tiny one for quick checks.
 SIZES = {
-    "smollm-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                        num_key_value_heads=3, vocab_size=49152),
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151936),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=1024),
+    "smollm-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+    ),
+    "0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1024,
+    ),
 }
 WEIGHTS = (0.5, 0.3, 0.2, 0.4)
 #: Where our definitions deliberately differ from mergekit's, per method (the agreement runs set mergekit's
@@ -59,8 +77,8 @@ DIFFERENCES = {
     "linear": "Same definition (weighted sum divided by the sum of the weights).",
     "task_arithmetic": "Same definition (base + lambda * sum_i w_i delta_i, no normalization by default).",
     "ties": "Same definition, with one deliberate difference: mergekit keeps at least one entry per tensor "
-            "(k = max(1, floor(density n))) and breaks magnitude ties by its sort, we keep floor(density n) "
-            "(possibly none) and break ties to the lower index, so that CPU and GPU keep the same entries.",
+    "(k = max(1, floor(density n))) and breaks magnitude ties by its sort, we keep floor(density n) "
+    "(possibly none) and break ties to the lower index, so that CPU and GPU keep the same entries.",
     "dare_ties": (
         "Deliberately different: we rescale kept entries by 1 / (1 - drop) as the DARE paper does and "
         "normalize by the agreeing weights by default (mergekit rescales to the L1 norm of the task "
@@ -77,8 +95,13 @@ def build_models(directory: Path, size: str, sources: int, dtype: torch.dtype) -
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**SIZES[size], tie_word_embeddings=True, max_position_embeddings=2048, dtype=dtype,
-                         architectures=["LlamaForCausalLM"])
+    config = LlamaConfig(
+        **SIZES[size],
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+        dtype=dtype,
+        architectures=["LlamaForCausalLM"],
+    )
     with torch.device("meta"):
         shapes = {name: p.shape for name, p in LlamaForCausalLM(config).named_parameters()}
     generator = torch.Generator().manual_seed(0)
@@ -251,8 +274,14 @@ def run_agreement(args: argparse.Namespace) -> dict:
         if relative > worst_rel:
             worst_rel, worst_tensor = relative, name
         compared += 1
-    return {"max_abs_diff": worst_abs, "max_rel_diff": worst_rel, "worst_tensor": worst_tensor,
-            "tensors_compared": compared, "elements_differing": differing, "elements_compared": elements}
+    return {
+        "max_abs_diff": worst_abs,
+        "max_rel_diff": worst_rel,
+        "worst_tensor": worst_tensor,
+        "tensors_compared": compared,
+        "elements_differing": differing,
+        "elements_compared": elements,
+    }
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -262,9 +291,24 @@ def worker(args: argparse.Namespace) -> dict:
 def in_worker(
     kind: str, args: argparse.Namespace, paths: list[Path], method: str, sources: int, **extra
 ) -> dict:
-    command = [sys.executable, __file__, "--worker", kind, "--method", method, "--sources", str(sources),
-               "--repeats", str(args.repeats), "--device", args.device, "--kernels", args.kernels,
-               "--paths", *map(str, paths)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--method",
+        method,
+        "--sources",
+        str(sources),
+        "--repeats",
+        str(args.repeats),
+        "--device",
+        args.device,
+        "--kernels",
+        args.kernels,
+        "--paths",
+        *map(str, paths),
+    ]
     for key, value in extra.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -330,8 +374,10 @@ def demo_candidates_per_hour(evaluations: int) -> dict:
     from evomerge.search.loop import Search
 
     with tempfile.TemporaryDirectory() as run_dir:
-        config = load_config(ROOT / "configs" / "demo.yaml",
-                             {"run_dir": run_dir, "budget.evaluations": evaluations, "device": "cpu"})
+        config = load_config(
+            ROOT / "configs" / "demo.yaml",
+            {"run_dir": run_dir, "budget.evaluations": evaluations, "device": "cpu"},
+        )
         started = time.perf_counter()
         search = Search(config, progress=False)
         setup = time.perf_counter() - started
@@ -358,22 +404,29 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", choices=sorted(SIZES), default="smollm-135m", help="model shape")
-    parser.add_argument("--sources", type=int, nargs="+", default=[3, 2, 4],
-                        help="numbers of sources (besides the base)")
+    parser.add_argument(
+        "--sources", type=int, nargs="+", default=[3, 2, 4], help="numbers of sources (besides the base)"
+    )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--repeats", type=int, default=3, help="timed candidates per measurement (median)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--kernels", choices=["auto", "compiled", "blocks"], default="auto",
-                        help="how our engine computes merges (MergeEngine's kernels; auto: compiled on CPU "
-                             "here)")
-    parser.add_argument("--mergekit", type=Path,
-                        default=Path(os.environ.get("MERGEKIT_YAML", DEFAULT_MERGEKIT)),
-                        help="the mergekit-yaml executable (default: .mergekit-venv/bin/mergekit-yaml or "
-                             "$MERGEKIT_YAML)")
+    parser.add_argument(
+        "--kernels",
+        choices=["auto", "compiled", "blocks"],
+        default="auto",
+        help="how our engine computes merges (MergeEngine's kernels; auto: compiled on CPU here)",
+    )
+    parser.add_argument(
+        "--mergekit",
+        type=Path,
+        default=Path(os.environ.get("MERGEKIT_YAML", DEFAULT_MERGEKIT)),
+        help="the mergekit-yaml executable (default: .mergekit-venv/bin/mergekit-yaml or $MERGEKIT_YAML)",
+    )
     parser.add_argument("--no-demo", action="store_true", help="skip the demo's candidates per hour")
     parser.add_argument("--demo-evaluations", type=int, default=16)
-    parser.add_argument("--workdir", type=Path,
-                        help="where the random models go (default: a temporary directory)")
+    parser.add_argument(
+        "--workdir", type=Path, help="where the random models go (default: a temporary directory)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON to write")
     parser.add_argument("--worker", choices=["ours", "agreement"], help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -390,8 +443,10 @@ def main() -> None:
         return
     has_mergekit = args.mergekit.is_file()
     if not has_mergekit:
-        print(f"note: mergekit not found at {args.mergekit}; mergekit is skipped "
-              "(install it with: bash experiments/setup_mergekit.sh)")
+        print(
+            f"note: mergekit not found at {args.mergekit}; mergekit is skipped "
+            "(install it with: bash experiments/setup_mergekit.sh)"
+        )
     figures = {
         "model": f"random Llama, {args.size} shape, bfloat16, tied embeddings",
         "parameters": parameter_count(args.size),
@@ -402,7 +457,8 @@ def main() -> None:
         "load_average_at_start": os.getloadavg(),
         "mergekit": mergekit_version(args.mergekit) if has_mergekit else "not installed (skipped)",
         "gpu": "GPU figures are still to be taken: no GPU was lent to this run (the code path is the same)"
-        if args.device == "cpu" else "this run",
+        if args.device == "cpu"
+        else "this run",
         "rows": [],
         "differences_from_mergekit": DIFFERENCES,
     }
@@ -411,9 +467,11 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         paths = build_models(workdir / f"models-{args.size}", args.size, max(args.sources), torch.bfloat16)
         figures["task_vectors"] = precomputed_vs_on_the_fly(paths, args.repeats)
-        print(f"task vectors of {figures['task_vectors']['tensor']}: on the fly "
-              f"{figures['task_vectors']['on_the_fly_seconds']:.3f} s, precomputed in float32 "
-              f"{figures['task_vectors']['precomputed_float32_seconds']:.3f} s")
+        print(
+            f"task vectors of {figures['task_vectors']['tensor']}: on the fly "
+            f"{figures['task_vectors']['on_the_fly_seconds']:.3f} s, precomputed in float32 "
+            f"{figures['task_vectors']['precomputed_float32_seconds']:.3f} s"
+        )
         for sources in args.sources:
             for method in args.methods:
                 row = measure(args, paths, workdir, method, sources, has_mergekit)
@@ -429,8 +487,9 @@ def main() -> None:
     print(f"saved to {args.out}")
 
 
-def measure(args: argparse.Namespace, paths: list[Path], workdir: Path, method: str, sources: int,
-            has_mergekit: bool) -> dict:
+def measure(
+    args: argparse.Namespace, paths: list[Path], workdir: Path, method: str, sources: int, has_mergekit: bool
+) -> dict:
     """One row: ours, and when mergekit is installed, mergekit-yaml, its in-memory path and the agreement."""
     ours = in_worker("ours", args, paths, method, sources)
     row: dict = {"sources": sources, "method": method, "ours": ours}
@@ -444,13 +503,18 @@ def measure(args: argparse.Namespace, paths: list[Path], workdir: Path, method: 
         return row
     if args.device == "cpu":
         memory = mergekit_in_memory(args.mergekit, config, workdir, args.repeats)
-        row["mergekit_in_memory"] = {**memory, "seconds": statistics.median(memory["seconds"]),
-                                     "seconds_all": memory["seconds"]}
+        row["mergekit_in_memory"] = {
+            **memory,
+            "seconds": statistics.median(memory["seconds"]),
+            "seconds_all": memory["seconds"],
+        }
     exact = build_models(workdir / f"models-{args.size}-float32", args.size, 3, torch.float32)
     config = mergekit_config(method, exact, sources, "float32", True)
     _, _, out = mergekit_yaml(args.mergekit, config, workdir, args.device)
-    row["agreement"] = {**in_worker("agreement", args, exact, method, sources, mergekit_out=out),
-                        "note": DIFFERENCES[method]}
+    row["agreement"] = {
+        **in_worker("agreement", args, exact, method, sources, mergekit_out=out),
+        "note": DIFFERENCES[method],
+    }
     shutil.rmtree(out)
     return row
 
@@ -484,6 +548,7 @@ def precomputed_vs_on_the_fly(paths: list[Path], repeats: int) -> dict:
         generalized_task_arithmetic(base, sources, settings, out=out)
 
     timings = {}
+
     def precomputed() -> None:
         write_blocks(base, from_task_vectors, out, None)
 
@@ -512,18 +577,28 @@ def parameter_count(size: str) -> int:
 
 
 def mergekit_version(executable: Path) -> str:
-    done = subprocess.run([str(executable.parent / "python"), "-c", "import importlib.metadata as m; "
-                           "print(m.version('mergekit'))"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [
+            str(executable.parent / "python"),
+            "-c",
+            "import importlib.metadata as m; print(m.version('mergekit'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return f"mergekit {done.stdout.strip()}"
 
 
 def print_row(row: dict) -> None:
     ours = row["ours"]
     bound = ours["memory_bound_seconds"]
-    text = (f"{row['method']:16} sources={row['sources']}  ours ({ours['kernels']}) {ours['seconds']:.3f} s "
-            f"(memory-bound {bound:.3f} s, x{ours['seconds'] / bound:.1f}; "
-            f"peak {ours['peak_models']:.1f} models, goal <= {ours['memory_goal_models']}; through the first "
-            f"candidate {ours['peak_models_through_first_candidate']:.1f})")
+    text = (
+        f"{row['method']:16} sources={row['sources']}  ours ({ours['kernels']}) {ours['seconds']:.3f} s "
+        f"(memory-bound {bound:.3f} s, x{ours['seconds'] / bound:.1f}; "
+        f"peak {ours['peak_models']:.1f} models, goal <= {ours['memory_goal_models']}; through the first "
+        f"candidate {ours['peak_models_through_first_candidate']:.1f})"
+    )
     if "mergekit_yaml" in row:
         mk = row["mergekit_yaml"]["seconds"]
         text += f"  mergekit-yaml {mk:.2f} s (x{mk / ours['seconds']:.0f})"

@@ -55,12 +55,16 @@ def one_run(run_dir: Path, seed: int, early: dict | None) -> dict:
         "best_trial": best.number,
         "best_search_mean": round(sum(best.values) / len(best.values), 4),
         "best_held_out": {o.task: round(held_out[o.task][o.metric], 4) for o in config.objectives},
-        "best_held_out_mean": round(sum(held_out[o.task][o.metric] for o in config.objectives) / len(config.objectives), 4),
+        "best_held_out_mean": round(
+            sum(held_out[o.task][o.metric] for o in config.objectives) / len(config.objectives), 4
+        ),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="run seeds (default: 0)")
     parser.add_argument("--chunk-size", type=int, default=25, help="examples per task between two checks")
     parser.add_argument("--top-k", type=int, default=1, help="prune what cannot beat the k-th best")
@@ -76,10 +80,14 @@ def main() -> None:
     header = f"{'early':<7}{'seed':>5}{'stopped':>9}{'examples':>10}{'eval s':>8}{'wall s':>8}{'search':>8}{'held-out':>9}"
     print(header)
     for r in rows:
-        print(f"{str(r['early_stopping']):<7}{r['seed']:>5}{r['stopped_early']:>9}{r['examples_scored']:>10}"
-              f"{r['eval_seconds']:>8}{r['wall_seconds']:>8}{r['best_search_mean']:>8}{r['best_held_out_mean']:>9}")
+        print(
+            f"{str(r['early_stopping']):<7}{r['seed']:>5}{r['stopped_early']:>9}{r['examples_scored']:>10}"
+            f"{r['eval_seconds']:>8}{r['wall_seconds']:>8}{r['best_search_mean']:>8}{r['best_held_out_mean']:>9}"
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"settings": early, "config": "configs/demo.yaml", "rows": rows}, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps({"settings": early, "config": "configs/demo.yaml", "rows": rows}, indent=2) + "\n"
+    )
     print(f"saved {RESULTS}")
 
 

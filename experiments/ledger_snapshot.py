@@ -38,11 +38,19 @@ HYBRID = {
         {"param": "weight", "granularity": "layer", "low": 0.0, "high": 1.5},
         {"param": "density", "granularity": "global", "low": 0.2, "high": 1.0},
     ],
-    "stack": {"sources": ["search:best", "zoo:expert_shift"], "repeats": 2, "max_depth": 6,
-              "scale_low": 0.5, "scale_high": 1.5},
+    "stack": {
+        "sources": ["search:best", "zoo:expert_shift"],
+        "repeats": 2,
+        "max_depth": 6,
+        "scale_low": 0.5,
+        "scale_high": 1.5,
+    },
     "stack_budget": {"evaluations": 8},
-    "tasks": {"add": {"data": "zoo:add", "limit": 50}, "reverse": {"data": "zoo:reverse", "limit": 50},
-              "shift": {"data": "zoo:shift", "limit": 50}},
+    "tasks": {
+        "add": {"data": "zoo:add", "limit": 50},
+        "reverse": {"data": "zoo:reverse", "limit": 50},
+        "shift": {"data": "zoo:shift", "limit": 50},
+    },
     "objectives": [{"task": "add"}, {"task": "reverse"}, {"task": "shift"}],
     "optimizer": {"name": "tpe"},
     "budget": {"evaluations": 8},
@@ -90,10 +98,23 @@ def snapshot() -> dict:
         root = Path(tmp)
         for name, (config, options) in runs(root).items():
             run_dir = root / name
-            command = [sys.executable, "-m", "evomerge.cli", "run", str(config), "--run-dir", str(run_dir), *options]
+            command = [
+                sys.executable,
+                "-m",
+                "evomerge.cli",
+                "run",
+                str(config),
+                "--run-dir",
+                str(run_dir),
+                *options,
+            ]
             print("$", " ".join(command[1:]), flush=True)
-            subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                command,
+                check=True,
+                env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+                stdout=subprocess.DEVNULL,
+            )
             # the runs' directories are temporary: their path is written as RUN_ROOT
             found[name] = json.loads(json.dumps(ledger(run_dir)).replace(str(root), "RUN_ROOT"))
     return found
@@ -107,19 +128,25 @@ def differences(before: dict, after: dict, path: str = "") -> list[str]:
             lines += differences(before[key], after[key], f"{path}/{key}")
         return lines
     if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
-        return [line for i, (b, a) in enumerate(zip(before, after)) for line in differences(b, a, f"{path}[{i}]")]
+        return [
+            line for i, (b, a) in enumerate(zip(before, after)) for line in differences(b, a, f"{path}[{i}]")
+        ]
     return [] if before == after else [f"{path}: {before!r} != {after!r}"]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="where to write the snapshot (JSON)")
     parser.add_argument("--compare", type=Path, help="a snapshot to compare with; exit 1 if they differ")
     args = parser.parse_args()
     found = snapshot()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
-    counts = {run: {study: len(data["trials"]) for study, data in studies.items()} for run, studies in found.items()}
+    counts = {
+        run: {study: len(data["trials"]) for study, data in studies.items()} for run, studies in found.items()
+    }
     print(f"trials per study: {counts}; written to {args.out}")
     if args.compare is None:
         return 0

@@ -29,7 +29,9 @@ from transformers.initialization import no_init_weights
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("config", help="a mergekit merge config (YAML)")
     parser.add_argument("--repeats", type=int, default=3, help="timed merges, after one warm-up merge")
     args = parser.parse_args()
@@ -52,7 +54,9 @@ def main() -> None:
         # plan_in_memory's own ReturnTensor(...) fails pydantic validation with the pydantic this mergekit
         # installs ("Can't instantiate abstract class Task[Tensor]"); the same tasks, built without validation:
         tasks = [
-            ReturnTensor.model_construct(weight_info=w, tensor_task=t, dtype=w.force_dtype or config.out_dtype)
+            ReturnTensor.model_construct(
+                weight_info=w, tensor_task=t, dtype=w.force_dtype or config.out_dtype
+            )
             for w, t in planner._tensors
         ]
         for task, value in Executor(tasks, math_device="cpu", storage_device="cpu").run(quiet=True):
@@ -64,7 +68,9 @@ def main() -> None:
         started = time.perf_counter()
         merge()
         seconds.append(time.perf_counter() - started)
-    with open("/proc/self/status") as status:  # VmHWM: ru_maxrss would include the peak of the forking process
+    with open(
+        "/proc/self/status"
+    ) as status:  # VmHWM: ru_maxrss would include the peak of the forking process
         peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
     print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak}))
 

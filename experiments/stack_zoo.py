@@ -54,7 +54,9 @@ STACK = {"repeats": 2, "max_depth": 6, "scale_low": 0.5, "scale_high": 1.5}
 
 def run_config(args, run_dir: Path, hybrid: bool) -> dict:
     data = yaml.safe_load(MERGE_CONFIG.read_text())
-    data.update(seed=args.seed, run_dir=str(run_dir), optimizer={"name": "cmaes", "population_size": 8, "sigma": 0.2})
+    data.update(
+        seed=args.seed, run_dir=str(run_dir), optimizer={"name": "cmaes", "population_size": 8, "sigma": 0.2}
+    )
     if args.limit is not None:
         data["tasks"] = {skill: {**task, "limit": args.limit} for skill, task in data["tasks"].items()}
     if hybrid:
@@ -76,8 +78,11 @@ def mean(scores: dict) -> float:
 def best_of(config, study) -> tuple:
     completed = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
     best = best_trial(config, completed)
-    return best, {"trial": best.number, "search": mean(best.user_attrs["scores"]),
-                  "held_out": mean(held_out_scores(study)[best.number])}
+    return best, {
+        "trial": best.number,
+        "search": mean(best.user_attrs["scores"]),
+        "held_out": mean(held_out_scores(study)[best.number]),
+    }
 
 
 def stacking_results(config, search: Search, names: list[str], root: Path, label: str) -> dict:
@@ -98,7 +103,10 @@ def stacking_results(config, search: Search, names: list[str], root: Path, label
         logit_gap = (exported(ids).logits - scorer.model(ids).logits).abs().max().item()
     return {
         "sources_alone": sources_alone,
-        "best": {**row, "stack": [[layer.source, layer.layer, round(layer.scale, 3)] for layer in stack.layers]},
+        "best": {
+            **row,
+            "stack": [[layer.source, layer.layer, round(layer.scale, 3)] for layer in stack.layers],
+        },
         "exported_held_out": mean(scorer.evaluator.score(exported, "held_out")),
         "exported_max_logit_difference": logit_gap,
         "evaluations": len(study.get_trials()),
@@ -110,7 +118,10 @@ def run_dfs(args, root: Path) -> dict:
     search = Search(config, progress=False)
     started = time.perf_counter()
     search.run()
-    return {**stacking_results(config, search, EXPERTS, root, "dfs"), "seconds": time.perf_counter() - started}
+    return {
+        **stacking_results(config, search, EXPERTS, root, "dfs"),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def run_hybrid(args, root: Path) -> dict:
@@ -131,24 +142,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--evaluations", type=int, default=64, help="candidates of each stacking search")
-    parser.add_argument("--merge-evaluations", type=int, default=200, help="candidates of the hybrid's merge phase")
-    parser.add_argument("--limit", type=int, help="search and held-out examples per skill (default: all, 200)")
+    parser.add_argument(
+        "--merge-evaluations", type=int, default=200, help="candidates of the hybrid's merge phase"
+    )
+    parser.add_argument(
+        "--limit", type=int, help="search and held-out examples per skill (default: all, 200)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {"settings": vars(args), "dfs": run_dfs(args, Path(tmp)), "hybrid": run_hybrid(args, Path(tmp))}
+        results = {
+            "settings": vars(args),
+            "dfs": run_dfs(args, Path(tmp)),
+            "hybrid": run_hybrid(args, Path(tmp)),
+        }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print("mean exact match over add, reverse, shift (held-out split)")
     rows = {name: row["held_out"] for name, row in results["dfs"]["sources_alone"].items()}
-    rows["parameter-space merge (hybrid's merge phase best)"] = results["hybrid"]["merge_phase_best"]["held_out"]
+    rows["parameter-space merge (hybrid's merge phase best)"] = results["hybrid"]["merge_phase_best"][
+        "held_out"
+    ]
     for label in ("dfs", "hybrid"):
         rows[f"{label}: best stack"] = results[label]["best"]["held_out"]
         rows[f"{label}: best stack, exported checkpoint"] = results[label]["exported_held_out"]
     for name, value in rows.items():
         print(f"{name:55} {value:6.3f}")
     for label in ("dfs", "hybrid"):
-        print(f"{label}: best {results[label]['best']['stack']}, max logit difference after folding "
-              f"{results[label]['exported_max_logit_difference']:.2e}, {results[label]['seconds'] / 60:.1f} min")
+        print(
+            f"{label}: best {results[label]['best']['stack']}, max logit difference after folding "
+            f"{results[label]['exported_max_logit_difference']:.2e}, {results[label]['seconds'] / 60:.1f} min"
+        )
     print(f"saved {RESULTS}")
 
 

@@ -61,8 +61,17 @@ class Postgres:
                 shutil.chown(self.root, "postgres")
                 shutil.chown(self.root / "password", "postgres")
             self._as_server_user(
-                "initdb", "-D", self.data, "-U", USER, f"--pwfile={self.root / 'password'}",
-                "-A", "scram-sha-256", "--no-sync", "-E", "UTF8",
+                "initdb",
+                "-D",
+                self.data,
+                "-U",
+                USER,
+                f"--pwfile={self.root / 'password'}",
+                "-A",
+                "scram-sha-256",
+                "--no-sync",
+                "-E",
+                "UTF8",
             )
             self.start()
         except BaseException:
@@ -71,7 +80,9 @@ class Postgres:
 
     def start(self) -> None:
         # max_connections: the test process itself opens a storage (a connection pool) per scenario step
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off -c max_connections=300"
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off -c max_connections=300"
+        )
         self._as_server_user(
             "pg_ctl", "-D", self.data, "-l", self.root / "server.log", "-o", options, "-w", "start"
         )

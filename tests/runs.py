@@ -25,7 +25,8 @@ def config_data(tiny_models, task_dir, run_dir, optimizer="cmaes", evaluations=9
     """A TIES search over two tiny models (per-layer weights, a global density) on the task in `task_dir`."""
     data = {
         "recipe": {
-            "method": "ties", "base": str(tiny_models["base"]),
+            "method": "ties",
+            "base": str(tiny_models["base"]),
             "sources": [{"model": str(tiny_models["a"])}, {"model": str(tiny_models["b"])}],
         },
         "genome": [
@@ -82,7 +83,11 @@ def evomerge_process(*args: object, fault: str | None = None, **popen) -> subpro
         env[FAULT_VARIABLE] = fault
     return subprocess.Popen(
         [sys.executable, "-m", "evomerge.cli", *map(str, args)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, **popen,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **popen,
     )
 
 

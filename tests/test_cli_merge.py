@@ -28,7 +28,11 @@ def write_recipe(path: Path, tiny_models, **overrides) -> Path:
         "method": "ties",
         "base": str(tiny_models["base"]),
         "sources": [
-            {"model": str(tiny_models["a"]), "weight": [0.5, 1.0], "density": {"attention": 0.5, "default": 0.8}},
+            {
+                "model": str(tiny_models["a"]),
+                "weight": [0.5, 1.0],
+                "density": {"attention": 0.5, "default": 0.8},
+            },
             {"model": str(tiny_models["b"]), "density": {"gradient": [0.3, 0.9]}},
         ],
         "parameters": {"scale": 1.0},
@@ -66,7 +70,9 @@ def test_help_texts_explain_every_command():
 def test_the_process_exits_2_on_bad_input_without_a_traceback(tmp_path):
     result = evomerge("merge", tmp_path / "missing.yaml", "--out", tmp_path / "out")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"evomerge: error: recipe file '{tmp_path}/missing.yaml' does not exist"]
+    assert result.stderr.strip().splitlines() == [
+        f"evomerge: error: recipe file '{tmp_path}/missing.yaml' does not exist"
+    ]
 
 
 def corrupt_model(tmp_path: Path) -> Path:
@@ -105,7 +111,9 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(case, message, tiny_m
     one_source = {"model": str(tiny_models["a"])}
     cases = {
         "missing recipe": lambda: tmp_path / "missing.yaml",
-        "missing model": lambda: write_recipe(tmp_path / "r.yaml", tiny_models, base=str(tmp_path / "nowhere")),
+        "missing model": lambda: write_recipe(
+            tmp_path / "r.yaml", tiny_models, base=str(tmp_path / "nowhere")
+        ),
         "unknown method": lambda: write_recipe(tmp_path / "r.yaml", tiny_models, method="tyes"),
         "density out of range": lambda: write_recipe(
             tmp_path / "r.yaml", tiny_models, sources=[{**one_source, "density": 1.5}]
@@ -114,7 +122,8 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(case, message, tiny_m
             tmp_path / "r.yaml", tiny_models, method="dare_ties", sources=[{**one_source, "drop": -0.2}]
         ),
         "incompatible models": lambda: write_recipe(
-            tmp_path / "r.yaml", tiny_models,
+            tmp_path / "r.yaml",
+            tiny_models,
             sources=[{"model": str(save_tiny_llama(tmp_path / "wide", seed=9, intermediate_size=40))}],
         ),
         "existing output": lambda: good,

@@ -50,8 +50,19 @@ def test_every_model_of_the_run_config_has_a_section_listing_each_of_its_fields(
     models = _reachable_models(RunConfig, set())
     names = {model.__name__ for model in models}
     assert {
-        "RunConfig", "Recipe", "SourceSpec", "SearchedParam", "StackSpace", "GenerateSpec", "ChoiceSpec",
-        "PerplexitySpec", "LmEvalSpec", "Objective", "EarlyStopping", "OptimizerConfig", "Budget",
+        "RunConfig",
+        "Recipe",
+        "SourceSpec",
+        "SearchedParam",
+        "StackSpace",
+        "GenerateSpec",
+        "ChoiceSpec",
+        "PerplexitySpec",
+        "LmEvalSpec",
+        "Objective",
+        "EarlyStopping",
+        "OptimizerConfig",
+        "Budget",
     } <= names
     assert {section.model for section in sections()} == models
     texts = _section_texts(DOC.read_text())

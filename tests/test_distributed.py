@@ -211,7 +211,16 @@ def test_a_worker_that_loses_the_database_gives_up_with_one_line_and_the_study_g
     # the worker stops itself once trial 3 is recorded; the database goes down while it is stopped, so the
     # first thing it does when it goes on, claiming its next candidate, finds the database gone
     process = evomerge_process(
-        "run", config, "--storage", postgres.url, "--study", "lost", "--heartbeat", "1", "--patience", "4",
+        "run",
+        config,
+        "--storage",
+        postgres.url,
+        "--study",
+        "lost",
+        "--heartbeat",
+        "1",
+        "--patience",
+        "4",
         fault="sigstop@3",
     )
     wait_until_stopped(process)

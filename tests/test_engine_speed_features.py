@@ -17,17 +17,27 @@ FAMILY = ["linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "brea
 
 def params_for(name: str, sources: int) -> dict:
     method = get_method(name)
-    values = {"weight": [0.7, -0.3, 1.2], "density": [0.3, 0.8, 0.05], "drop": [0.5, 0.1, 0.0],
-              "gamma": [0.02, 0.1, 0.0], "scale": 0.9, "normalize": True}
-    return {spec.name: values[spec.name][:sources] if spec.scope == "source" else values[spec.name]
-            for spec in method.params}
+    values = {
+        "weight": [0.7, -0.3, 1.2],
+        "density": [0.3, 0.8, 0.05],
+        "drop": [0.5, 0.1, 0.0],
+        "gamma": [0.02, 0.1, 0.0],
+        "scale": 0.9,
+        "normalize": True,
+    }
+    return {
+        spec.name: values[spec.name][:sources] if spec.scope == "source" else values[spec.name]
+        for spec in method.params
+    }
 
 
 def tie_heavy(shape, dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """A base and three sources whose task vectors take few distinct magnitudes (many ties at any cut)."""
     generator = torch.Generator().manual_seed(0)
     base = torch.randn(shape, generator=generator).to(dtype)
-    return base, [(base.float() + torch.randint(-3, 4, shape, generator=generator) * 0.5).to(dtype) for _ in range(3)]
+    return base, [
+        (base.float() + torch.randint(-3, 4, shape, generator=generator) * 0.5).to(dtype) for _ in range(3)
+    ]
 
 
 def merged(name, base, sources, block=None, out=None):
@@ -71,7 +81,9 @@ def test_magnitude_cut_keeps_the_k_largest_ties_to_the_lower_index(monkeypatch, 
 
 def per_layer_recipe(tiny_models, layer1_weight: float):
     sources = [{"model": str(tiny_models[n]), "weight": [0.5, layer1_weight]} for n in "ab"]
-    return recipe_from_dict({"method": "task_arithmetic", "base": str(tiny_models["base"]), "sources": sources})
+    return recipe_from_dict(
+        {"method": "task_arithmetic", "base": str(tiny_models["base"]), "sources": sources}
+    )
 
 
 def test_tensors_whose_parameters_did_not_change_are_not_written_again(tiny_models):
@@ -83,9 +95,13 @@ def test_tensors_whose_parameters_did_not_change_are_not_written_again(tiny_mode
     with torch.no_grad():
         params["model.layers.0.mlp.up_proj.weight"].fill_(7.0)  # a write the engine cannot know of
     engine.materialize(second, model)
-    assert torch.all(params["model.layers.0.mlp.up_proj.weight"] == 7.0)  # layer 0's parameters did not change
+    assert torch.all(
+        params["model.layers.0.mlp.up_proj.weight"] == 7.0
+    )  # layer 0's parameters did not change
     expected = dict(engine.merged_tensors(second))
-    assert torch.equal(params["model.layers.1.mlp.up_proj.weight"], expected["model.layers.1.mlp.up_proj.weight"])
+    assert torch.equal(
+        params["model.layers.1.mlp.up_proj.weight"], expected["model.layers.1.mlp.up_proj.weight"]
+    )
     other = engine.new_target()  # a second target has its own record: everything is written
     engine.materialize(second, other)
     assert all(torch.equal(t, expected[n]) for n, t in other.named_parameters() if n in expected)
@@ -98,8 +114,12 @@ def test_sources_can_stay_on_another_device_in_another_dtype(tiny_models):
     model = engine.new_target(torch.float32)
     engine.materialize(recipe, model)
     base = engine.base.tensors["model.layers.1.mlp.up_proj.weight"].float()
-    expected = base + sum(0.9 * (s.tensors["model.layers.1.mlp.up_proj.weight"].float() - base) for s in engine.sources)
-    assert torch.allclose(dict(model.named_parameters())["model.layers.1.mlp.up_proj.weight"], expected, atol=1e-6)
+    expected = base + sum(
+        0.9 * (s.tensors["model.layers.1.mlp.up_proj.weight"].float() - base) for s in engine.sources
+    )
+    assert torch.allclose(
+        dict(model.named_parameters())["model.layers.1.mlp.up_proj.weight"], expected, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(
@@ -110,10 +130,14 @@ def test_sources_can_stay_on_another_device_in_another_dtype(tiny_models):
         ("cpu", None, "use fewer or smaller models"),
     ],
 )
-def test_a_merge_that_cannot_fit_is_refused_before_loading(monkeypatch, tiny_models, device, sources_device, message):
+def test_a_merge_that_cannot_fit_is_refused_before_loading(
+    monkeypatch, tiny_models, device, sources_device, message
+):
     monkeypatch.setattr(engine_module, "free_bytes", lambda where: 1000)
     with pytest.raises(UsageError, match=message):
-        MergeEngine.from_recipe(per_layer_recipe(tiny_models, 0.9), device=device, sources_device=sources_device)
+        MergeEngine.from_recipe(
+            per_layer_recipe(tiny_models, 0.9), device=device, sources_device=sources_device
+        )
 
 
 def test_a_run_config_keeps_the_sources_where_and_in_the_precision_it_says(tiny_models, task_dir, tmp_path):

@@ -71,20 +71,39 @@ def test_generate_task_exact_and_numeric_match_with_extraction(zoo, tmp_path):
     rows = {split: add_rows(zoo_dir, split, 40) for split in SPLIT_NAMES}
     plain = write_task(tmp_path / "plain", rows)
     # the gold answer now sits in a sentence; the regex takes the number back out of it
-    wrapped = write_task(tmp_path / "wrapped", {
-        split: [{"question": r["prompt"], "solution": f"the answer is {r['answer']}."} for r in examples]
-        for split, examples in rows.items()
-    })
+    wrapped = write_task(
+        tmp_path / "wrapped",
+        {
+            split: [{"question": r["prompt"], "solution": f"the answer is {r['answer']}."} for r in examples]
+            for split, examples in rows.items()
+        },
+    )
     exact = Evaluator([load_task("a", spec(data=str(plain)))], tokenizer)
-    numeric = Evaluator([load_task("a", spec(
-        data=str(wrapped), template="{question}", target="solution", extract=r"(\d+)", match="numeric",
-        max_new_tokens=5,
-    ))], tokenizer)
+    numeric = Evaluator(
+        [
+            load_task(
+                "a",
+                spec(
+                    data=str(wrapped),
+                    template="{question}",
+                    target="solution",
+                    extract=r"(\d+)",
+                    match="numeric",
+                    max_new_tokens=5,
+                ),
+            )
+        ],
+        tokenizer,
+    )
     for model in models.values():
-        by_hand = sum(
-            greedy_completions(model, tokenizer, [tokenizer(r["prompt"])["input_ids"]], 5)[0] == r["answer"]
-            for r in rows["search"]
-        ) / 40
+        by_hand = (
+            sum(
+                greedy_completions(model, tokenizer, [tokenizer(r["prompt"])["input_ids"]], 5)[0]
+                == r["answer"]
+                for r in rows["search"]
+            )
+            / 40
+        )
         assert exact.score(model)["a"]["exact_match"] == by_hand
         assert numeric.score(model)["a"]["exact_match"] == pytest.approx(by_hand, abs=0.051)
     expert, base = (exact.score(models[name])["a"]["exact_match"] for name in ("expert_add", "base"))
@@ -115,8 +134,10 @@ def near_miss(answer: str) -> str:
 def test_choice_task_accuracy_and_length_normalized_accuracy(zoo, tmp_path):
     zoo_dir, tokenizer, models = zoo
     rows = {
-        split: [{"prompt": r["prompt"], "options": [near_miss(r["answer"]), r["answer"]], "label": 1}
-                for r in add_rows(zoo_dir, split, 30)]
+        split: [
+            {"prompt": r["prompt"], "options": [near_miss(r["answer"]), r["answer"]], "label": 1}
+            for r in add_rows(zoo_dir, split, 30)
+        ]
         for split in SPLIT_NAMES
     }
     directory = write_task(tmp_path / "choice", rows)
@@ -187,13 +208,19 @@ BAD_TASKS = [
     ({"template": "{question}"}, "the search examples have no field 'question' (they have: prompt, answer)"),
     ({"target": "solution"}, "have no field 'solution'"),
     ({"limit": 500}, "the search split has 40 examples, fewer than limit 500"),
-    ({"extract": r"answer: (\d+)"},
-     "the extraction regex 'answer: (\\\\d+)' matches none of the gold answers"),
+    (
+        {"extract": r"answer: (\d+)"},
+        "the extraction regex 'answer: (\\\\d+)' matches none of the gold answers",
+    ),
     ({"extract": "("}, "is not a valid regex"),
-    ({"kind": "choice", "options": ["a", "b"], "target": "answer"},
-     "target '590' is neither an option nor an option's index"),
-    ({"kind": "lm_eval", "task": "zoo_ad", "held_out_task": "zoo_add", "data": None},
-     "lm-eval has no task 'zoo_ad'"),
+    (
+        {"kind": "choice", "options": ["a", "b"], "target": "answer"},
+        "target '590' is neither an option nor an option's index",
+    ),
+    (
+        {"kind": "lm_eval", "task": "zoo_ad", "held_out_task": "zoo_add", "data": None},
+        "lm-eval has no task 'zoo_ad'",
+    ),
 ]
 
 
@@ -226,12 +253,18 @@ def _expect_run_error(zoo_dir: Path, tmp_path: Path, tasks: dict, message: str, 
     import yaml
 
     config = {
-        "recipe": {"method": "task_arithmetic", "base": str(zoo_dir / "base"),
-                   "sources": [{"model": str(zoo_dir / "expert_add")}]},
+        "recipe": {
+            "method": "task_arithmetic",
+            "base": str(zoo_dir / "base"),
+            "sources": [{"model": str(zoo_dir / "expert_add")}],
+        },
         "genome": [{"param": "weight", "low": 0.0, "high": 1.0}],
         "tasks": tasks,
-        "objectives": [{"task": "t", "metric": "acc"} if tasks["t"].get("kind") == "choice"
-                       else {"task": "t", "metric": "exact_match"}],
+        "objectives": [
+            {"task": "t", "metric": "acc"}
+            if tasks["t"].get("kind") == "choice"
+            else {"task": "t", "metric": "exact_match"}
+        ],
         "budget": {"evaluations": 2},
         "run_dir": str(tmp_path / "run"),
     }
@@ -247,10 +280,12 @@ def test_an_unknown_metric_of_a_task_kind_is_refused():
     from evomerge.config import config_from_dict
 
     with pytest.raises(UsageError, match="a generate task has no metric 'acc' \\(it has: exact_match\\)"):
-        config_from_dict({
-            "recipe": {"method": "linear", "sources": [{"model": "a"}, {"model": "b"}]},
-            "genome": [{"param": "weight", "low": 0.0, "high": 1.0}],
-            "tasks": {"t": {"data": "zoo:add"}},
-            "objectives": [{"task": "t", "metric": "acc"}],
-            "budget": {"evaluations": 2},
-        })
+        config_from_dict(
+            {
+                "recipe": {"method": "linear", "sources": [{"model": "a"}, {"model": "b"}]},
+                "genome": [{"param": "weight", "low": 0.0, "high": 1.0}],
+                "tasks": {"t": {"data": "zoo:add"}},
+                "objectives": [{"task": "t", "metric": "acc"}],
+                "budget": {"evaluations": 2},
+            }
+        )

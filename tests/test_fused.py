@@ -23,8 +23,10 @@ def tie_heavy(n: int, sources: int = 3, dtype=torch.bfloat16) -> tuple[torch.Ten
     """A base and sources whose task vectors take few distinct magnitudes (many ties at any cut)."""
     generator = torch.Generator().manual_seed(0)
     base = torch.randn(n, generator=generator).to(dtype)
-    return base, [(base.float() + torch.randint(-3, 4, (n,), generator=generator) * 0.5).to(dtype)
-                  for _ in range(sources)]
+    return base, [
+        (base.float() + torch.randint(-3, 4, (n,), generator=generator) * 0.5).to(dtype)
+        for _ in range(sources)
+    ]
 
 
 def test_the_hash_is_lowbias32_on_32_bit_integers():
@@ -69,7 +71,9 @@ def test_magnitude_ranks_give_the_k_largest_with_ties_to_the_lower_index():
 @pytest.mark.parametrize("block", [1000, 4096, 1 << 20])
 def test_counted_ranks_are_the_sorted_ones_block_by_block(block):
     base, sources = tie_heavy(30_011, sources=1)
-    continuous = (base.float() + torch.randn(30_011, generator=torch.Generator().manual_seed(1)) * 1e-2).bfloat16()
+    continuous = (
+        base.float() + torch.randn(30_011, generator=torch.Generator().manual_seed(1)) * 1e-2
+    ).bfloat16()
     continuous[7] = float("nan")  # NaN counts as the largest magnitude in both
     for source in (sources[0], continuous):
         sorted_, counted = MagnitudeRanks.of(base, source), MagnitudeRanks.counted(base, source, block)
@@ -80,8 +84,13 @@ def test_counted_ranks_are_the_sorted_ones_block_by_block(block):
             assert torch.equal(counted.cut(k).mask(magnitude), sorted_.cut(k).mask(magnitude)), j
 
 
-FUSED_PARAMS = {"weight": [0.7, -0.3, 1.2], "density": [0.5, 0.25, 0.75], "drop": [0.5, 0.1, 0.0],
-                "gamma": [0.125, 0.0625, 0.25], "scale": 0.9}
+FUSED_PARAMS = {
+    "weight": [0.7, -0.3, 1.2],
+    "density": [0.5, 0.25, 0.75],
+    "drop": [0.5, 0.1, 0.0],
+    "gamma": [0.125, 0.0625, 0.25],
+    "scale": 0.9,
+}
 
 
 @pytest.mark.parametrize("wide, kept_hash", [(False, True), (False, False), (True, False)])
@@ -111,16 +120,23 @@ def test_compiled_kernels_give_the_block_path_merge(name, wide, kept_hash, monke
 
 @pytest.mark.parametrize("stacked", [True, False])
 @pytest.mark.parametrize("method", ["ties", "dare_ties", "linear"])
-def test_the_engine_merges_the_same_model_by_kernels_over_rows_and_by_blocks(tiny_models, method, stacked,
-                                                                             monkeypatch):
+def test_the_engine_merges_the_same_model_by_kernels_over_rows_and_by_blocks(
+    tiny_models, method, stacked, monkeypatch
+):
     # layer 0 keeps whole task vectors (no cut, no drop), layer 1 sparsifies them: still one call per size
-    sources = [{"model": str(tiny_models[n]), "weight": 0.6, "density": [1.0, 0.25], "drop": [0.0, 0.5]}
-               for n in "ab"]
-    sources = [{k: v for k, v in s.items() if k in get_method(method).param_names() + ["model"]} for s in sources]
+    sources = [
+        {"model": str(tiny_models[n]), "weight": 0.6, "density": [1.0, 0.25], "drop": [0.0, 0.5]}
+        for n in "ab"
+    ]
+    sources = [
+        {k: v for k, v in s.items() if k in get_method(method).param_names() + ["model"]} for s in sources
+    ]
     recipe = recipe_from_dict({"method": method, "base": str(tiny_models["base"]), "sources": sources})
     rows = []  # the number of tensors each compiled call merged
     run_rows = fused._run_rows
-    monkeypatch.setattr(fused, "_run_rows", lambda calls, sums: rows.append(len(calls)) or run_rows(calls, sums))
+    monkeypatch.setattr(
+        fused, "_run_rows", lambda calls, sums: rows.append(len(calls)) or run_rows(calls, sums)
+    )
     models = []
     for kernels in ("compiled", "blocks"):
         engine = MergeEngine.from_recipe(recipe, kernels=kernels)
@@ -129,14 +145,18 @@ def test_the_engine_merges_the_same_model_by_kernels_over_rows_and_by_blocks(tin
         engine.materialize(recipe, models[-1])
         if kernels == "compiled":
             classes = layout.size_classes(dict(models[-1].named_parameters()))
-    assert bool(engine._ranks) == (method == "ties")  # the task vectors were sorted once, and the cuts looked up
+    assert bool(engine._ranks) == (
+        method == "ties"
+    )  # the task vectors were sorted once, and the cuts looked up
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
     # every floating tensor merged once; a stacked target's tensors of one size all in one call, as rows
     floating = sum(p.is_floating_point() for p in models[0].parameters())
     assert sum(rows) == floating
     in_classes = sorted(len(names) for names in classes)
-    assert sorted(rows) == (sorted(in_classes + [1] * (floating - sum(in_classes))) if stacked else [1] * floating)
+    assert sorted(rows) == (
+        sorted(in_classes + [1] * (floating - sum(in_classes))) if stacked else [1] * floating
+    )
 
 
 def test_stacked_tensors_and_parameters_keep_their_values_as_rows_of_one_buffer(tiny_models):
@@ -179,8 +199,13 @@ def without_a_compiler(monkeypatch):
 
 
 def test_the_engine_merges_by_blocks_when_kernels_cannot_compile(tiny_models, without_a_compiler):
-    recipe = recipe_from_dict({"method": "dare_ties", "base": str(tiny_models["base"]),
-                               "sources": [{"model": str(tiny_models[n]), "drop": 0.5} for n in "ab"]})
+    recipe = recipe_from_dict(
+        {
+            "method": "dare_ties",
+            "base": str(tiny_models["base"]),
+            "sources": [{"model": str(tiny_models[n]), "drop": 0.5} for n in "ab"],
+        }
+    )
     blocks = MergeEngine.from_recipe(recipe, kernels="blocks")
     expected = blocks.new_target()
     blocks.materialize(recipe, expected)
@@ -201,13 +226,20 @@ def test_the_engine_counts_the_ranks_of_tensors_too_large_to_sort_and_merges_the
     expected = sorted_engine.new_target()
     sorted_engine.materialize(recipe, expected)
     counted, count = [], MagnitudeRanks.counted
-    monkeypatch.setattr(engine_module, "RANKS_MEMORY_FLOOR", 0)  # 1/8 of a tiny model: most tensors are counted
-    monkeypatch.setattr(MagnitudeRanks, "counted", lambda *args: counted.append(args[0].numel()) or count(*args))
+    monkeypatch.setattr(
+        engine_module, "RANKS_MEMORY_FLOOR", 0
+    )  # 1/8 of a tiny model: most tensors are counted
+    monkeypatch.setattr(
+        MagnitudeRanks, "counted", lambda *args: counted.append(args[0].numel()) or count(*args)
+    )
     counting_engine = MergeEngine.from_recipe(recipe, kernels="blocks")
     model = counting_engine.new_target()
     counting_engine.materialize(recipe, model)
-    too_large = [t.numel() for t in counting_engine.base.tensors.values()
-                 if RANKS_BYTES_PER_ELEMENT * t.numel() > counting_engine._ranks_budget]
+    too_large = [
+        t.numel()
+        for t in counting_engine.base.tensors.values()
+        if RANKS_BYTES_PER_ELEMENT * t.numel() > counting_engine._ranks_budget
+    ]
     assert too_large and sorted(counted) == sorted(2 * too_large)
     for (name, a), b in zip(model.named_parameters(), expected.parameters(), strict=True):
         assert torch.equal(a, b), name
@@ -215,7 +247,9 @@ def test_the_engine_counts_the_ranks_of_tensors_too_large_to_sort_and_merges_the
 
 @pytest.mark.parametrize("kernels", ["compiled", "blocks"])
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "dare_ties"])
-def test_a_merge_that_writes_inf_fails_naming_the_tensor_by_kernels_and_by_blocks(tiny_models, method, kernels):
+def test_a_merge_that_writes_inf_fails_naming_the_tensor_by_kernels_and_by_blocks(
+    tiny_models, method, kernels
+):
     base, a = load_model(str(tiny_models["base"])), load_model(str(tiny_models["a"]))
     name = "model.layers.1.mlp.up_proj.weight"
     a.tensors[name][0] = float("inf")  # a whole row: some of it survives DARE's drops
@@ -235,7 +269,9 @@ def test_a_merge_that_overflows_only_in_float16_fails_by_kernels_and_by_blocks(t
     params = {"density": 0.5, "drop": 0.5}
     source = {"model": a.ref} | {k: v for k, v in params.items() if k in get_method(method).param_names()}
     # deltas of ~1e-2 scaled to ~1e5: past float16's largest value, 65504
-    recipe = recipe_from_dict({"method": method, "base": base.ref, "sources": [source], "parameters": {"scale": 1e7}})
+    recipe = recipe_from_dict(
+        {"method": method, "base": base.ref, "sources": [source], "parameters": {"scale": 1e7}}
+    )
     engine = MergeEngine(base, [a], kernels=kernels)
     engine.materialize(recipe, engine.new_target(torch.float32))  # finite in float32
     with pytest.raises(MergeFailure, match="NaN or Inf in tensor"):
@@ -249,8 +285,12 @@ def test_kernels_of_many_shapes_and_dtypes_all_run_compiled(monkeypatch):
     monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
     monkeypatch.setattr(fused, "_compiled", {})
     monkeypatch.setattr(fused, "_unavailable", [])
-    variants = [(rows, n, dtype, sources) for rows, n in [(1, 1000), (3, 1000), (1, 5000), (3, 5000)]
-                for dtype in (torch.bfloat16, torch.float16) for sources in (2, 3)]
+    variants = [
+        (rows, n, dtype, sources)
+        for rows, n in [(1, 1000), (3, 1000), (1, 5000), (3, 5000)]
+        for dtype in (torch.bfloat16, torch.float16)
+        for sources in (2, 3)
+    ]
     for rows, n, dtype, sources in variants:
         tensors = [torch.randn(rows, n).to(dtype) for _ in range(sources)]
         out = torch.empty(rows, n, dtype=dtype)
@@ -275,4 +315,3 @@ def test_a_kernel_that_cannot_compile_falls_back_to_blocks_with_one_warning(with
         warnings.simplefilter("error")  # no second warning: blocks from now on
         method.merge_into(out, base, sources, settings, compiled=True)
     assert torch.equal(out, expected)
-

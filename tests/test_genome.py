@@ -18,10 +18,14 @@ KINDS = {"embedding", "attention", "mlp", "norm", "head"}
 
 
 def template(n_sources=3, method="ties", **parameters):
-    return recipe_from_dict({
-        "method": method, "base": "m/base", "sources": [{"model": f"m/{i}"} for i in range(n_sources)],
-        "parameters": parameters,
-    })
+    return recipe_from_dict(
+        {
+            "method": method,
+            "base": "m/base",
+            "sources": [{"model": f"m/{i}"} for i in range(n_sources)],
+            "parameters": parameters,
+        }
+    )
 
 
 SEARCH = [
@@ -65,10 +69,13 @@ def test_decode_rounds_densities_to_the_magnitude_rank_grid_within_the_bounds():
     assert density.on_grid(0.3, 0.3, 0.3) == 0.3  # no multiple inside the bounds: unchanged
     assert density.on_grid(1e-6, 1e-6, 0.1) == 1 / 4096  # never 0, which the density excludes
 
+
 def test_kind_granularity_gives_a_gene_per_kind_present_and_a_default_for_unknown_kinds():
     searched = [SearchedParam(param="weight", granularity="kind", low=0.0, high=1.0)]
     genome = Genome(template(n_sources=1), searched, num_layers=2, kinds=KINDS | {"other"})
-    assert genome.names == [f"sources.0.weight@{k}" for k in ("embedding", "attention", "mlp", "norm", "head", "default")]
+    assert genome.names == [
+        f"sources.0.weight@{k}" for k in ("embedding", "attention", "mlp", "norm", "head", "default")
+    ]
     recipe = genome.decode_unit([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     assert recipe.sources[0].parameters["weight"] == pytest.approx(
         {"embedding": 0.0, "attention": 0.2, "mlp": 0.4, "norm": 0.6, "head": 0.8, "default": 1.0}
@@ -87,7 +94,7 @@ def test_unit_cube_maps_linearly_or_geometrically_and_reflects_outside_points():
     assert recipe.sources[0].parameters["density"] == pytest.approx(0.1, abs=half_step)
     assert recipe.parameters["scale"] == 0.5
     reflected = genome.decode_unit([1.7, -0.25])  # reflected to 0.3 and 0.25
-    assert reflected.sources[0].parameters["density"] == pytest.approx(0.01 ** 0.7, abs=half_step)
+    assert reflected.sources[0].parameters["density"] == pytest.approx(0.01**0.7, abs=half_step)
     assert reflected.parameters["scale"] == 0.5
     assert genome.decode_unit([3.0, 2.5]).parameters["scale"] == 1.0  # 2.5 -> 0.5
 

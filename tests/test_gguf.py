@@ -64,9 +64,11 @@ def write_llama_gguf(hf_dir: Path, path: Path) -> Path:
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
 
-    tensors = {"token_embd.weight": state["model.embed_tokens.weight"],
-               "output_norm.weight": state["model.norm.weight"],
-               "output.weight": state["lm_head.weight"]}
+    tensors = {
+        "token_embd.weight": state["model.embed_tokens.weight"],
+        "output_norm.weight": state["model.norm.weight"],
+        "output.weight": state["lm_head.weight"],
+    }
     for layer in range(config.num_hidden_layers):
         for hf_name, gguf_name in _LAYER_NAMES.items():
             tensor = state[f"model.layers.{layer}.{hf_name}.weight"]

@@ -23,8 +23,11 @@ from evomerge.search.results import held_out_scores
 def hybrid_data(tiny_models, task_dir, run_dir, evaluations=5, stack_evaluations=6, **changes):
     data = config_data(tiny_models, task_dir, run_dir, evaluations=evaluations)
     data["stack"] = {
-        "sources": ["search:best", str(tiny_models["c"])], "repeats": 2, "max_depth": 5,
-        "scale_low": 0.5, "scale_high": 1.5,
+        "sources": ["search:best", str(tiny_models["c"])],
+        "repeats": 2,
+        "max_depth": 5,
+        "scale_low": 0.5,
+        "scale_high": 1.5,
     }
     data["stack_budget"] = {"evaluations": stack_evaluations}
     data.update(changes)
@@ -33,8 +36,10 @@ def hybrid_data(tiny_models, task_dir, run_dir, evaluations=5, stack_evaluations
 
 def studies(run_dir) -> dict[str, optuna.Study]:
     storage = f"sqlite:///{run_dir / 'ledger.db'}"
-    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
-            for s in optuna.get_all_study_summaries(storage)}
+    return {
+        s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+        for s in optuna.get_all_study_summaries(storage)
+    }
 
 
 def test_a_hybrid_run_stacks_the_layers_of_its_best_merge_in_the_same_ledger(tiny_models, task_dir, tmp_path):
@@ -101,13 +106,22 @@ def test_the_cli_runs_and_resumes_a_hybrid_and_shows_both_phases(tiny_models, ta
     "change, message",
     [
         ({"stack": {"sources": ["A"]}}, "list 'search:best' among the stack sources"),
-        ({"recipe": None, "genome": [], "stack": {"sources": ["search:best"]}},
-         "'search:best' is the best merge of a hybrid run's merge search"),
+        (
+            {"recipe": None, "genome": [], "stack": {"sources": ["search:best"]}},
+            "'search:best' is the best merge of a hybrid run's merge search",
+        ),
         ({"stack": None}, "stack_budget: only a hybrid run"),
         ({"seed_recipes": ["x.yaml"]}, "seed_recipes: a hybrid run starts from its template recipe"),
-        ({"recipe": None, "genome": [], "stack": {"sources": ["A"]}, "stack_budget": None,
-          "sources_dtype": "float16"},
-         "sources_device, sources_dtype: they apply to merge-parameter runs"),
+        (
+            {
+                "recipe": None,
+                "genome": [],
+                "stack": {"sources": ["A"]},
+                "stack_budget": None,
+                "sources_dtype": "float16",
+            },
+            "sources_device, sources_dtype: they apply to merge-parameter runs",
+        ),
     ],
 )
 def test_bad_hybrid_configs_get_one_line_and_exit_2(change, message, tiny_models, task_dir, tmp_path, capsys):
@@ -134,8 +148,13 @@ def test_a_hybrid_run_on_the_zoo_killed_9_in_both_phases_resumes_to_the_uninterr
     def zoo_config(name: str) -> Path:
         data = yaml.safe_load(small_demo_config(tmp_path / f"{name}.yaml", tmp_path / name, 12).read_text())
         data["tasks"] = {skill: {**task, "limit": 12} for skill, task in data["tasks"].items()}
-        data["stack"] = {"sources": ["search:best", "zoo:expert_shift"], "repeats": 2, "max_depth": 8,
-                         "scale_low": 0.5, "scale_high": 1.5}
+        data["stack"] = {
+            "sources": ["search:best", "zoo:expert_shift"],
+            "repeats": 2,
+            "max_depth": 8,
+            "scale_low": 0.5,
+            "scale_high": 1.5,
+        }
         data["stack_budget"] = {"evaluations": 8}
         return write_config(tmp_path / f"{name}.yaml", data)
 

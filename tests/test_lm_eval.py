@@ -61,15 +61,25 @@ def test_built_in_scorer_and_lm_eval_agree_on_the_same_task_and_model(model_name
     tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "base")
     model = AutoModelForCausalLM.from_pretrained(zoo_dir / model_name)
     include = task_files / "yaml"
-    evaluator = Evaluator([
-        load_task("gen", spec(**{**GENERATE, "data": str(task_files / "gen")})),
-        load_task("choice", spec(**{**CHOICE, "data": str(task_files / "choice")})),
-        *(
-            load_task(f"lm_{kind}", spec(kind="lm_eval", task=f"zoo_{kind}_search",
-                                         held_out_task=f"zoo_{kind}_held_out", include_path=str(include)))
-            for kind in ("gen", "choice")
-        ),
-    ], tokenizer)
+    evaluator = Evaluator(
+        [
+            load_task("gen", spec(**{**GENERATE, "data": str(task_files / "gen")})),
+            load_task("choice", spec(**{**CHOICE, "data": str(task_files / "choice")})),
+            *(
+                load_task(
+                    f"lm_{kind}",
+                    spec(
+                        kind="lm_eval",
+                        task=f"zoo_{kind}_search",
+                        held_out_task=f"zoo_{kind}_held_out",
+                        include_path=str(include),
+                    ),
+                )
+                for kind in ("gen", "choice")
+            ),
+        ],
+        tokenizer,
+    )
     for split in SPLITS:
         scores = evaluator.score(model, split)
         assert scores["lm_gen"]["exact_match"] == scores["gen"]["exact_match"]
@@ -81,16 +91,29 @@ def test_built_in_scorer_and_lm_eval_agree_on_the_same_task_and_model(model_name
 
 
 def test_a_search_on_the_zoo_with_an_lm_eval_objective(zoo_dir, task_files, tmp_path):
-    config = config_from_dict({
-        "recipe": {"method": "task_arithmetic", "base": "zoo:base", "sources": [{"model": "zoo:expert_add"}]},
-        "genome": [{"param": "weight", "low": 0.0, "high": 1.2}],
-        "tasks": {"add": {"kind": "lm_eval", "task": "zoo_gen_search", "held_out_task": "zoo_gen_held_out",
-                          "include_path": str(task_files / "yaml"), "limit": 30}},
-        "objectives": [{"task": "add", "metric": "exact_match"}],
-        "optimizer": {"name": "random"},
-        "budget": {"evaluations": 3},
-        "run_dir": str(tmp_path / "run"),
-    })
+    config = config_from_dict(
+        {
+            "recipe": {
+                "method": "task_arithmetic",
+                "base": "zoo:base",
+                "sources": [{"model": "zoo:expert_add"}],
+            },
+            "genome": [{"param": "weight", "low": 0.0, "high": 1.2}],
+            "tasks": {
+                "add": {
+                    "kind": "lm_eval",
+                    "task": "zoo_gen_search",
+                    "held_out_task": "zoo_gen_held_out",
+                    "include_path": str(task_files / "yaml"),
+                    "limit": 30,
+                }
+            },
+            "objectives": [{"task": "add", "metric": "exact_match"}],
+            "optimizer": {"name": "random"},
+            "budget": {"evaluations": 3},
+            "run_dir": str(tmp_path / "run"),
+        }
+    )
     study = Search(config, progress=False).run()
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3

@@ -24,8 +24,11 @@ def merge(name: str, sources, base=BASE, seed=0, **params):
     method = get_method(name)
     full = {spec.name: spec.default for spec in method.params}
     full.update(params)
-    per_source = {key for key, value in full.items()
-                  if method.param(key).scope == "source" and not isinstance(value, list)}
+    per_source = {
+        key
+        for key, value in full.items()
+        if method.param(key).scope == "source" and not isinstance(value, list)
+    }
     resolved = {key: [value] * len(sources) if key in per_source else value for key, value in full.items()}
     return method.merge(base, sources, method.settings_for(resolved, seed))
 
@@ -167,12 +170,24 @@ def mean_delta(base, sources, settings: MeanDeltaSettings) -> torch.Tensor:
 def test_a_new_method_is_a_settings_type_a_function_and_one_registration(monkeypatch, tiny_models):
     # as docs/architecture.md's "Adding a merge method" shows: recipes and the engine find it in the registry
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
-    registry.register(registry.MergeMethod(
-        name="mean_delta", function=mean_delta, params=(SCALE,), needs_base=True, settings=MeanDeltaSettings
-    ))
+    registry.register(
+        registry.MergeMethod(
+            name="mean_delta",
+            function=mean_delta,
+            params=(SCALE,),
+            needs_base=True,
+            settings=MeanDeltaSettings,
+        )
+    )
     sources = [{"model": str(tiny_models[n])} for n in "ab"]
-    recipe = recipe_from_dict({"method": "mean_delta", "base": str(tiny_models["base"]), "sources": sources,
-                               "parameters": {"scale": 0.5}})
+    recipe = recipe_from_dict(
+        {
+            "method": "mean_delta",
+            "base": str(tiny_models["base"]),
+            "sources": sources,
+            "parameters": {"scale": 0.5},
+        }
+    )
     engine = MergeEngine.from_recipe(recipe)
     model = engine.new_target(torch.float32)
     engine.materialize(recipe, model)

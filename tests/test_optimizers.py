@@ -45,8 +45,12 @@ def diagonal(monkeypatch) -> Optimizer:
 def test_every_optimizer_declares_how_it_treats_several_objectives_and_sharing():
     declared = {o.name: (o.several_objectives, o.shareable) for o in optimizers()}
     assert declared == {
-        "tpe": ("pareto", True), "nsga2": ("pareto", True), "nsga3": ("pareto", True),
-        "optuna-cmaes": ("refused", True), "gp": ("pareto", True), "random": ("pareto", True),
+        "tpe": ("pareto", True),
+        "nsga2": ("pareto", True),
+        "nsga3": ("pareto", True),
+        "optuna-cmaes": ("refused", True),
+        "gp": ("pareto", True),
+        "random": ("pareto", True),
         "cmaes": ("scalarized", False),
     }
 

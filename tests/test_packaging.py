@@ -101,7 +101,9 @@ def test_plots_without_matplotlib_name_the_extra_and_the_report_tables_still_imp
     monkeypatch.delitem(sys.modules, "evomerge.output.report", raising=False)
     with pytest.raises(UsageError, match=re.escape("pip install 'evomerge[plots]'")):
         importlib.import_module("evomerge.output.plots")
-    report = importlib.import_module("evomerge.output.report")  # `baselines` uses its tables, which draw nothing
+    report = importlib.import_module(
+        "evomerge.output.report"
+    )  # `baselines` uses its tables, which draw nothing
     assert callable(report.results_table)
 
 

@@ -12,7 +12,11 @@ TIES = {
     "method": "ties",
     "base": "m/base",
     "sources": [
-        {"model": "m/a", "weight": [0.5, 1.0], "density": {"attention": 0.4, "default": {"gradient": [0.2, 1.0]}}},
+        {
+            "model": "m/a",
+            "weight": [0.5, 1.0],
+            "density": {"attention": 0.4, "default": {"gradient": [0.2, 1.0]}},
+        },
         {"model": "m/b", "density": 0.7},
     ],
     "parameters": {"scale": 1.5},
@@ -68,9 +72,15 @@ def _with(**changes) -> dict:
     ("data", "message"),
     [
         (_with(method="tie"), "unknown merge method 'tie' (did you mean 'ties'?)"),
-        (_with(sources=[{"model": "m/a", "density": 0.0}]), "sources.0.density: 'density' = 0.0 is outside (0, 1]"),
+        (
+            _with(sources=[{"model": "m/a", "density": 0.0}]),
+            "sources.0.density: 'density' = 0.0 is outside (0, 1]",
+        ),
         (_with(sources=[{"model": "m/a", "density": 1.2}]), "is outside (0, 1]"),
-        (_with(method="dare_ties", sources=[{"model": "m/a", "drop": -0.1}]), "'drop' = -0.1 is outside [0, 1)"),
+        (
+            _with(method="dare_ties", sources=[{"model": "m/a", "drop": -0.1}]),
+            "'drop' = -0.1 is outside [0, 1)",
+        ),
         (_with(sources=[{"model": "m/a", "densty": 0.5}]), "no parameter 'densty' (did you mean 'density'?)"),
         (_with(parameters={"density": 0.5}), "'density' is a per-source parameter"),
         (_with(sources=[{"model": "m/a", "scale": 2.0}]), "'scale' is a global parameter"),

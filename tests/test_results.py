@@ -25,7 +25,11 @@ from evomerge.zoo.tokenizer import build_tokenizer
 def run_config(path: Path, models: dict[str, Path], task_dir: Path, run_dir: Path, **changes) -> Path:
     """A two-objective NSGA-II run of 6 candidates over tiny models (test_search's config with changes)."""
     data = config_data(
-        models, task_dir, run_dir, "nsga2", 6,
+        models,
+        task_dir,
+        run_dir,
+        "nsga2",
+        6,
         tasks={"t": {"data": str(task_dir), "limit": 4}, "u": {"data": str(task_dir), "limit": 2}},
         objectives=[{"task": "t"}, {"task": "u"}],
     )
@@ -77,8 +81,16 @@ def test_baselines_are_their_own_study_and_never_change_the_search(
 def test_report_has_the_tables_and_plots(finished_run, capsys):
     assert main(["report", str(finished_run)]) == 0
     text = (finished_run / "report.md").read_text()
-    for expected in ("## Results on the held-out split", "| uniform average |", "task arithmetic scale=",
-                     "best", "pareto:1", "found at evaluation", "optuna-dashboard sqlite:///", "```yaml"):
+    for expected in (
+        "## Results on the held-out split",
+        "| uniform average |",
+        "task arithmetic scale=",
+        "best",
+        "pareto:1",
+        "found at evaluation",
+        "optuna-dashboard sqlite:///",
+        "```yaml",
+    ):
         assert expected in text, expected
     for plot in ("progress.png", "pareto.png", "best_recipe.png"):
         assert (finished_run / plot).read_bytes()[:8] == PNG_MAGIC
@@ -89,8 +101,15 @@ def test_export_loads_in_transformers_and_its_recipe_remerges_bit_for_bit(
     tiny_models, task_dir, tmp_path, monkeypatch
 ):
     monkeypatch.setattr("evomerge.search.loop.record_held_out", lambda *args: {})
-    config = run_config(tmp_path / "c.yaml", tiny_models, task_dir, tmp_path / "run", objectives=[{"task": "t"}],
-                        optimizer={"name": "cmaes"}, budget={"evaluations": 2})
+    config = run_config(
+        tmp_path / "c.yaml",
+        tiny_models,
+        task_dir,
+        tmp_path / "run",
+        objectives=[{"task": "t"}],
+        optimizer={"name": "cmaes"},
+        budget={"evaluations": 2},
+    )
     assert main(["run", str(config)]) == 0
     assert not study(tmp_path / "run").user_attrs.get(f"{HELD_OUT_PREFIX}0")
     out = tmp_path / "exported"
@@ -98,7 +117,14 @@ def test_export_loads_in_transformers_and_its_recipe_remerges_bit_for_bit(
     assert f"{HELD_OUT_PREFIX}0" not in study(tmp_path / "run").user_attrs  # export scores nothing
     assert f"evomerge score {tmp_path / 'run'} --trial 0" in (out / "README.md").read_text()
 
-    files = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "recipe.yaml", "README.md")
+    files = (
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "recipe.yaml",
+        "README.md",
+    )
     for name in files:
         assert (out / name).is_file(), name
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -113,17 +139,23 @@ def test_export_loads_in_transformers_and_its_recipe_remerges_bit_for_bit(
     assert exported.keys() == rebuilt.keys()
     assert all(torch.equal(exported[name], rebuilt[name]) for name in exported)
 
-    assert main(["score", str(tmp_path / "run"), "--trial", "7"]) == 2  # no such trial: one line, nothing scored
+    assert (
+        main(["score", str(tmp_path / "run"), "--trial", "7"]) == 2
+    )  # no such trial: one line, nothing scored
     assert f"{HELD_OUT_PREFIX}1" not in study(tmp_path / "run").user_attrs
     assert main(["score", str(tmp_path / "run"), "--trial", "1"]) == 0
     assert set(study(tmp_path / "run").user_attrs) >= {f"{HELD_OUT_PREFIX}1"}
     (out / "model.safetensors").write_bytes(b"stale")
     assert main(["export", str(tmp_path / "run"), "--trial", "1", "--out", str(out), "--force"]) == 0
     held_out = study(tmp_path / "run").user_attrs[f"{HELD_OUT_PREFIX}1"]["t"]["exact_match"]
-    assert f"| t | exact_match | {study(tmp_path / 'run').trials[1].values[0]:.4f} | {held_out:.4f} |" in (
-        out / "README.md").read_text()
-    assert yaml.safe_load((out / "recipe.yaml").read_text())["sources"] == yaml.safe_load(
-        study(tmp_path / "run").trials[1].user_attrs["recipe"])["sources"]
+    assert (
+        f"| t | exact_match | {study(tmp_path / 'run').trials[1].values[0]:.4f} | {held_out:.4f} |"
+        in (out / "README.md").read_text()
+    )
+    assert (
+        yaml.safe_load((out / "recipe.yaml").read_text())["sources"]
+        == yaml.safe_load(study(tmp_path / "run").trials[1].user_attrs["recipe"])["sources"]
+    )
     assert load_file(out / "model.safetensors").keys() == exported.keys()
 
 
@@ -133,41 +165,65 @@ def test_export_as_mergekit_translates_per_layer_values_and_drop(finished_run, t
     written = yaml.safe_load((out / "mergekit.yaml").read_text())
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     assert written["merge_method"] == "ties" and written["base_model"] == str(Path(recipe["base"]).resolve())
-    for model, source in zip(written["models"], recipe["sources"]):  # final norm and head: the last layer's value
+    for model, source in zip(
+        written["models"], recipe["sources"]
+    ):  # final norm and head: the last layer's value
         assert model["parameters"]["weight"] == [
             {"filter": "lm_head.weight", "value": source["weight"][-1]},
             {"filter": "model.norm.weight", "value": source["weight"][-1]},
             {"value": source["weight"]},
         ]
 
-    dare = recipe_from_dict({
-        "method": "dare_ties", "base": str(tiny_models["base"]), "parameters": {"scale": 0.9},
-        "sources": [{"model": str(tiny_models["a"]), "drop": {"attention": [0.1, 0.2], "default": 0.3}}],
-    })
-    names = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight",
-             "model.layers.0.input_layernorm.weight", "model.norm.weight", "lm_head.weight"]
+    dare = recipe_from_dict(
+        {
+            "method": "dare_ties",
+            "base": str(tiny_models["base"]),
+            "parameters": {"scale": 0.9},
+            "sources": [{"model": str(tiny_models["a"]), "drop": {"attention": [0.1, 0.2], "default": 0.3}}],
+        }
+    )
+    names = [
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.mlp.up_proj.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ]
     config = mergekit_config(dare, names)
     assert config["parameters"] == {"normalize": True, "lambda": 0.9}
     density = config["models"][0]["parameters"]["density"]
     assert density == [
-        {"filter": "model.norm.weight", "value": 0.7}, {"filter": "lm_head.weight", "value": 0.7},
-        {"filter": "self_attn", "value": [0.9, 0.8]}, {"value": 0.7},
+        {"filter": "model.norm.weight", "value": 0.7},
+        {"filter": "lm_head.weight", "value": 0.7},
+        {"filter": "self_attn", "value": [0.9, 0.8]},
+        {"value": 0.7},
     ]
 
 
 def save_tiny_gpt2(path: Path, seed: int) -> Path:
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=64,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=16,
+            n_layer=2,
+            n_head=2,
+            n_positions=64,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
 
-def test_bad_exports_get_one_line_and_exit_2_and_write_nothing(finished_run, tiny_models, task_dir, tmp_path, capsys):
+def test_bad_exports_get_one_line_and_exit_2_and_write_nothing(
+    finished_run, tiny_models, task_dir, tmp_path, capsys
+):
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "mine.txt").write_text("keep")
@@ -179,7 +235,11 @@ def test_bad_exports_get_one_line_and_exit_2_and_write_nothing(finished_run, tin
 
     gpt2 = {name: save_tiny_gpt2(tmp_path / name, seed) for seed, name in enumerate(("base", "a", "b"))}
     by_kind = run_config(
-        tmp_path / "kind.yaml", gpt2, task_dir, tmp_path / "kind", budget={"evaluations": 2},
+        tmp_path / "kind.yaml",
+        gpt2,
+        task_dir,
+        tmp_path / "kind",
+        budget={"evaluations": 2},
         genome=[{"param": "density", "granularity": "kind", "low": 0.2, "high": 1.0}],
     )
     assert main(["run", str(by_kind)]) == 0
@@ -208,9 +268,14 @@ def test_mergekit_refuses_gguf_sources(tiny_models):
         mergekit_config(recipe, [])
 
 
-@pytest.mark.parametrize(("command", "phrase"), [
-    ("report", "report.md"), ("export", "--pick"), ("baselines", "DARE-TIES"),
-])
+@pytest.mark.parametrize(
+    ("command", "phrase"),
+    [
+        ("report", "report.md"),
+        ("export", "--pick"),
+        ("baselines", "DARE-TIES"),
+    ],
+)
 def test_help_of_report_export_and_baselines(command, phrase, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -221,12 +286,25 @@ def test_help_of_report_export_and_baselines(command, phrase, capsys):
 def test_the_heat_map_resolves_lists_gradients_and_kind_maps_per_layer(tiny_models):
     from evomerge.merge.space import recipe_grid
 
-    recipe = recipe_from_dict({
-        "method": "ties", "base": str(tiny_models["base"]), "parameters": {"scale": {"gradient": [1.0, 0.5]}},
-        "sources": [{"model": str(tiny_models["a"]), "weight": [0.25, 0.75], "density": {"attention": 0.5, "default": 0.9}}],
-    })
+    recipe = recipe_from_dict(
+        {
+            "method": "ties",
+            "base": str(tiny_models["base"]),
+            "parameters": {"scale": {"gradient": [1.0, 0.5]}},
+            "sources": [
+                {
+                    "model": str(tiny_models["a"]),
+                    "weight": [0.25, 0.75],
+                    "density": {"attention": 0.5, "default": 0.9},
+                }
+            ],
+        }
+    )
     rows, columns, values = recipe_grid(recipe)
     assert columns == ["layer 0", "layer 1"]
     assert dict(zip(rows, values)) == {
-        "a weight": [0.25, 0.75], "a density [attention]": [0.5, 0.5], "a density [default]": [0.9, 0.9], "scale": [1.0, 0.5],
+        "a weight": [0.25, 0.75],
+        "a density [attention]": [0.5, 0.5],
+        "a density [default]": [0.9, 0.9],
+        "scale": [1.0, 0.5],
     }

@@ -118,7 +118,9 @@ def test_status_of_a_finished_run_imports_no_model_or_search_code(tiny_models, t
     heavy = ["torch", "transformers", "datasets", "safetensors", "cma", "matplotlib"]
     result = subprocess.run(
         [sys.executable, "-c", STATUS_IMPORTS, str(tmp_path / "run"), *heavy],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "progress: 3/3 evaluated" in result.stdout
     assert result.stderr.splitlines()[-1] == "[]", result.stderr
@@ -126,7 +128,10 @@ def test_status_of_a_finished_run_imports_no_model_or_search_code(tiny_models, t
 
 def test_two_objectives_with_nsga2_give_a_pareto_front(tiny_models, task_dir, tmp_path):
     data = config_data(
-        tiny_models, task_dir, tmp_path / "run", "nsga2",
+        tiny_models,
+        task_dir,
+        tmp_path / "run",
+        "nsga2",
         tasks={"t": {"data": str(task_dir), "limit": 4}, "u": {"data": str(task_dir), "limit": 2}},
         objectives=[{"task": "t"}, {"task": "u", "direction": "minimize"}],
     )
@@ -171,12 +176,24 @@ def test_status_held_out_scores_the_best_of_a_run_in_progress(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"optimizer": "cma-es"}, "optimizer.name: unknown optimizer 'cma-es' (did you mean 'cmaes'?); available: tpe,"),
-        ({"genome": [{"param": "weight", "low": 1.0, "high": 0.5}]}, "genome.0: bounds of 'weight': low 1.0 > high 0.5"),
+        (
+            {"optimizer": "cma-es"},
+            "optimizer.name: unknown optimizer 'cma-es' (did you mean 'cmaes'?); available: tpe,",
+        ),
+        (
+            {"genome": [{"param": "weight", "low": 1.0, "high": 0.5}]},
+            "genome.0: bounds of 'weight': low 1.0 > high 0.5",
+        ),
         ({"objectives": [{"task": "missing"}]}, "objective names task 'missing', which is not under 'tasks'"),
-        ({"objectives": [{"task": "t"}, {"task": "t"}], "optimizer": "optuna-cmaes"}, "optimizes one objective but 2 are listed"),
+        (
+            {"objectives": [{"task": "t"}, {"task": "t"}], "optimizer": "optuna-cmaes"},
+            "optimizes one objective but 2 are listed",
+        ),
         ({"budget": {"evaluations": 0}}, "budget.evaluations: Input should be greater than or equal to 1"),
-        ({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "cannot open the storage 'postgresql://nobody@127.0.0.1:1/none'"),
+        (
+            {"storage": "postgresql://nobody@127.0.0.1:1/none"},
+            "cannot open the storage 'postgresql://nobody@127.0.0.1:1/none'",
+        ),
         ({"tasks": {"t": {"data": "/nowhere"}}}, "task 't': data directory '/nowhere' does not exist"),
     ],
 )
@@ -215,11 +232,18 @@ def test_resume_extends_the_budget_from_the_run_directory_alone(tiny_models, tas
 
 def test_user_seed_recipes_are_evaluated_right_after_the_uniform_start(tiny_models, task_dir, tmp_path):
     seed = tmp_path / "seed.yaml"
-    seed.write_text(yaml.safe_dump({
-        "method": "ties", "base": str(tiny_models["base"]),
-        "sources": [{"model": str(tiny_models["a"]), "weight": [0.5, 0.25], "density": 0.4},
-                    {"model": str(tiny_models["b"]), "weight": 1.25, "density": 0.6}],
-    }))
+    seed.write_text(
+        yaml.safe_dump(
+            {
+                "method": "ties",
+                "base": str(tiny_models["base"]),
+                "sources": [
+                    {"model": str(tiny_models["a"]), "weight": [0.5, 0.25], "density": 0.4},
+                    {"model": str(tiny_models["b"]), "weight": 1.25, "density": 0.6},
+                ],
+            }
+        )
+    )
     study = run_search(config_data(tiny_models, task_dir, tmp_path / "run", seed_recipes=[str(seed)]))
     second = study.get_trials()[1]
     assert second.user_attrs["seed_index"] == 1
@@ -263,7 +287,10 @@ def test_scalarizations_by_hand():
     from evomerge.config import Objective
     from evomerge.search.optimizers.scalarization import scalarize
 
-    objectives = [Objective(task="a", direction="maximize", weight=2.0), Objective(task="b", direction="minimize")]
+    objectives = [
+        Objective(task="a", direction="maximize", weight=2.0),
+        Objective(task="b", direction="minimize"),
+    ]
     # losses: -0.5 (maximized) and 0.25 (minimized)
     assert scalarize([0.5, 0.25], objectives, "weighted_sum", ideal=[]) == 2.0 * -0.5 + 0.25
     # chebyshev around the ideal losses (-0.75, 0.0): max(2 * 0.25, 1 * 0.25)

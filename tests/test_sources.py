@@ -61,13 +61,18 @@ def test_compatible_models_pass(tiny_models):
 
 def test_vocabulary_mismatch_names_the_tensor(tiny_models, tmp_path):
     other = load_model(str(save_tiny_llama(tmp_path / "v", seed=1, vocab_size=120)))
-    with pytest.raises(UsageError, match=r"incompatible vocabularies: .* has \d+ tokens, .* has 120 \(tensor '(lm_head|model.embed_tokens).weight'\)"):
+    with pytest.raises(
+        UsageError,
+        match=r"incompatible vocabularies: .* has \d+ tokens, .* has 120 \(tensor '(lm_head|model.embed_tokens).weight'\)",
+    ):
         check_compatible([load_model(str(tiny_models["base"])), other])
 
 
 def test_shape_mismatch_names_the_tensor(tiny_models, tmp_path):
     other = load_model(str(save_tiny_llama(tmp_path / "s", seed=1, intermediate_size=48)))
-    with pytest.raises(UsageError, match=r"tensor 'model.layers.0.mlp.\w+.weight' has shape \[\d+, \d+\] in .* but"):
+    with pytest.raises(
+        UsageError, match=r"tensor 'model.layers.0.mlp.\w+.weight' has shape \[\d+, \d+\] in .* but"
+    ):
         check_compatible([load_model(str(tiny_models["base"])), other])
 
 

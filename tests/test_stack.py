@@ -124,7 +124,9 @@ def test_export_is_a_plain_checkpoint_with_the_scales_folded(space, tmp_path):
     assert exported.config.num_hidden_layers == 5
     assert load_stack(tmp_path / "out" / "recipe.yaml") == wanted
     scaled, folded = model(IDS).logits, exported(IDS).logits
-    assert (folded - scaled).abs().max() < 0.01 * scaled.abs().max()  # RMSNorm's epsilon: see evomerge/stack/engine.py
+    assert (
+        folded - scaled
+    ).abs().max() < 0.01 * scaled.abs().max()  # RMSNorm's epsilon: see evomerge/stack/engine.py
     for norm in [m for net in (exported, *(s.model for s in engine.sources)) for m in net.modules()]:
         if hasattr(norm, "variance_epsilon"):
             norm.variance_epsilon = 0.0

@@ -74,8 +74,12 @@ def stack_run(tiny_models, task_dir, tmp_path_factory) -> Path:
     candidate even on random models."""
     root = tmp_path_factory.mktemp("stack")
     data = stack_config(tiny_models, task_dir, root / "run", "nsga2", 6, scale_low=1.0, scale_high=1.0)
-    data["tasks"]["p"] = {"kind": "perplexity", "data": str(task_dir), "template": "{prompt}{answer}",
-                          "limit": 4}
+    data["tasks"]["p"] = {
+        "kind": "perplexity",
+        "data": str(task_dir),
+        "template": "{prompt}{answer}",
+        "limit": 4,
+    }
     data["objectives"].append({"task": "p"})
     assert main(["run", str(write_config(root / "c.yaml", data))]) == 0
     return root / "run"
@@ -124,9 +128,16 @@ def test_the_best_stack_exports_as_a_checkpoint_that_scores_what_the_ledger_reco
 def test_the_report_of_a_stack_run_compares_each_source_alone_and_draws_the_best_stack(stack_run):
     assert main(["report", str(stack_run)]) == 0
     text = (stack_run / "report.md").read_text()
-    for expected in ("- layer stack of: source 0", "## Results on the held-out split", "a alone (trial 0)",
-                     "b alone (trial 1)", "pareto:1", "found at evaluation", "## Best stack recipe",
-                     "layers:"):
+    for expected in (
+        "- layer stack of: source 0",
+        "## Results on the held-out split",
+        "a alone (trial 0)",
+        "b alone (trial 1)",
+        "pareto:1",
+        "found at evaluation",
+        "## Best stack recipe",
+        "layers:",
+    ):
         assert expected in text, expected
     for plot in ("progress.png", "pareto.png", "best_stack.png"):
         assert (stack_run / plot).read_bytes()[:8] == PNG_MAGIC
@@ -163,8 +174,21 @@ def scaled_stack(tiny_models, task_dir, tmp_path_factory) -> tuple[Path, Path]:
     scaled = [t for t in study.get_trials() if any(s != 1.0 for s in map(itemgetter(2), recorded_layers(t)))]
     chosen = max(scaled, key=lambda t: len(recorded_layers(t)))
     out = root / "export"
-    assert main(["export", str(root / "run"), "--out", str(out), "--trial", str(chosen.number),
-                 "--format", "mergekit"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(root / "run"),
+                "--out",
+                str(out),
+                "--trial",
+                str(chosen.number),
+                "--format",
+                "mergekit",
+            ]
+        )
+        == 0
+    )
     return root / "run", out
 
 
@@ -206,8 +230,11 @@ def test_mergekit_writes_the_same_tensors_as_the_stack_export(scaled_stack, tmp_
     if not mergekit_yaml.is_file():
         pytest.skip(f"no mergekit at {mergekit_yaml} (see experiments/setup_mergekit.sh, or MERGEKIT_YAML)")
     _, out = scaled_stack
-    subprocess.run([str(mergekit_yaml), str(out / "mergekit.yaml"), str(tmp_path / "mk")], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [str(mergekit_yaml), str(out / "mergekit.yaml"), str(tmp_path / "mk")],
+        check=True,
+        capture_output=True,
+    )
     ours, theirs = load_file(out / "model.safetensors"), load_file(tmp_path / "mk" / "model.safetensors")
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[name], theirs[name]) for name in ours)

@@ -38,11 +38,16 @@ def test_merge_ties_recipe_gives_a_model_that_generates_and_beats_every_single_m
     assert generated.shape[1] > prompt["input_ids"].shape[1]
 
     merged = mean(model_accuracy(out, zoo_dir, split="search"))
-    singles = {name: mean(model_accuracy(zoo_dir / name, zoo_dir, split="search")) for name in read_manifest(zoo_dir)["models"]}
+    singles = {
+        name: mean(model_accuracy(zoo_dir / name, zoo_dir, split="search"))
+        for name in read_manifest(zoo_dir)["models"]
+    }
     assert all(merged > score for score in singles.values()), (merged, singles)
 
 
-def test_demo_evolves_a_merge_that_beats_every_single_model_and_every_tuned_baseline_on_held_out_data(zoo_dir, tmp_path, capsys):
+def test_demo_evolves_a_merge_that_beats_every_single_model_and_every_tuned_baseline_on_held_out_data(
+    zoo_dir, tmp_path, capsys
+):
     out = tmp_path / "demo"
     out.mkdir()
     (out / "demo.json").write_text("{}")  # a previous (here: interrupted) demo's output is replaced
@@ -58,7 +63,9 @@ def test_demo_evolves_a_merge_that_beats_every_single_model_and_every_tuned_base
     assert all(mean(results[evolved]) > mean(results[name]) + 0.1 for name in [*experts, "uniform average"])
     assert all(mean(results[evolved]) > mean(results[name]) for name in tuned)
     config = load_config(out / "run" / "config.yaml", {"run_dir": str(out / "run")})
-    exported = CandidateScorer(config).evaluator.score(AutoModelForCausalLM.from_pretrained(out / "evolved"), "held_out")
+    exported = CandidateScorer(config).evaluator.score(
+        AutoModelForCausalLM.from_pretrained(out / "evolved"), "held_out"
+    )
     assert {task: metrics["exact_match"] for task, metrics in exported.items()} == results[evolved]
     assert (out / "evolved" / "README.md").is_file() and (out / "run" / "report.md").is_file()
     assert not (out / "stale.txt").exists()

@@ -26,7 +26,8 @@ def optimistic_scores(partial: Partial, metrics: dict[str, dict[str, bool]], con
             continue
         scored = partial.values.get(task, {})
         scores[task] = {
-            metric: _reachable(scored.get(metric, []), size, metric, higher, z) for metric, higher in metrics[task].items()
+            metric: _reachable(scored.get(metric, []), size, metric, higher, z)
+            for metric, higher in metrics[task].items()
         }
     return scores
 

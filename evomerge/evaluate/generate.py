@@ -79,7 +79,11 @@ def answers_match(predicted: str | None, gold: str, numeric: bool) -> bool:
     if not numeric:
         return predicted.strip() == gold.strip()
     number, expected = _number(predicted), _number(gold)
-    return number is not None and expected is not None and math.isclose(number, expected, rel_tol=1e-6, abs_tol=1e-9)
+    return (
+        number is not None
+        and expected is not None
+        and math.isclose(number, expected, rel_tol=1e-6, abs_tol=1e-9)
+    )
 
 
 def _number(text: str) -> float | None:

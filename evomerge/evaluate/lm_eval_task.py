@@ -43,7 +43,11 @@ class LmEvalTask:
             task_name = getattr(spec, field)
             if task_name not in self.manager.all_tasks:
                 close = difflib.get_close_matches(task_name, self.manager.all_tasks, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else " (is include_path set to its YAML's directory?)"
+                hint = (
+                    f"; did you mean '{close[0]}'?"
+                    if close
+                    else " (is include_path set to its YAML's directory?)"
+                )
                 raise UsageError(f"task '{name}': lm-eval has no task '{task_name}'{hint}")
             try:
                 self.tasks[split] = self.manager.load(task_name)["tasks"][task_name]
@@ -60,7 +64,9 @@ class LmEvalTask:
     def _sample(self, split: str) -> list[int] | None:
         count = len(self.docs[split])
         if count == 0:
-            raise UsageError(f"task '{self.name}': lm-eval task '{getattr(self.spec, SPLIT_FIELDS[split])}' has no documents")
+            raise UsageError(
+                f"task '{self.name}': lm-eval task '{getattr(self.spec, SPLIT_FIELDS[split])}' has no documents"
+            )
         if self.spec.limit is None:
             return None
         if count < self.spec.limit:
@@ -110,7 +116,10 @@ class LmEvalTask:
         if self.model_wrapper is None or self.model_wrapper.model is not model:
             adds_bos = self.tokenizer("a")["input_ids"][:1] == [self.tokenizer.bos_token_id]
             self.model_wrapper = HFLM(
-                pretrained=model, tokenizer=self.tokenizer, batch_size=self.spec.batch_size, add_bos_token=adds_bos
+                pretrained=model,
+                tokenizer=self.tokenizer,
+                batch_size=self.spec.batch_size,
+                add_bos_token=adds_bos,
             )
         return self.model_wrapper
 
@@ -149,13 +158,23 @@ def lm_eval_task_config(task_name: str, data_file: Path, spec: GenerateSpec | Ch
     }
     if isinstance(spec, ChoiceSpec):
         choices = spec.choices if spec.choices is not None else list(spec.options)
-        return {**config, "output_type": "multiple_choice", "doc_to_choice": choices, "doc_to_target": spec.target,
-                "target_delimiter": spec.delimiter, "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}]}
+        return {
+            **config,
+            "output_type": "multiple_choice",
+            "doc_to_choice": choices,
+            "doc_to_target": spec.target,
+            "target_delimiter": spec.delimiter,
+            "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}],
+        }
     if spec.extract is not None or spec.match != "exact":
         raise ValueError("answer extraction and numeric matching have no lm-eval equivalent here")
     if spec.max_new_tokens is None:
         raise ValueError("set max_new_tokens: lm-eval's default (256) is not the built-in scorer's")
     generation = {"until": list(spec.stop), "do_sample": False, "max_gen_toks": spec.max_new_tokens}
-    return {**config, "output_type": "generate_until", "doc_to_target": "{{" + spec.target + "}}",
-            "generation_kwargs": generation,
-            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]}
+    return {
+        **config,
+        "output_type": "generate_until",
+        "doc_to_target": "{{" + spec.target + "}}",
+        "generation_kwargs": generation,
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+    }

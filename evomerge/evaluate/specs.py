@@ -59,7 +59,9 @@ class _Spec(BaseModel):
 
     def describe(self) -> str:
         """How this task is scored and on what data, in a few words."""
-        sample = f"a seeded random subsample of {self.limit} examples per split" if self.limit else "every example"
+        sample = (
+            f"a seeded random subsample of {self.limit} examples per split" if self.limit else "every example"
+        )
         return f"{getattr(self, 'data', '')}, {sample}; {self.scored}"
 
 
@@ -70,7 +72,8 @@ class _DataSpec(_Spec):
     subset: str | None = Field(None, description="the hub data set's configuration name")
     search_split: str = Field("search", description="the split candidates are scored on during the search")
     held_out_split: str = Field(
-        "held_out", description="the split reported candidates are scored on, never shown to the optimizer "
+        "held_out",
+        description="the split reported candidates are scored on, never shown to the optimizer "
         "(checked to share no example with search_split)",
     )
     template: str = Field("{prompt}", description="the prompt, with {field} placeholders")

@@ -50,7 +50,8 @@ class BuiltinTask(ABC):
                 check_fields(name, split_names[split], rows[split], fields)
         check_disjoint(name, rows["search"], rows["held_out"], fields)
         self.rows = {
-            split: subsample(rows[split], spec.limit, spec.sample_seed, name, split_names[split]) for split in SPLITS
+            split: subsample(rows[split], spec.limit, spec.sample_seed, name, split_names[split])
+            for split in SPLITS
         }
 
     def fields(self) -> list[str]:
@@ -65,7 +66,9 @@ class BuiltinTask(ABC):
         """Tokenize both splits (once per run)."""
 
     @abstractmethod
-    def score_slice(self, model: PreTrainedModel, split: str, start: int, stop: int) -> dict[str, list[float]]:
+    def score_slice(
+        self, model: PreTrainedModel, split: str, start: int, stop: int
+    ) -> dict[str, list[float]]:
         """Per-example metric values of examples [start, stop) of a split."""
 
 
@@ -85,26 +88,40 @@ class GenerateTask(BuiltinTask):
 
     def prepare(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
-        self.prompts = {s: [tokenizer(render(self.spec.template, r))["input_ids"] for r in self.rows[s]] for s in SPLITS}
+        self.prompts = {
+            s: [tokenizer(render(self.spec.template, r))["input_ids"] for r in self.rows[s]] for s in SPLITS
+        }
         self.golds = {s: [self._gold(str(r[self.spec.target])) for r in self.rows[s]] for s in SPLITS}
-        longest = max(len(tokenizer(str(r[self.spec.target]), add_special_tokens=False)["input_ids"])
-                      for s in SPLITS for r in self.rows[s])
+        longest = max(
+            len(tokenizer(str(r[self.spec.target]), add_special_tokens=False)["input_ids"])
+            for s in SPLITS
+            for r in self.rows[s]
+        )
         self.max_new_tokens = self.spec.max_new_tokens or longest + 1
 
     def _gold(self, answer: str) -> str:
         found = extracted(answer, self.pattern)
         return answer if found is None else found
 
-    def score_slice(self, model: PreTrainedModel, split: str, start: int, stop: int) -> dict[str, list[float]]:
+    def score_slice(
+        self, model: PreTrainedModel, split: str, start: int, stop: int
+    ) -> dict[str, list[float]]:
         completions = greedy_completions(
-            model, self.tokenizer, self.prompts[split][start:stop], self.max_new_tokens, self.spec.stop,
+            model,
+            self.tokenizer,
+            self.prompts[split][start:stop],
+            self.max_new_tokens,
+            self.spec.stop,
             self.spec.batch_size,
         )
         numeric = self.spec.match == "numeric"
         golds = self.golds[split][start:stop]
-        return {"exact_match": [
-            float(answers_match(extracted(c, self.pattern), g, numeric)) for c, g in zip(completions, golds)
-        ]}
+        return {
+            "exact_match": [
+                float(answers_match(extracted(c, self.pattern), g, numeric))
+                for c, g in zip(completions, golds)
+            ]
+        }
 
 
 class ChoiceTask(BuiltinTask):
@@ -123,7 +140,9 @@ class ChoiceTask(BuiltinTask):
     def _options(self, row: dict) -> list[str]:
         options = self.spec.options if self.spec.options is not None else row[self.spec.choices]
         if not isinstance(options, list) or len(options) < 2:
-            raise UsageError(f"task '{self.name}': field '{self.spec.choices}' must hold a list of 2 or more options")
+            raise UsageError(
+                f"task '{self.name}': field '{self.spec.choices}' must hold a list of 2 or more options"
+            )
         return [str(option) for option in options]
 
     def _gold_index(self, row: dict) -> int:
@@ -132,7 +151,9 @@ class ChoiceTask(BuiltinTask):
             return gold
         if str(gold) in options:
             return options.index(str(gold))
-        raise UsageError(f"task '{self.name}': target {gold!r} is neither an option nor an option's index ({options})")
+        raise UsageError(
+            f"task '{self.name}': target {gold!r} is neither an option nor an option's index ({options})"
+        )
 
     def prepare(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.pad = tokenizer.pad_token_id or 0
@@ -145,7 +166,9 @@ class ChoiceTask(BuiltinTask):
                     [_encode_pair(tokenizer, prompt, self.spec.delimiter + o) for o in self._options(row)]
                 )
 
-    def score_slice(self, model: PreTrainedModel, split: str, start: int, stop: int) -> dict[str, list[float]]:
+    def score_slice(
+        self, model: PreTrainedModel, split: str, start: int, stop: int
+    ) -> dict[str, list[float]]:
         examples = self.requests[split][start:stop]
         flat = [request for options in examples for request in options]
         logprobs = iter(continuation_logprobs(model, flat, self.spec.batch_size, self.pad))
@@ -174,7 +197,9 @@ class PerplexityTask(BuiltinTask):
                     raise UsageError(f"task '{self.name}': an example's text is too short to score: {row}")
                 self.requests[split].append((ids[:1], ids[1:]))
 
-    def score_slice(self, model: PreTrainedModel, split: str, start: int, stop: int) -> dict[str, list[float]]:
+    def score_slice(
+        self, model: PreTrainedModel, split: str, start: int, stop: int
+    ) -> dict[str, list[float]]:
         requests = self.requests[split][start:stop]
         logprobs = continuation_logprobs(model, requests, self.spec.batch_size, self.pad)
         return {"nll": [-lp / len(continuation) for lp, (_, continuation) in zip(logprobs, requests)]}
@@ -197,7 +222,9 @@ def _compiled(task: str, pattern: str | None) -> re.Pattern[str] | None:
     try:
         return re.compile(pattern)
     except re.error as error:
-        raise UsageError(f"task '{task}': the extraction regex {pattern!r} is not a valid regex ({error})") from None
+        raise UsageError(
+            f"task '{task}': the extraction regex {pattern!r} is not a valid regex ({error})"
+        ) from None
 
 
 def load_task(name: str, spec: TaskSpec) -> BuiltinTask | LmEvalTask:

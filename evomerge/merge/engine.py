@@ -97,7 +97,9 @@ class MergeEngine:
         self.reference = base if base is not None else sources[0]
         check_compatible([self.reference, *[s for s in sources if s is not self.reference]])
         self.num_layers = self.reference.num_layers
-        self.device = torch.device(device) if device is not None else next(iter(self.reference.tensors.values())).device
+        self.device = (
+            torch.device(device) if device is not None else next(iter(self.reference.tensors.values())).device
+        )
         self.stored_dtype = stored_dtype or floating_dtype(self.reference)
         elements = sum(t.numel() for t in self.reference.tensors.values() if t.is_floating_point())
         self.compiled = kernels == "compiled" or (
@@ -105,15 +107,22 @@ class MergeEngine:
         )
         # planned kernel calls wait for others of their size only where they hold no copies of the inputs
         self._inputs_resident = all(
-            t.device == self.device for model in [base, *sources] if model is not None for t in model.tensors.values()
+            t.device == self.device
+            for model in [base, *sources]
+            if model is not None
+            for t in model.tensors.values()
         )
-        if self.compiled and self._inputs_resident:  # tensors of one size as rows: merged in one kernel call each
+        if (
+            self.compiled and self._inputs_resident
+        ):  # tensors of one size as rows: merged in one kernel call each
             for model in {id(m): m for m in [base, *sources] if m is not None}.values():
                 layout.stack(model.tensors)
         self._ranks_budget = max(RANKS_MEMORY_SHARE * model_bytes(self.reference), RANKS_MEMORY_FLOOR)
         self._ranks: dict[str, list[MagnitudeRanks]] = {}  # per tensor: each source's, once computed
         # per target model: the key of every tensor as last written there (see materialize)
-        self._written: weakref.WeakKeyDictionary[PreTrainedModel, dict[str, tuple]] = weakref.WeakKeyDictionary()
+        self._written: weakref.WeakKeyDictionary[PreTrainedModel, dict[str, tuple]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @classmethod
     def from_recipe(
@@ -132,7 +141,9 @@ class MergeEngine:
         """
         device = torch.device(device)
         resident = torch.device(sources_device) if sources_device is not None else device
-        refs = list(dict.fromkeys(r for r in [recipe.base, *(s.model for s in recipe.sources)] if r is not None))
+        refs = list(
+            dict.fromkeys(r for r in [recipe.base, *(s.model for s in recipe.sources)] if r is not None)
+        )
         loaded: dict[str, LoadedModel] = {}
         stored_dtype = None
         for ref in refs:
@@ -140,9 +151,13 @@ class MergeEngine:
             if not loaded:
                 check_fits(model, len(refs), resident, device, sources_dtype, recipe_dtype(recipe))
                 stored_dtype = floating_dtype(model)
-            pin = resident.type == "cpu" and device.type == "cuda"  # pinned: copies to the device run at full speed
+            pin = (
+                resident.type == "cpu" and device.type == "cuda"
+            )  # pinned: copies to the device run at full speed
             model.tensors = {
-                name: _resident(t.to(resident, sources_dtype if sources_dtype and t.is_floating_point() else t.dtype), pin)
+                name: _resident(
+                    t.to(resident, sources_dtype if sources_dtype and t.is_floating_point() else t.dtype), pin
+                )
                 for name, t in model.tensors.items()
             }
             loaded[ref] = model
@@ -165,7 +180,9 @@ class MergeEngine:
             steps.append(MergeStep(name, by_place[place], _tensor_seed(recipe.seed, name)))
         return steps
 
-    def merged_tensors(self, recipe: Recipe, steps: list[MergeStep] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    def merged_tensors(
+        self, recipe: Recipe, steps: list[MergeStep] | None = None
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (name, tensor) for every tensor of the merged model: merged ones in float32, integer ones as stored."""
         method = recipe.method_def
         for step in steps if steps is not None else self.plan(recipe):
@@ -203,7 +220,9 @@ class MergeEngine:
 
             todo = tqdm(todo, desc="merging", unit="tensor", leave=False, disable=None)
         method = recipe.method_def
-        finite: list[tuple[str, torch.Tensor]] = []  # per merged tensor: the sum of what was written (see below)
+        finite: list[
+            tuple[str, torch.Tensor]
+        ] = []  # per merged tensor: the sum of what was written (see below)
         # planned calls of one size: step, key, settings, call
         pending: dict[tuple, list[tuple[MergeStep, tuple, object, KernelCall]]] = {}
         with torch.no_grad():
@@ -219,7 +238,8 @@ class MergeEngine:
                 settings = method.settings_for(step.params, step.seed)
                 call = (
                     method.planned_call(target, base, sources, settings, ranks)
-                    if self.compiled and self._inputs_resident else None
+                    if self.compiled and self._inputs_resident
+                    else None
                 )
                 if call is None:
                     checksum = self._merge_into(method, target, settings, base, sources, ranks)
@@ -251,8 +271,13 @@ class MergeEngine:
         """Merge one tensor into its target; returns the float32 sum of what was written."""
         checksum = torch.empty((), dtype=torch.float32, device=target.device)
         method.merge_into(
-            target, base, sources, settings, compiled=self.compiled if compiled is None else compiled,
-            ranks=ranks, checksum=checksum,
+            target,
+            base,
+            sources,
+            settings,
+            compiled=self.compiled if compiled is None else compiled,
+            ranks=ranks,
+            checksum=checksum,
         )
         return checksum
 
@@ -274,14 +299,17 @@ class MergeEngine:
             else:
                 base, sources = self._inputs(step)
                 ranks = self._magnitude_ranks(step.name, base, sources) if method.uses_ranks else None
-                checksum = self._merge_into(method, targets[step.name], settings, base, sources, ranks,
-                                            compiled=False)
+                checksum = self._merge_into(
+                    method, targets[step.name], settings, base, sources, ranks, compiled=False
+                )
                 finite.append((step.name, checksum))
             written[step.name] = key
 
     def _inputs(self, step: MergeStep) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
         """The base and source tensors of one step on the merge device."""
-        base = self.base.tensors[step.name].to(self.device, non_blocking=True) if self.base is not None else None
+        base = (
+            self.base.tensors[step.name].to(self.device, non_blocking=True) if self.base is not None else None
+        )
         sources = [source.tensors[step.name].to(self.device, non_blocking=True) for source in self.sources]
         return base, sources
 
@@ -364,7 +392,9 @@ def free_bytes(device: torch.device) -> int:
     """Memory that can still be allocated on `device`: free accelerator memory, or the host's available memory."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    with open("/proc/meminfo") as meminfo:  # MemAvailable counts reclaimable caches, unlike sysconf's free pages
+    with open(
+        "/proc/meminfo"
+    ) as meminfo:  # MemAvailable counts reclaimable caches, unlike sysconf's free pages
         for line in meminfo:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
@@ -399,7 +429,10 @@ def check_fits(
                 f"but only {free / gib:.1f} GiB are free{hint}"
             )
         return
-    for what, need, where in (("the models", sources, resident), ("a target and working memory", target + working, device)):
+    for what, need, where in (
+        ("the models", sources, resident),
+        ("a target and working memory", target + working, device),
+    ):
         free = free_bytes(where)
         if need > free:
             raise UsageError(

@@ -67,9 +67,12 @@ class Recipe(BaseModel):
     """A merge, fully specified: the method, the models and every parameter value."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    method: str = Field(description="the merge method's name (see the method registry, evomerge/merge/methods)")
+    method: str = Field(
+        description="the merge method's name (see the method registry, evomerge/merge/methods)"
+    )
     base: str | None = Field(
-        None, description="the model the sources were fine-tuned from, as a source's `model` is named; "
+        None,
+        description="the model the sources were fine-tuned from, as a source's `model` is named; "
         "methods that merge task vectors need it",
     )
     sources: list[SourceSpec] = Field(
@@ -227,7 +230,10 @@ def resolve_parameters(recipe: Recipe, layer: int | None, kind: str, num_layers:
         else:
             resolved[spec.name] = [
                 resolve_value(
-                    source.parameters.get(spec.name, spec.default), layer, kind, num_layers,
+                    source.parameters.get(spec.name, spec.default),
+                    layer,
+                    kind,
+                    num_layers,
                     f"sources.{i}.{spec.name}",
                 )
                 for i, source in enumerate(recipe.sources)

@@ -55,8 +55,11 @@ class ParameterSpace(SearchSpace):
 
         config = self.config
         return MergeEngine.from_recipe(
-            config.recipe, device=config.device, sources_device=config.sources_device,
-            sources_dtype=DTYPES[config.sources_dtype] if config.sources_dtype else None, kernels=config.kernels,
+            config.recipe,
+            device=config.device,
+            sources_device=config.sources_device,
+            sources_dtype=DTYPES[config.sources_dtype] if config.sources_dtype else None,
+            kernels=config.kernels,
         )
 
     def new_target(self, engine: MergeEngine) -> PreTrainedModel:
@@ -72,7 +75,9 @@ class ParameterSpace(SearchSpace):
         config = self.config
         genome = Genome(config.recipe, config.genome, engine.num_layers, engine.reference.module_kinds)
         seeds = [config.recipe, *(load_recipe(path) for path in config.seed_recipes)]
-        engine.plan(genome.decode(genome.encode(seeds[0])))  # a genome that cannot be merged fails here, at once
+        engine.plan(
+            genome.decode(genome.encode(seeds[0]))
+        )  # a genome that cannot be merged fails here, at once
         return genome, seeds
 
     def seed_count(self) -> int:
@@ -116,8 +121,10 @@ class ParameterSpace(SearchSpace):
         seeds = seed_trials(self.config, study)
         if 0 not in seeds or seeds[0].number == best.number:
             return []
-        return [f"first candidate (the template at the method's defaults): trial {seeds[0].number}: "
-                + values(seeds[0], None)]
+        return [
+            f"first candidate (the template at the method's defaults): trial {seeds[0].number}: "
+            + values(seeds[0], None)
+        ]
 
     def best_plots(self, directory: Path, prefix: str, best: Recipe, title: str) -> list[tuple[str, str]]:
         """A heat map of the best recipe's parameters by layer (none when it has no numeric parameter)."""
@@ -154,7 +161,8 @@ models.
         searched = "- searched parameters:\n" + "\n".join(
             f"  - `{g.param}`: {g.granularity}"
             + (f" (groups of {g.group_size} layers)" if g.granularity == "group" else "")
-            + f", {g.low:g} to {g.high:g}" + (" on a log scale" if g.log else "")
+            + f", {g.low:g} to {g.high:g}"
+            + (" on a log scale" if g.log else "")
             for g in self.config.genome
         )
         return title, body, searched
@@ -164,7 +172,9 @@ models.
 
         return recipe_mergekit_yaml(candidate, list(engine.reference.tensors))
 
-    def export(self, engine: MergeEngine, candidate: Recipe, out: Path, files: dict[str, str], replace: bool) -> None:
+    def export(
+        self, engine: MergeEngine, candidate: Recipe, out: Path, files: dict[str, str], replace: bool
+    ) -> None:
         from evomerge.merge.engine import recipe_dtype
         from evomerge.output.model_dir import write_model_dir
 
@@ -182,7 +192,9 @@ def recipe_grid(recipe: Recipe) -> tuple[list[str], list[str], list[list[float]]
     from evomerge.sources import source_name
 
     found: list[tuple[str, Any]] = [
-        (f"{source_name(s.model)} {name}", value) for s in recipe.sources for name, value in s.parameters.items()
+        (f"{source_name(s.model)} {name}", value)
+        for s in recipe.sources
+        for name, value in s.parameters.items()
     ]
     found += list(recipe.parameters.items())
     found = [(label, value) for label, value in found if not isinstance(value, bool)]

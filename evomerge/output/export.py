@@ -24,7 +24,9 @@ from evomerge.search.space import space_of
 FORMATS = ("hf", "mergekit")
 
 
-def pick_trial(config: RunConfig, study: optuna.Study, number: int | None, pick: str) -> tuple[FrozenTrial, str]:
+def pick_trial(
+    config: RunConfig, study: optuna.Study, number: int | None, pick: str
+) -> tuple[FrozenTrial, str]:
     """The trial to export and how it was chosen: trial `number`, else `pick` = best | pareto:K (K from 1)."""
     trials = study.get_trials(deepcopy=False)
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -52,8 +54,13 @@ def pick_trial(config: RunConfig, study: optuna.Study, number: int | None, pick:
 
 
 def export_candidate(
-    config: RunConfig, study: optuna.Study, trial: FrozenTrial, chosen_as: str, out: Path,
-    force: bool = False, fmt: str = "hf",
+    config: RunConfig,
+    study: optuna.Study,
+    trial: FrozenTrial,
+    chosen_as: str,
+    out: Path,
+    force: bool = False,
+    fmt: str = "hf",
 ) -> Path:
     """Write the trial's merge or layer stack to `out`; returns `out`."""
     check_output_dir(out, replace=force)

@@ -55,7 +55,11 @@ METHODS = {
 }
 #: evomerge module kind -> the mergekit filter (a tensor-name substring) that selects it in Llama-style names.
 FILTERS = {
-    "attention": "self_attn", "mlp": "mlp", "embedding": "embed_tokens", "head": "lm_head", "norm": "norm"
+    "attention": "self_attn",
+    "mlp": "mlp",
+    "embedding": "embed_tokens",
+    "head": "lm_head",
+    "norm": "norm",
 }
 RENAMED = {"scale": "lambda", "drop": "density"}
 

@@ -31,14 +31,17 @@ def model_card(
     objectives = {(o.task, o.metric) for o in config.objectives}
     score_rows = [
         f"| {task} | {metric} | {value:.4f} | "
-        + (f"{held_out[task][metric]:.4f}" if held_out else "–") + " | "
-        + ("yes" if (task, metric) in objectives else "no") + " |"
+        + (f"{held_out[task][metric]:.4f}" if held_out else "–")
+        + " | "
+        + ("yes" if (task, metric) in objectives else "no")
+        + " |"
         for task, metrics in trial.user_attrs["scores"].items()
         for metric, value in metrics.items()
     ]
     held_out_text = (
-        "scores were computed after the search and stored in the run's ledger." if held_out else
-        f"scores are not in the run's ledger yet: `evomerge score {config.run_dir} --trial {trial.number}` "
+        "scores were computed after the search and stored in the run's ledger."
+        if held_out
+        else f"scores are not in the run's ledger yet: `evomerge score {config.run_dir} --trial {trial.number}` "
         "computes them; export again to have them here."
     )
     data = "\n".join(f"- `{name}`: {task_description(spec)}" for name, spec in config.tasks.items())
@@ -98,8 +101,10 @@ def _optimizer_text(config: RunConfig) -> str:
 def _budget_text(config: RunConfig) -> str:
     budget = config.budget
     return " and ".join(
-        text for text in (
+        text
+        for text in (
             f"{budget.evaluations} evaluations" if budget.evaluations else "",
             f"{budget.wall_clock_seconds:g} s" if budget.wall_clock_seconds else "",
-        ) if text
+        )
+        if text
     )

@@ -29,7 +29,9 @@ def check_output_dir(out: Path, replace: bool = False) -> None:
         if not replace:
             raise UsageError(f"output directory '{out}' already exists; choose another --out or delete it")
         if not out.is_dir() or (any(out.iterdir()) and not (out / "recipe.yaml").is_file()):
-            raise UsageError(f"'{out}' exists and is not a previous export (no recipe.yaml); --force replaces only those")
+            raise UsageError(
+                f"'{out}' exists and is not a previous export (no recipe.yaml); --force replaces only those"
+            )
     ancestor = out.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -88,6 +90,8 @@ def _reference_tokenizer(reference: TokenizerSource):
     try:
         return AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file)
     except (OSError, ValueError, TypeError) as error:
-        print(f"evomerge: warning: no tokenizer written: cannot load one from '{where}' ({error})",
-              file=sys.stderr)
+        print(
+            f"evomerge: warning: no tokenizer written: cannot load one from '{where}' ({error})",
+            file=sys.stderr,
+        )
         return None

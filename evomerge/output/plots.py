@@ -44,7 +44,9 @@ def plot_pareto(
     crosses.
     """
     pairs = list(itertools.combinations(range(len(names)), 2))
-    figure, grid = plt.subplots(len(pairs), len(splits), figsize=(5 * len(splits), 4 * len(pairs)), squeeze=False)
+    figure, grid = plt.subplots(
+        len(pairs), len(splits), figsize=(5 * len(splits), 4 * len(pairs)), squeeze=False
+    )
     style = {"all candidates": {"color": "0.75", "s": 10}, "Pareto front": {"color": "C0", "s": 28}}
     reference = {"color": "C3", "s": 40, "marker": "x"}
     for row, (i, j) in enumerate(pairs):
@@ -62,7 +64,9 @@ def plot_pareto(
     _save(figure, path)
 
 
-def plot_heatmap(path: Path, rows: list[str], columns: list[str], values: list[list[float]], title: str) -> None:
+def plot_heatmap(
+    path: Path, rows: list[str], columns: list[str], values: list[list[float]], title: str
+) -> None:
     """A heat map with the value written in every cell."""
     figure, axes = plt.subplots(figsize=(1.2 * len(columns) + 4, 0.45 * len(rows) + 1.5))
     image = axes.imshow(values, aspect="auto", cmap="viridis")

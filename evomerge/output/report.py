@@ -60,8 +60,14 @@ def candidate_rows(
         if trial.number in position:
             names.append(f"pareto:{position[trial.number]}")
         scores = held_out.get(trial.number)
-        rows.append(Row(f"{' / '.join(names)} (trial {trial.number})", list(trial.values),
-                        objective_values(config, scores) if scores else None, trial))
+        rows.append(
+            Row(
+                f"{' / '.join(names)} (trial {trial.number})",
+                list(trial.values),
+                objective_values(config, scores) if scores else None,
+                trial,
+            )
+        )
     return rows
 
 
@@ -85,7 +91,8 @@ def candidates_table(config: RunConfig, rows: list[Row], order: dict[int, int]) 
     """Markdown: search and held-out value of each objective, merge and evaluation seconds, evaluation number."""
     names = [o.task for o in config.objectives]
     lines = [
-        "| candidate | " + " | ".join(f"{n} search / held-out" for n in names)
+        "| candidate | "
+        + " | ".join(f"{n} search / held-out" for n in names)
         + " | merge s | eval s | found at evaluation |",
         "| --- |" + " ---: |" * (len(names) + 3),
     ]
@@ -94,7 +101,8 @@ def candidates_table(config: RunConfig, rows: list[Row], order: dict[int, int]) 
         cells = [f"{s:.3f} / " + (f"{h:.3f}" if h is not None else "–") for s, h in zip(row.search, held)]
         attrs = row.trial.user_attrs
         lines.append(
-            f"| {row.name} | " + " | ".join(cells)
+            f"| {row.name} | "
+            + " | ".join(cells)
             + f" | {attrs.get('merge_seconds', 0):.3f} | {attrs.get('eval_seconds', 0):.3f}"
             + f" | {order[row.trial.number]} |"
         )
@@ -118,17 +126,26 @@ def write_report(config: RunConfig) -> Path:
             "",
         ]
         for (name, phase), prefix in zip(phases, ("merge_", "stack_"), strict=False):
-            lines += [f"## {name.capitalize()}", "",
-                      report_section(phase, load_run_study(phase), config.run_dir, prefix, level=3)]
+            lines += [
+                f"## {name.capitalize()}",
+                "",
+                report_section(phase, load_run_study(phase), config.run_dir, prefix, level=3),
+            ]
             studies += space_of(phase).studies()
         if len(phases) == 1:
-            lines += ["## Layer-stacking phase", "", "Not started yet: it begins when the merge phase has used "
-                      "its budget.", ""]
+            lines += [
+                "## Layer-stacking phase",
+                "",
+                "Not started yet: it begins when the merge phase has used its budget.",
+                "",
+            ]
             studies.append(config.stack_study)
     else:
         lines.append(report_section(config, load_run_study(config), config.run_dir))
         studies = space_of(config).studies()
-    names = ", ".join(f"`{name}`" for name in studies[:-1]) + " and " * (len(studies) > 1) + f"`{studies[-1]}`"
+    names = (
+        ", ".join(f"`{name}`" for name in studies[:-1]) + " and " * (len(studies) > 1) + f"`{studies[-1]}`"
+    )
     lines += [f"Browse every candidate with `optuna-dashboard {config.storage_url}` (studies {names}).", ""]
     path = config.run_dir / REPORT_FILE
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -149,7 +166,9 @@ def report_section(
     front = pareto_front(study)
     candidates = candidate_rows(config, reported_trials(config, study), front, held_out)
     best = trial_recipe(candidates[0].trial)
-    plots = _plots(config, space, directory, plot_prefix, completed, front, held_out, references, candidates[0], best)
+    plots = _plots(
+        config, space, directory, plot_prefix, completed, front, held_out, references, candidates[0], best
+    )
     order = {t.number: i for i, t in enumerate(evaluated_trials(study), start=1)}
     return _section_text(config, space, study, candidates, references, order, best, plots, "#" * level)
 
@@ -173,15 +192,18 @@ def _plots(
     ylabel = f"{'mean objective' if config.multi_objective else config.objectives[0].task} (search split)"
     progress = f"{prefix}{PROGRESS_PLOT}"
     plot_progress(
-        directory / progress, [summary_score(config, list(t.values)) for t in completed],
-        {row.name: summary_score(config, row.search) for row in references}, ylabel,
+        directory / progress,
+        [summary_score(config, list(t.values)) for t in completed],
+        {row.name: summary_score(config, row.search) for row in references},
+        ylabel,
     )
     plots = [(f"Best objective against evaluations ({kind} dashed)", progress)]
     if config.multi_objective:
         front_held = [objective_values(config, held_out[t.number]) for t in front if t.number in held_out]
         pareto = f"{prefix}{PARETO_PLOT}"
         plot_pareto(
-            directory / pareto, [o.task for o in config.objectives],
+            directory / pareto,
+            [o.task for o in config.objectives],
             {
                 "search split": {
                     "all candidates": [tuple(t.values) for t in completed],
@@ -205,15 +227,21 @@ def _section_text(config, space, study, candidates, references, order, best, plo
     merge = sum(t.user_attrs.get("merge_seconds", 0.0) for t in trials)
     evaluate = sum(t.user_attrs.get("eval_seconds", 0.0) for t in trials)
     elapsed = float(study.user_attrs.get(ELAPSED_ATTR, 0.0))
-    unscored = [] if all(row.held_out for row in [*references, *candidates]) else [
-        f"A dash: no held-out score in the ledger yet; `evomerge score {config.run_dir}` computes them.", "",
-    ]
+    unscored = (
+        []
+        if all(row.held_out for row in [*references, *candidates])
+        else [
+            f"A dash: no held-out score in the ledger yet; `evomerge score {config.run_dir}` computes them.",
+            "",
+        ]
+    )
     lines = [
         *space.settings_lines(),
         f"- optimizer: {config.optimizer.name}, seed {config.seed}; objectives: "
         + ", ".join(f"{o.task}.{o.metric} ({o.direction})" for o in config.objectives),
         *(f"- task `{name}`: {task_description(spec)}" for name, spec in config.tasks.items()),
-        f"- evaluations used: {finished}" + (f" of {config.budget.evaluations}" if config.budget.evaluations else "")
+        f"- evaluations used: {finished}"
+        + (f" of {config.budget.evaluations}" if config.budget.evaluations else "")
         + f" ({count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} stopped early, "
         f"{count[TrialState.FAIL]} failed); search time {elapsed / 60:.1f} min"
         + f" (merging {merge:.1f} s, scoring {evaluate:.1f} s in all)",

@@ -48,6 +48,7 @@ TASK_ARITHMETIC_GRID = {"scale": (0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4)}
 TIES_GRID = {"density": (0.3, 0.5, 0.7, 0.9), "scale": (0.9, 1.0, 1.1), "normalize": (False,)}
 DARE_TIES_GRID = {"drop": (0.1, 0.3, 0.5, 0.7), "scale": (0.9, 1.0, 1.1), "normalize": (False,)}
 
+
 @dataclass(frozen=True)
 class Baseline:
     family: str
@@ -67,10 +68,16 @@ class BaselineResult:
 
 def baseline_grid(template: Recipe) -> list[Baseline]:
     """Every merge the baselines score, over the template's base and sources (same order, same seed)."""
-    common = {"base": template.base, "seed": template.seed, **({"dtype": template.dtype} if template.dtype else {})}
+    common = {
+        "base": template.base,
+        "seed": template.seed,
+        **({"dtype": template.dtype} if template.dtype else {}),
+    }
     refs = [source.model for source in template.sources]
 
-    def recipe(method: str, parameters: dict, weights: list[float] | None = None, per_source: dict | None = None):
+    def recipe(
+        method: str, parameters: dict, weights: list[float] | None = None, per_source: dict | None = None
+    ):
         sources = [
             {"model": ref, **({"weight": weights[i]} if weights else {}), **(per_source or {})}
             for i, ref in enumerate(refs)
@@ -78,8 +85,11 @@ def baseline_grid(template: Recipe) -> list[Baseline]:
         return recipe_from_dict({"method": method, **common, "sources": sources, "parameters": parameters})
 
     grid = [
-        Baseline(f"{source_name(ref)} alone", f"{source_name(ref)} alone",
-                 recipe("linear", {}, [1.0 if j == i else 0.0 for j in range(len(refs))]))
+        Baseline(
+            f"{source_name(ref)} alone",
+            f"{source_name(ref)} alone",
+            recipe("linear", {}, [1.0 if j == i else 0.0 for j in range(len(refs))]),
+        )
         for i, ref in enumerate(refs)
     ]
     grid.append(Baseline("uniform average", "uniform average", recipe("linear", {})))
@@ -138,7 +148,9 @@ def _scored_trial(config: RunConfig, scorer: CandidateScorer, baseline: Baseline
     try:
         scores = scorer.score(baseline.recipe, "search")
     except MergeFailure as error:
-        return optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={**attrs, "failure_reason": str(error)})
+        return optuna.trial.create_trial(
+            state=TrialState.FAIL, user_attrs={**attrs, "failure_reason": str(error)}
+        )
     values = [scores[o.task][o.metric] for o in config.objectives]
     return optuna.trial.create_trial(values=values, user_attrs={**attrs, "scores": scores})
 
@@ -152,7 +164,9 @@ def chosen_baselines(config: RunConfig, study: optuna.Study) -> list[BaselineRes
     results = []
     for family, trials in families.items():
         chosen = best_trial(config, trials)
-        results.append(BaselineResult(family, chosen.user_attrs[LABEL_ATTR], chosen, held_out.get(chosen.number)))
+        results.append(
+            BaselineResult(family, chosen.user_attrs[LABEL_ATTR], chosen, held_out.get(chosen.number))
+        )
     return results
 
 
@@ -167,7 +181,11 @@ def load_baselines(config: RunConfig) -> list[BaselineResult]:
 def baseline_rows(config: RunConfig, baselines: list[BaselineResult]) -> list[Row]:
     """Results-table rows of the chosen baselines."""
     return [
-        Row(result.label, list(result.trial.values),
-            objective_values(config, result.held_out) if result.held_out else None, result.trial)
+        Row(
+            result.label,
+            list(result.trial.values),
+            objective_values(config, result.held_out) if result.held_out else None,
+            result.trial,
+        )
         for result in baselines
     ]

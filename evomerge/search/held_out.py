@@ -75,4 +75,3 @@ def record_trials_held_out(config: RunConfig, numbers: list[int], phase: str | N
             f"{config.run_dir}; `evomerge status` lists them"
         )
     record_held_out(phase_config, study, trials=[completed[number] for number in numbers])
-

@@ -114,5 +114,7 @@ def run_status_text(config: RunConfig) -> str:
         return status_text(config)
     texts = [f"== {name} ==\n{status_text(phase)}" for name, phase in phases]
     if len(phases) == 1:
-        texts.append("== layer-stacking phase ==\nnot started: it begins when the merge phase has used its budget")
+        texts.append(
+            "== layer-stacking phase ==\nnot started: it begins when the merge phase has used its budget"
+        )
     return "\n\n".join(texts)

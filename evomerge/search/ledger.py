@@ -69,7 +69,8 @@ def load_checked_study(storage: RDBStorage, config: RunConfig, shared: bool) -> 
     if shared != (HEARTBEAT_ATTR in study.user_attrs):
         raise UsageError(
             f"{where} was started by one process (evomerge run without --storage); resume it: evomerge resume"
-            if shared else f"{where} is shared by workers: join it with --storage URL or `evomerge worker`"
+            if shared
+            else f"{where} is shared by workers: join it with --storage URL or `evomerge worker`"
         )
     # A shared study's seeds were enqueued when it was made; a worker joining it needs none.
     changed = changed_fields(stored, config.to_json_dict(), ignore=("seed_recipes",) if shared else ())

@@ -170,16 +170,20 @@ class Search:
         self.study.set_user_attr(ELAPSED_ATTR, self.elapsed())
         if outcome.state == TrialState.PRUNED:
             self.log.info(
-                "trial %d pruned after %d examples: %s", number, outcome.attrs["examples_scored"],
+                "trial %d pruned after %d examples: %s",
+                number,
+                outcome.attrs["examples_scored"],
                 outcome.attrs["partial_scores"],
             )
         elif outcome.values is None:
             self.log.warning("trial %d failed: %s", number, outcome.attrs["failure_reason"])
         else:
             self.log.info(
-                "trial %d: %s (merge %.2f s, eval %.2f s)", number,
+                "trial %d: %s (merge %.2f s, eval %.2f s)",
+                number,
                 ", ".join(f"{o.task}={v:.4f}" for o, v in zip(self.config.objectives, outcome.values)),
-                outcome.attrs["merge_seconds"], outcome.attrs["eval_seconds"],
+                outcome.attrs["merge_seconds"],
+                outcome.attrs["eval_seconds"],
             )
         if self.bar is not None:
             self.bar.update(1)
@@ -232,7 +236,10 @@ class Search:
         from tqdm import tqdm
 
         self.bar = tqdm(
-            total=self.config.budget.evaluations, initial=self.finished(), desc="search", unit="candidate",
+            total=self.config.budget.evaluations,
+            initial=self.finished(),
+            desc="search",
+            unit="candidate",
             disable=None,
         )
         return self.bar

@@ -25,7 +25,9 @@ class CandidateScorer:
         self.engine = self.space.load_engine()
         reference = self.engine.reference
         self.tokenizer = AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file)
-        self.evaluator = Evaluator([load_task(name, spec) for name, spec in config.tasks.items()], self.tokenizer)
+        self.evaluator = Evaluator(
+            [load_task(name, spec) for name, spec in config.tasks.items()], self.tokenizer
+        )
         metrics = self.evaluator.metrics()
         for objective in config.objectives:
             if objective.metric not in metrics[objective.task]:

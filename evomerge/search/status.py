@@ -25,10 +25,13 @@ def status_text(config: RunConfig) -> str:
     lines = [
         f"run: {config.run_dir}  optimizer: {config.optimizer.name}  objectives: "
         + ", ".join(f"{o.task}.{o.metric} ({o.direction})" for o in config.objectives),
-        f"progress: {finished}" + (f"/{budget}" if budget else "") + f" evaluated ({count[TrialState.COMPLETE]} complete, "
+        f"progress: {finished}"
+        + (f"/{budget}" if budget else "")
+        + f" evaluated ({count[TrialState.COMPLETE]} complete, "
         + (f"{count[TrialState.PRUNED]} stopped early, " if count[TrialState.PRUNED] else "")
         + f"{failed} failed, {count[TrialState.RUNNING]} running"
-        + (f", {lost} lost with their worker and retried" if lost else "") + ")",
+        + (f", {lost} lost with their worker and retried" if lost else "")
+        + ")",
     ]
     if elapsed > 0 and finished:
         rate = finished / elapsed * 3600

@@ -185,7 +185,9 @@ class SharedSearch(Search):
             if not counts_toward_budget(frozen):
                 self.log.warning(
                     "trial %d was given up as lost while worker %s evaluated it (no heartbeat for %d s); its "
-                    "result is dropped and its retry counts", trial.number, self.name,
+                    "result is dropped and its retry counts",
+                    trial.number,
+                    self.name,
                     GRACE_HEARTBEATS * self.storage.heartbeat_interval,
                 )
 

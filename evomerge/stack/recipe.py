@@ -30,7 +30,9 @@ def _recipes_read(value: Any, info: ValidationInfo) -> Any:
     if not isinstance(value, list):
         return value
     return [
-        recipe_from_dict(item, origin="stack source", context=info.context) if isinstance(item, dict) else item
+        recipe_from_dict(item, origin="stack source", context=info.context)
+        if isinstance(item, dict)
+        else item
         for item in value
     ]
 
@@ -52,7 +54,9 @@ class StackSpace(_Frozen):
         None, ge=1, description="the most layers a stack keeps (default: every slot)"
     )
     scale_low: float = Field(
-        1.0, gt=0, description="the lowest scale of the hidden state entering a kept layer (scales are "
+        1.0,
+        gt=0,
+        description="the lowest scale of the hidden state entering a kept layer (scales are "
         "searched when it differs from scale_high)",
     )
     scale_high: float = Field(

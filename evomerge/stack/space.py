@@ -89,7 +89,9 @@ class DataFlowSpace(SearchSpace):
         rows = []
         for index, trial in sorted(self.reference_trials(study).items()):
             scores = held_out.get(trial.number)
-            name = f"{source_label(self.config.stack.sources[index], short=True)} alone (trial {trial.number})"
+            name = (
+                f"{source_label(self.config.stack.sources[index], short=True)} alone (trial {trial.number})"
+            )
             held = objective_values(self.config, scores) if scores else None
             rows.append(Row(name, list(trial.values), held, trial))
         return rows
@@ -106,7 +108,8 @@ class DataFlowSpace(SearchSpace):
         space = self.config.stack
         sources = ", ".join(f"source {index} {source_label(ref)}" for index, ref in enumerate(space.sources))
         scales = (
-            f"input scale of each layer {space.scale_low:g}..{space.scale_high:g}" if space.searches_scales
+            f"input scale of each layer {space.scale_low:g}..{space.scale_high:g}"
+            if space.searches_scales
             else f"no scale searched (every scale {space.scale_low:g})"
         )
         return [
@@ -128,7 +131,9 @@ class DataFlowSpace(SearchSpace):
             if index in alone
         ]
 
-    def best_plots(self, directory: Path, prefix: str, best: StackRecipe, title: str) -> list[tuple[str, str]]:
+    def best_plots(
+        self, directory: Path, prefix: str, best: StackRecipe, title: str
+    ) -> list[tuple[str, str]]:
         """A bar chart of the best stack: each layer's source, source layer and input scale."""
         from evomerge.output.plots import plot_stack
         from evomerge.stack.engine import source_label
@@ -151,7 +156,8 @@ class DataFlowSpace(SearchSpace):
         stack, space = candidate, self.config.stack
         title = f"Layer stack of {len(stack.sources)} models ({len(stack.layers)} layers)"
         sources = "\n".join(
-            f"- source {index}: `{ref}`" if isinstance(ref, str)
+            f"- source {index}: `{ref}`"
+            if isinstance(ref, str)
             else f"- source {index}: {source_label(ref)} (`{ref.method}`, its recipe inline in `recipe.yaml`)"
             for index, ref in enumerate(stack.sources)
         )
@@ -192,7 +198,8 @@ This checkpoint is an ordinary model of the embeddings source's architecture wit
 """
         scales = (
             f"a scale per kept layer from {space.scale_low:g} to {space.scale_high:g}"
-            if space.searches_scales else f"no scale (every scale {space.scale_low:g})"
+            if space.searches_scales
+            else f"no scale (every scale {space.scale_low:g})"
         )
         searched = (
             "- searched layer stack:\n"
@@ -207,8 +214,9 @@ This checkpoint is an ordinary model of the embeddings source's architecture wit
 
         return stack_mergekit_yaml(candidate)
 
-    def export(self, engine: StackEngine, candidate: StackRecipe, out: Path, files: dict[str, str],
-               replace: bool) -> None:
+    def export(
+        self, engine: StackEngine, candidate: StackRecipe, out: Path, files: dict[str, str], replace: bool
+    ) -> None:
         from evomerge.stack.engine import write_stack_dir
 
         write_stack_dir(engine, candidate, out, files, replace=replace)

@@ -129,9 +129,7 @@ def _train(
     model.eval()
 
 
-def _base_mixture(
-    base_train: dict[str, list[dict[str, str]]], settings: ZooSettings
-) -> list[dict[str, str]]:
+def _base_mixture(base_train: dict[str, list[dict[str, str]]], settings: ZooSettings) -> list[dict[str, str]]:
     """The base's training rows: each skill's easy examples, cycled or cut to its share of the mixture."""
     total_weight = sum(settings.base_mixture[name] for name in base_train)
     size = settings.train_examples * len(base_train)

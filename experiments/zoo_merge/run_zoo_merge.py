@@ -52,8 +52,12 @@ def shifted(word: str) -> str:
 
 def cross_skill_words(zoo: Path) -> list[str]:
     """Words of 5-6 letters with a letter in n-z, none a prompt of the zoo's reverse or shift data."""
-    used = {row["prompt"].split(" ", 1)[1][:-1] for skill in ("reverse", "shift")
-            for split in ("train", "search", "held_out") for row in read_split(zoo, skill, split)}
+    used = {
+        row["prompt"].split(" ", 1)[1][:-1]
+        for skill in ("reverse", "shift")
+        for split in ("train", "search", "held_out")
+        for row in read_split(zoo, skill, split)
+    }
     rng = random.Random(CROSS_SKILL_SEED)
     words: list[str] = []
     while len(words) < CROSS_SKILL_WORDS:
@@ -63,14 +67,21 @@ def cross_skill_words(zoo: Path) -> list[str]:
     return words
 
 
-def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[str]:
+def greedy_answers(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str]
+) -> list[str]:
     """Greedy continuations up to EOS (left-padded batch), special tokens dropped."""
     tokenizer.padding_side = "left"
     encoded = tokenizer(prompts, return_tensors="pt", padding=True)
     with torch.inference_mode():
-        output = model.generate(**encoded, do_sample=False, max_new_tokens=8, eos_token_id=tokenizer.eos_token_id,
-                                pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+        output = model.generate(
+            **encoded,
+            do_sample=False,
+            max_new_tokens=8,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def cross_skill_accuracy(scorer: CandidateScorer, recipe: Recipe, words: list[str]) -> float:
@@ -93,7 +104,9 @@ def run_search(config_path: Path, work: Path, seed: int) -> tuple[RunConfig, flo
     return config, time.perf_counter() - started
 
 
-def search_rows(config: RunConfig, wall: float, scorer: CandidateScorer, words: list[str], label: str) -> dict:
+def search_rows(
+    config: RunConfig, wall: float, scorer: CandidateScorer, words: list[str], label: str
+) -> dict:
     study = load_run_study(config)
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     held_out = held_out_scores(study)
@@ -101,8 +114,12 @@ def search_rows(config: RunConfig, wall: float, scorer: CandidateScorer, words: 
     front = pareto_front(study)
     front_rows = [held_out_row(config, held_out[t.number]) for t in front]
     return {
-        "label": label, "seed": config.seed, "trial": best.number, "evaluations": len(study.get_trials()),
-        "wall_seconds": round(wall, 1), "search_seconds": round(float(study.user_attrs[ELAPSED_ATTR]), 1),
+        "label": label,
+        "seed": config.seed,
+        "trial": best.number,
+        "evaluations": len(study.get_trials()),
+        "wall_seconds": round(wall, 1),
+        "search_seconds": round(float(study.user_attrs[ELAPSED_ATTR]), 1),
         "held_out": held_out_row(config, held_out[best.number]),
         "cross_skill": cross_skill_accuracy(scorer, trial_recipe(best), words),
         "pareto_size": len(front),
@@ -112,7 +129,9 @@ def search_rows(config: RunConfig, wall: float, scorer: CandidateScorer, words: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work", type=Path, default=HERE / "runs", help="run directories (ledgers, reports)")
     args = parser.parse_args()
@@ -124,34 +143,55 @@ def main() -> None:
     scorer = CandidateScorer(base_config)
     baselines = []
     for result in run_baselines(base_config, progress=False, scorer=scorer):
-        baselines.append({
-            "label": result.label, "family": result.family, "held_out": held_out_row(base_config, result.held_out),
-            "cross_skill": cross_skill_accuracy(scorer, trial_recipe(result.trial), words),
-        })
+        baselines.append(
+            {
+                "label": result.label,
+                "family": result.family,
+                "held_out": held_out_row(base_config, result.held_out),
+                "cross_skill": cross_skill_accuracy(scorer, trial_recipe(result.trial), words),
+            }
+        )
     baseline_seconds = time.perf_counter() - started
 
     searches: list[dict] = []
     for seed in args.seeds:
-        for name, label in (("cmaes", "evolved per-layer (CMA-ES)"), ("nsga2", "evolved Pareto set (NSGA-II)")):
+        for name, label in (
+            ("cmaes", "evolved per-layer (CMA-ES)"),
+            ("nsga2", "evolved Pareto set (NSGA-II)"),
+        ):
             config, wall = run_search(HERE / f"{name}.yaml", args.work, seed)
             searches.append(search_rows(config, wall, scorer, words, label))
-            save(baselines, searches, baseline_seconds)  # after every run: a long experiment keeps what it has
+            save(
+                baselines, searches, baseline_seconds
+            )  # after every run: a long experiment keeps what it has
     print(table(baselines, searches))
 
 
 def save(baselines: list[dict], searches: list[dict], baseline_seconds: float) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "skills": list(SKILLS), "held_out_per_skill": 200, "cross_skill_words": CROSS_SKILL_WORDS,
-        "cross_skill_seed": CROSS_SKILL_SEED, "baseline_seconds": round(baseline_seconds, 1),
-        "baselines": baselines, "searches": searches,
-    }, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "skills": list(SKILLS),
+                "held_out_per_skill": 200,
+                "cross_skill_words": CROSS_SKILL_WORDS,
+                "cross_skill_seed": CROSS_SKILL_SEED,
+                "baseline_seconds": round(baseline_seconds, 1),
+                "baselines": baselines,
+                "searches": searches,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def table(baselines: list[dict], searches: list[dict]) -> str:
     skills = list(SKILLS)
     lines = [
-        "| model | " + " | ".join(skills) + " | mean | cross-skill (rev then shift) | evaluations | wall time |",
+        "| model | "
+        + " | ".join(skills)
+        + " | mean | cross-skill (rev then shift) | evaluations | wall time |",
         "| --- |" + " ---: |" * (len(skills) + 4),
     ]
     for row in baselines:
@@ -160,12 +200,17 @@ def table(baselines: list[dict], searches: list[dict]) -> str:
     for row in searches:
         cells = [f"{row['held_out'][s]:.3f}" for s in [*skills, "mean"]]
         name = f"{row['label']} seed {row['seed']}, trial {row['trial']}"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['cross_skill']:.3f} | {row['evaluations']} | "
-                     f"{row['wall_seconds'] / 60:.1f} min |")
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {row['cross_skill']:.3f} | {row['evaluations']} | "
+            f"{row['wall_seconds'] / 60:.1f} min |"
+        )
         if row["label"].startswith("evolved Pareto"):
             best = [f"{row['pareto_best_per_skill'][s]:.3f}" for s in skills]
-            lines.append(f"| ... its {row['pareto_size']} Pareto points, best per skill (oracle) | "
-                         + " | ".join(best) + " | | | | |")
+            lines.append(
+                f"| ... its {row['pareto_size']} Pareto points, best per skill (oracle) | "
+                + " | ".join(best)
+                + " | | | | |"
+            )
     return "\n".join(lines)
 
 

@@ -61,4 +61,3 @@ def write_blocks(
         if checksum is not None:
             checksum.add_(flat[start:stop].sum(dtype=torch.float32))
     return out
-

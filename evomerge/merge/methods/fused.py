@@ -92,7 +92,11 @@ def _masked_mix(
     `hashed_index`: counter_random.index_hash of the row's elements, when kept (see KEPT_HASH_ELEMENTS); else
     the kernel hashes the indices itself."""
     upper_t, lower_t, factors, weights, scale = (
-        numbers[:, 0], numbers[:, 1], numbers[:, 2], numbers[:, 3], numbers[:, 4, 0:1]
+        numbers[:, 0],
+        numbers[:, 1],
+        numbers[:, 2],
+        numbers[:, 3],
+        numbers[:, 4, 0:1],
     )
     upper_i, lower_i = last_indices[:, 0], last_indices[:, 1]
     keys, last_draws = draws[:, 0], draws[:, 1]
@@ -193,9 +197,13 @@ class KernelCall:
         """Calls with equal groups can run as rows of one call: the same kernel, switches (but for those that
         can be on for all, MixSwitches.group), number, dtypes and devices of tensors, and element count."""
         return (
-            self.kernel, self.switches.group() if self.switches is not None else None, self.out.dtype,
-            self.out.device, tuple((t.dtype, t.device) for t in self.inputs),
-            tuple(dtype for _, dtype in self.params), self.out.numel(),
+            self.kernel,
+            self.switches.group() if self.switches is not None else None,
+            self.out.dtype,
+            self.out.device,
+            tuple((t.dtype, t.device) for t in self.inputs),
+            tuple(dtype for _, dtype in self.params),
+            self.out.numel(),
         )
 
 
@@ -242,8 +250,10 @@ def _row_runs(calls: list[KernelCall]) -> list[int]:
     ends = []
     for t in range(1, len(calls)):
         previous, call = calls[t - 1], calls[t]
-        if not all(_follows(a, b) for a, b in zip([previous.out, *previous.inputs], [call.out, *call.inputs],
-                                                     strict=True)):
+        if not all(
+            _follows(a, b)
+            for a, b in zip([previous.out, *previous.inputs], [call.out, *call.inputs], strict=True)
+        ):
             ends.append(t)
     return [*ends, len(calls)]
 
@@ -261,8 +271,9 @@ def _rows(tensors: list[torch.Tensor]) -> torch.Tensor:
     memory that is not a view of any of them (torch.compile guards on a view's base)."""
     first = tensors[0]
     alias = torch.empty(0, dtype=first.dtype, device=first.device)
-    return alias.set_(first.untyped_storage(), first.storage_offset(), (len(tensors), first.numel()),
-                      (first.numel(), 1))
+    return alias.set_(
+        first.untyped_storage(), first.storage_offset(), (len(tensors), first.numel()), (first.numel(), 1)
+    )
 
 
 def _run_rows(calls: list[KernelCall], sums: torch.Tensor) -> bool:

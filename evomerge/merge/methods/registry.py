@@ -155,8 +155,14 @@ class MergeMethod:
         extra = {"ranks": ranks} if self.uses_ranks else {}
         if self.writes_into:
             self.function(
-                base, list(sources), settings,
-                out=out, block=block, compiled=compiled, checksum=checksum, **extra,
+                base,
+                list(sources),
+                settings,
+                out=out,
+                block=block,
+                compiled=compiled,
+                checksum=checksum,
+                **extra,
             )
             return
         out.copy_(self.merge(base, sources, settings))

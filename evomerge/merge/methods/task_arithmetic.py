@@ -191,8 +191,15 @@ def _prepared(
         return torch.sub(flats[i][start:stop], base_part, out=working()[i, : stop - start]).abs_()
 
     keepers = [
-        _keeper(settings, i, ranks[i] if ranks else None, functools.partial(magnitude_block, i), base_flat,
-                flats[i], step)
+        _keeper(
+            settings,
+            i,
+            ranks[i] if ranks else None,
+            functools.partial(magnitude_block, i),
+            base_flat,
+            flats[i],
+            step,
+        )
         for i in range(len(flats))
     ]
     factors = [
@@ -314,12 +321,20 @@ def _kernel_call(
         wide=n >= fused.WIDE_FROM_ELEMENTS,  # the kernel's indices go up to n (keep_all's last index)
     )
     factors = plan.factors if consensus else plan.coefficients
-    numbers = [[c.threshold for c in uppers], [c.threshold for c in lowers], factors, list(settings.weight),
-               [settings.scale] * len(flats)]
+    numbers = [
+        [c.threshold for c in uppers],
+        [c.threshold for c in lowers],
+        factors,
+        list(settings.weight),
+        [settings.scale] * len(flats),
+    ]
     last_indices = [[c.last_index for c in uppers], [c.last_index for c in lowers]]
     draw_limits = [[r.key for r in randoms], [r.limit - 1 for r in randoms]]
-    params = ((numbers, torch.float32), (last_indices, torch.int64 if switches.wide else torch.int32),
-              (draw_limits, torch.int32))
+    params = (
+        (numbers, torch.float32),
+        (last_indices, torch.int64 if switches.wide else torch.int32),
+        (draw_limits, torch.int32),
+    )
     return fused.KernelCall("masked_mix", out, [base_flat, *flats], params, switches)
 
 
@@ -354,4 +369,6 @@ TIES = _variant("ties", "magnitude", "sign", True, "https://arxiv.org/abs/2306.0
 DARE_LINEAR = _variant("dare_linear", "random", None, False, "https://arxiv.org/abs/2311.03099")
 DARE_TIES = _variant("dare_ties", "random", "sign", True, "https://arxiv.org/abs/2311.03099")
 BREADCRUMBS = _variant("breadcrumbs", "breadcrumbs", None, False, "https://arxiv.org/abs/2312.06795")
-BREADCRUMBS_TIES = _variant("breadcrumbs_ties", "breadcrumbs", "sign", True, "https://arxiv.org/abs/2312.06795")
+BREADCRUMBS_TIES = _variant(
+    "breadcrumbs_ties", "breadcrumbs", "sign", True, "https://arxiv.org/abs/2312.06795"
+)
