@@ -421,15 +421,14 @@ def _run_status(args: argparse.Namespace) -> None:
 
     config = _located_config(args, read_only=not args.held_out)
     if args.held_out:
-        from evomerge.search.held_out import record_run_held_out
+        from evomerge.search.hybrid import record_run_held_out
 
         record_run_held_out(config)
     print(run_status_text(config))
 
 
 def _run_score(args: argparse.Namespace) -> None:
-    from evomerge.search.held_out import record_run_held_out, record_trials_held_out
-    from evomerge.search.hybrid import run_status_text
+    from evomerge.search.hybrid import record_run_held_out, record_trials_held_out, run_status_text
 
     config = _located_config(args)
     if args.trial:

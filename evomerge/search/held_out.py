@@ -9,14 +9,18 @@ ledger beside the search scores, where status, report and export read them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import optuna
 from optuna.trial import FrozenTrial
 
 from evomerge.config import RunConfig
 from evomerge.evaluate.scores import Scores
 from evomerge.search.results import HELD_OUT_PREFIX, held_out_scores, reported_trials, trial_recipe
-from evomerge.search.scoring import CandidateScorer
 from evomerge.search.space import space_of
+
+if TYPE_CHECKING:
+    from evomerge.search.scoring import CandidateScorer
 
 
 def shown_trials(config: RunConfig, study: optuna.Study) -> list[FrozenTrial]:
@@ -43,35 +47,10 @@ def record_held_out(
     for trial in shown_trials(config, study) if trials is None else trials:
         if trial.number in recorded:
             continue
-        scorer = scorer or CandidateScorer(config)
+        if scorer is None:
+            from evomerge.search.scoring import CandidateScorer  # loads the models: only when one is scored
+
+            scorer = CandidateScorer(config)
         recorded[trial.number] = scorer.score(trial_recipe(trial), "held_out")
         study.set_user_attr(f"{HELD_OUT_PREFIX}{trial.number}", recorded[trial.number])
     return recorded
-
-
-def record_run_held_out(config: RunConfig) -> None:
-    """`record_held_out` in each phase of a run (one, or a hybrid's two): the trials it shows."""
-    from evomerge.search.hybrid import phase_configs
-    from evomerge.search.ledger import load_run_study
-
-    for _, phase in phase_configs(config):
-        record_held_out(phase, load_run_study(phase))
-
-
-def record_trials_held_out(config: RunConfig, numbers: list[int], phase: str | None = None) -> None:
-    """Score the completed trials `numbers` (of a hybrid run's `phase`: merge, or by default stack) on the
-    held-out split where the ledger has no score for them yet; UsageError naming any that is not one."""
-    from evomerge.errors import UsageError
-    from evomerge.search.hybrid import exported_phase
-    from evomerge.search.ledger import load_run_study
-
-    phase_config = exported_phase(config, phase)
-    study = load_run_study(phase_config)
-    completed = {t.number: t for t in study.get_trials(deepcopy=False) if t.values is not None}
-    missing = sorted(set(numbers) - set(completed))
-    if missing:
-        raise UsageError(
-            f"--trial {', '.join(map(str, missing))}: no completed trial of that number in the run in "
-            f"{config.run_dir}; `evomerge status` lists them"
-        )
-    record_held_out(phase_config, study, trials=[completed[number] for number in numbers])

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from evomerge.config import RunConfig
 from evomerge.errors import UsageError
 from evomerge.merge.recipe import Recipe
+from evomerge.search.held_out import record_held_out
 from evomerge.search.ledger import load_run_study
 from evomerge.search.results import best_trial, evaluated_trials, trial_recipe
 from evomerge.search.storage import open_storage, study_names
@@ -118,3 +119,24 @@ def run_status_text(config: RunConfig) -> str:
             "== layer-stacking phase ==\nnot started: it begins when the merge phase has used its budget"
         )
     return "\n\n".join(texts)
+
+
+def record_run_held_out(config: RunConfig) -> None:
+    """`record_held_out` in each phase of a run (one, or a hybrid's two): the trials it shows."""
+    for _, phase in phase_configs(config):
+        record_held_out(phase, load_run_study(phase))
+
+
+def record_trials_held_out(config: RunConfig, numbers: list[int], phase: str | None = None) -> None:
+    """Score the completed trials `numbers` (of a hybrid run's `phase`: merge, or by default stack) on the
+    held-out split where the ledger has no score for them yet; UsageError naming any that is not one."""
+    phase_config = exported_phase(config, phase)
+    study = load_run_study(phase_config)
+    completed = {t.number: t for t in study.get_trials(deepcopy=False) if t.values is not None}
+    missing = sorted(set(numbers) - set(completed))
+    if missing:
+        raise UsageError(
+            f"--trial {', '.join(map(str, missing))}: no completed trial of that number in the run in "
+            f"{config.run_dir}; `evomerge status` lists them"
+        )
+    record_held_out(phase_config, study, trials=[completed[number] for number in numbers])
