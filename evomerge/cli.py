@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="merge models as a recipe says and write the result",
         description="Merge the models of a recipe YAML (method, base, sources, per-layer parameters; see "
         "configs/merge_ties.yaml), or stack the layers a stack recipe lists (sources, embeddings, layers as "
-        "[source, layer, scale]; written by layer-stacking runs), and write a Hugging Face model directory that "
-        "AutoModelForCausalLM.from_pretrained loads, with the recipe copied beside it.",
+        "[source, layer, scale]; written by layer-stacking runs), and write a Hugging Face model directory "
+        "that AutoModelForCausalLM.from_pretrained loads, with the recipe copied beside it.",
         epilog="example: evomerge merge configs/merge_ties.yaml --out merged-ties",
     )
     merge.add_argument("recipe", type=Path, metavar="RECIPE", help="the recipe YAML file")
@@ -82,10 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="start (or resume) a merge search from a run config",
         description="Search the merge parameters that a run config lists (see configs/demo.yaml): each "
         "candidate is merged in place, scored on the search split of the tasks, and recorded in the run "
-        "directory's ledger (an Optuna study in ledger.db). A config with a `stack:` section instead searches "
-        "layer stacks; one with recipe, genome and stack is a hybrid: the merge search, then a stacking "
-        "search over its best merge (stack source search:best), in one run directory. If the run directory "
-        "already holds this run, it resumes; a run directory of another config is refused.",
+        "directory's ledger (an Optuna study in ledger.db). A config with a `stack:` section instead "
+        "searches layer stacks; one with recipe, genome and stack is a hybrid: the merge search, then a "
+        "stacking search over its best merge (stack source search:best), in one run directory. If the run "
+        "directory already holds this run, it resumes; a run directory of another config is refused.",
         epilog="example: evomerge run configs/demo.yaml --run-dir runs/demo --budget 64",
     )
     run.add_argument("config", type=Path, metavar="CONFIG", help="the run config YAML")
@@ -172,9 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         "score",
         help="score a run's candidates on the held-out split and record the scores in its ledger",
         description="Score on the held-out split the best candidate, every Pareto point and the models the "
-        "search is measured against (each source alone in a layer-stacking run), or the trials --trial names, "
-        "where the ledger has no held-out score for them yet, and store the scores in the ledger, where "
-        "status, report and export read them. A finished run has scored its best and Pareto candidates "
+        "search is measured against (each source alone in a layer-stacking run), or the trials --trial "
+        "names, where the ledger has no held-out score for them yet, and store the scores in the ledger, "
+        "where status, report and export read them. A finished run has scored its best and Pareto candidates "
         "already; use this for a run still going or stopped, or for a trial you want to export.",
         epilog="examples: evomerge score runs/demo; evomerge score runs/demo --trial 17 --trial 40",
     )
@@ -219,17 +219,18 @@ def _shared_options(command: argparse.ArgumentParser) -> None:
 
 
 def _add_result_commands(commands: argparse._SubParsersAction) -> None:
-    """`report`, `export` and `baselines`: what a run found, the chosen model, and what it is measured against."""
+    """`report`, `export` and `baselines`: what a run found, the chosen model, and what it is measured
+    against."""
     report = commands.add_parser(
         "report",
         help="write report.md and plots of a run into its directory",
-        description="Write RUN_DIR/report.md with PNG plots beside it: the best objective against evaluations "
-        "(baselines as horizontal lines), the Pareto front on the search and held-out splits, a heat map of the "
-        "best recipe's per-layer parameters, and a table of the best and Pareto candidates with search and "
-        "held-out scores, merge and evaluation time. For a layer-stacking run, each source alone takes the "
-        "baselines' place and a bar chart of the best stack (each layer's source, source layer and scale) "
-        "the heat map's. It only reads the ledger: held-out scores are those the run recorded (`evomerge "
-        "score` adds missing ones); rows without one show a dash. The run "
+        description="Write RUN_DIR/report.md with PNG plots beside it: the best objective against "
+        "evaluations (baselines as horizontal lines), the Pareto front on the search and held-out splits, a "
+        "heat map of the best recipe's per-layer parameters, and a table of the best and Pareto candidates "
+        "with search and held-out scores, merge and evaluation time. For a layer-stacking run, each source "
+        "alone takes the baselines' place and a bar chart of the best stack (each layer's source, source "
+        "layer and scale) the heat map's. It only reads the ledger: held-out scores are those the run "
+        "recorded (`evomerge score` adds missing ones); rows without one show a dash. The run "
         "directory also opens in optuna-dashboard as it is.",
         epilog="example: evomerge report runs/demo",
     )
@@ -241,14 +242,14 @@ def _add_result_commands(commands: argparse._SubParsersAction) -> None:
         help="write one candidate of a run as a Hugging Face model directory with its model card",
         description="Merge one candidate of the run in RUN_DIR (the best by default) and write it to --out: "
         "safetensors, config, generation config and tokenizer that AutoModelForCausalLM.from_pretrained "
-        "loads, recipe.yaml (`evomerge merge recipe.yaml` rebuilds the same tensors bit for bit) and README.md, "
-        "a model card with the sources, method, search settings and scores. A layer-stacking run's candidate "
-        "is written as an ordinary checkpoint of the new depth, each layer's scale folded into its attention "
-        "and MLP output projections (exact up to RMSNorm's epsilon), its card listing the layers. The "
-        "card's held-out scores are those in the ledger (`evomerge score RUN_DIR --trial N` adds them for a "
-        "trial the run did not score).",
-        epilog="examples: evomerge export runs/demo --out merged; evomerge export runs/pareto --pick pareto:2 "
-        "--out merged-p2 --format mergekit",
+        "loads, recipe.yaml (`evomerge merge recipe.yaml` rebuilds the same tensors bit for bit) and "
+        "README.md, a model card with the sources, method, search settings and scores. A layer-stacking "
+        "run's candidate is written as an ordinary checkpoint of the new depth, each layer's scale folded "
+        "into its attention and MLP output projections (exact up to RMSNorm's epsilon), its card listing the "
+        "layers. The card's held-out scores are those in the ledger (`evomerge score RUN_DIR --trial N` adds "
+        "them for a trial the run did not score).",
+        epilog="examples: evomerge export runs/demo --out merged; evomerge export runs/pareto --pick "
+        "pareto:2 --out merged-p2 --format mergekit",
     )
     export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
     export.add_argument(
@@ -285,10 +286,10 @@ def _add_result_commands(commands: argparse._SubParsersAction) -> None:
         "baselines",
         help="score the usual merges of a run's sources, to compare the search with",
         description="Merge the config's base and sources the usual ways: each source alone, the uniform "
-        "average, and task arithmetic, TIES and DARE-TIES with one global setting each, chosen by a small grid "
-        "on the search split; score the chosen ones on the held-out split. Every merge is a trial of the "
-        "study 'baselines' in the run's ledger, apart from the search (it uses none of the search's budget); "
-        "`evomerge report` shows them. Nothing is scored twice. For merge-parameter runs only: a "
+        "average, and task arithmetic, TIES and DARE-TIES with one global setting each, chosen by a small "
+        "grid on the search split; score the chosen ones on the held-out split. Every merge is a trial of "
+        "the study 'baselines' in the run's ledger, apart from the search (it uses none of the search's "
+        "budget); `evomerge report` shows them. Nothing is scored twice. For merge-parameter runs only: a "
         "layer-stacking run's report compares its stacks with each source alone.",
         epilog="examples: evomerge baselines configs/demo.yaml; evomerge baselines runs/demo",
     )

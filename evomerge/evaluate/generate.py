@@ -1,8 +1,8 @@
 """Batched greedy generation, answer extraction and matching: the scorer of `generate` tasks.
 
-Prompts arrive tokenized (once per run, `evaluate/tasks.py`). A batch is prompts of similar length, left-padded
-so that every row continues from its last prompt token; `model.generate` decodes greedily with its KV cache and
-stops each row at EOS or at its first stop string. The same code runs on CPU and GPU.
+Prompts arrive tokenized (once per run, `evaluate/tasks.py`). A batch is prompts of similar length,
+left-padded so that every row continues from its last prompt token; `model.generate` decodes greedily with its
+KV cache and stops each row at EOS or at its first stop string. The same code runs on CPU and GPU.
 """
 
 from __future__ import annotations

@@ -65,13 +65,15 @@ class LmEvalTask:
         count = len(self.docs[split])
         if count == 0:
             raise UsageError(
-                f"task '{self.name}': lm-eval task '{getattr(self.spec, SPLIT_FIELDS[split])}' has no documents"
+                f"task '{self.name}': lm-eval task '{getattr(self.spec, SPLIT_FIELDS[split])}' "
+                "has no documents"
             )
         if self.spec.limit is None:
             return None
         if count < self.spec.limit:
             raise UsageError(
-                f"task '{self.name}': the {split} task has {count} documents, fewer than limit {self.spec.limit}"
+                f"task '{self.name}': the {split} task has {count} documents, "
+                f"fewer than limit {self.spec.limit}"
             )
         return sorted(random.Random(self.spec.sample_seed).sample(range(count), self.spec.limit))
 

@@ -27,8 +27,8 @@ tasks:
 
 Each kind declares its metrics (first: the default) and whether higher is better, which objectives are
 checked against; how it scores, in words; and the class that scores it (`task_class`, imported only when a run
-loads its tasks, since scoring needs torch or lm-eval). Adding a kind: a module with its spec (a `_DataSpec` or
-`_Spec` subclass with a `kind` literal) and its task class (a `BuiltinTask` subclass), and one line in
+loads its tasks, since scoring needs torch or lm-eval). Adding a kind: a module with its spec (a `_DataSpec`
+or `_Spec` subclass with a `kind` literal) and its task class (a `BuiltinTask` subclass), and one line in
 `TASK_SPECS`.
 """
 

@@ -1,9 +1,9 @@
 """Tasks and the evaluator the search calls.
 
-The evaluator's contract, which keeps held-out numbers honest: `score(model, "search")` is all the optimizer ever sees;
-`score(model, "held_out")` is for reports. Both splits are read once, subsampled with a seed, checked
-disjoint by content hash, and tokenized once per run; every task is checked (fields, templates, extraction,
-sizes) before any candidate is scored, and a mistake is one UsageError line.
+The evaluator's contract, which keeps held-out numbers honest: `score(model, "search")` is all the optimizer
+ever sees; `score(model, "held_out")` is for reports. Both splits are read once, subsampled with a seed,
+checked disjoint by content hash, and tokenized once per run; every task is checked (fields, templates,
+extraction, sizes) before any candidate is scored, and a mistake is one UsageError line.
 
 A built-in task scores examples in any slice, so that the evaluator can score in chunks and stop a hopeless
 candidate early (`score_progressively`); its metric is the mean of per-example values.

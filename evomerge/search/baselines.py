@@ -58,7 +58,8 @@ class Baseline:
 
 @dataclass(frozen=True)
 class BaselineResult:
-    """The chosen setting of one family: its trial (search scores in `user_attrs["scores"]`) and held-out scores."""
+    """The chosen setting of one family: its trial (search scores in `user_attrs["scores"]`) and held-out
+    scores."""
 
     family: str
     label: str
@@ -156,7 +157,8 @@ def _scored_trial(config: RunConfig, scorer: CandidateScorer, baseline: Baseline
 
 
 def chosen_baselines(config: RunConfig, study: optuna.Study) -> list[BaselineResult]:
-    """The best completed trial of each family on the search split (by the run's scalarization), in grid order."""
+    """The best completed trial of each family on the search split (by the run's scalarization), in grid
+    order."""
     held_out = held_out_scores(study)
     families: dict[str, list[FrozenTrial]] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

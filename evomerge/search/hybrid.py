@@ -58,9 +58,9 @@ def check_merge_phase_over(merge: RunConfig) -> None:
     limit = merge.budget.evaluations
     if limit is not None and len(evaluated_trials(load_run_study(merge))) < limit:
         raise UsageError(
-            f"the layer-stacking phase of the run in {merge.run_dir} has started from its merge phase's best, "
-            "so the merge phase cannot be extended; raise the stacking phase's budget (--stack-budget) or "
-            "start a new run directory"
+            f"the layer-stacking phase of the run in {merge.run_dir} has started from its merge phase's "
+            "best, so the merge phase cannot be extended; raise the stacking phase's budget (--stack-budget) "
+            "or start a new run directory"
         )
 
 

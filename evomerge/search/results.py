@@ -20,7 +20,8 @@ HELD_OUT_PREFIX = "held_out."
 
 @dataclass(frozen=True)
 class Row:
-    """One model of a results table: its objective values on the search split and, if scored, the held-out one."""
+    """One model of a results table: its objective values on the search split and, if scored, the held-out
+    one."""
 
     name: str
     search: list[float]
@@ -60,8 +61,8 @@ def seed_trials(config: RunConfig, study: optuna.Study) -> dict[int, FrozenTrial
 
     Seeds are the first trials of a study: the loop adds them (pycma, user attribute `seed_index`) or
     enqueues them (Optuna samplers, also a shared run's creator) before anything else, so trial N is seed N
-    for N below `SearchSpace.seed_count`. A shared run's retry of a lost seed names it in Optuna's `failed_trial` system
-    attribute.
+    for N below `SearchSpace.seed_count`. A shared run's retry of a lost seed names it in Optuna's
+    `failed_trial` system attribute.
     """
     count = space_of(config).seed_count()
     found: dict[int, FrozenTrial] = {}

@@ -1,5 +1,5 @@
-"""A run directory's config file, and the search that drives a config (one process, a shared worker, or the two
-phases of a hybrid run)."""
+"""A run directory's config file, and the search that drives a config (one process, a shared worker, or the
+two phases of a hybrid run)."""
 
 from __future__ import annotations
 

@@ -38,6 +38,7 @@ class CandidateScorer:
         self.model = self.space.new_target(self.engine)
 
     def score(self, candidate: Candidate, split: str = "search") -> Scores:
-        """The candidate's `{task: {metric: value}}` on one split (materialized into the target model first)."""
+        """The candidate's `{task: {metric: value}}` on one split (materialized into the target model
+        first)."""
         self.engine.materialize(candidate, self.model)
         return self.evaluator.score(self.model, split)

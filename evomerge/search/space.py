@@ -1,10 +1,11 @@
-"""The search-space protocol: what the loop, the ledger readers, the report and export need of one kind of search.
+"""The search-space protocol: what the loop, the ledger readers, the report and export need of one kind of
+search.
 
 evomerge searches two spaces, as in "Evolutionary Optimization of Model Merging Recipes" (Akiba et al., 2024):
 the parameter space (a merge recipe's per-layer parameters: `evomerge/merge/space.py`) and the data-flow space
-(which layers of which sources, in which order: `evomerge/stack/space.py`). A hybrid run is the two in sequence
-(`evomerge/search/hybrid.py`). Everything that differs between them lives behind `SearchSpace`; nothing else
-asks which space it is in.
+(which layers of which sources, in which order: `evomerge/stack/space.py`). A hybrid run is the two in
+sequence (`evomerge/search/hybrid.py`). Everything that differs between them lives behind `SearchSpace`;
+nothing else asks which space it is in.
 
 A space is made from a run config without loading a model (`space_of`): status, report and the ledger readers
 use it that way. `load_engine` loads its resident models, over which the search materializes candidates.
@@ -40,7 +41,8 @@ SPACES = ("evomerge.stack.space:DataFlowSpace", "evomerge.merge.space:ParameterS
 
 
 class Candidate(Protocol):
-    """What a search proposes and the ledger records: plain data with a YAML form (a Recipe, a StackRecipe)."""
+    """What a search proposes and the ledger records: plain data with a YAML form (a Recipe, a
+    StackRecipe)."""
 
     def to_yaml(self) -> str: ...
 
@@ -59,8 +61,8 @@ class Engine(Protocol):
     """A space's resident models.
 
     Contract: `materialize(candidate, target)` writes the candidate into `target` (a model from `new_target`)
-    in place, depending on nothing but the candidate and the resident models, so the same candidate always gives
-    the same model; it reads no file.
+    in place, depending on nothing but the candidate and the resident models, so the same candidate always
+    gives the same model; it reads no file.
     """
 
     @property
@@ -112,7 +114,8 @@ class SearchSpace(ABC):
 
     @abstractmethod
     def genome(self, engine: Any) -> tuple[GeneSpace, list[Candidate]]:
-        """The genes over the engine's models, and the seed candidates the search evaluates first, in order."""
+        """The genes over the engine's models, and the seed candidates the search evaluates first, in
+        order."""
 
     @abstractmethod
     def seed_count(self) -> int:
@@ -127,7 +130,8 @@ class SearchSpace(ABC):
 
     @abstractmethod
     def reference_rows(self, study: optuna.Study, held_out: dict[int, Scores]) -> list[Row]:
-        """Rows of the models the search is measured against (`reference_kind`), with their held-out scores."""
+        """Rows of the models the search is measured against (`reference_kind`), with their held-out
+        scores."""
 
     @abstractmethod
     def references_text(self, references: list[Row]) -> str:
@@ -143,7 +147,8 @@ class SearchSpace(ABC):
 
     @abstractmethod
     def status_lines(self, study: optuna.Study, best: FrozenTrial, values: ValuesText) -> list[str]:
-        """Lines of `evomerge status` after the best candidate's (the reference models, the first candidate)."""
+        """Lines of `evomerge status` after the best candidate's (the reference models, the first
+        candidate)."""
 
     @abstractmethod
     def best_plots(self, directory: Path, prefix: str, best: Any, title: str) -> list[tuple[str, str]]:
