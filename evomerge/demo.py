@@ -44,7 +44,8 @@ def run_demo(out: Path) -> None:
     with resources.as_file(DEMO_CONFIG) as demo_config:
         config = load_config(demo_config, {"run_dir": str(out / "run")})
     print(
-        f"searching per-layer DARE weights and drop rates ({config.budget.evaluations} candidates, CMA-ES) ..."
+        f"searching per-layer DARE weights and drop rates ({config.budget.evaluations} candidates, "
+        "CMA-ES) ..."
     )
     write_run_config(config)
     Search(config).run()

@@ -15,7 +15,8 @@ from evomerge.errors import UsageError
 
 
 def read_yaml(path: Path, what: str) -> Any:
-    """The data of a YAML file; UsageError if it is missing or not YAML. `what` names it ('recipe', 'config')."""
+    """The data of a YAML file; UsageError if it is missing or not YAML. `what` names it ('recipe',
+    'config')."""
     if not path.is_file():
         raise UsageError(f"{what} file '{path}' does not exist")
     try:

@@ -52,7 +52,8 @@ def model_fingerprint(ref: str) -> str:
 
 
 def config_fingerprints(config: RunConfig) -> dict[str, str]:
-    """The fingerprint of every model a run config names (its recipe's, or its stack's and theirs), by reference."""
+    """The fingerprint of every model a run config names (its recipe's, or its stack's and theirs), by
+    reference."""
     recipes = [config.recipe] if config.recipe is not None else []
     refs: list[str] = []
     for source in config.stack.sources if config.stack is not None else []:

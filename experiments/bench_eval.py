@@ -133,7 +133,9 @@ def main() -> None:
         for name in ("generate", "choice")
     }
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "machine": (
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+        ),
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "model": args.model,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -145,7 +147,8 @@ def main() -> None:
     print(f"{'task':<18}{'examples':>9}{'seconds':>9}{'ex/s':>9}  scores")
     for row in rows:
         print(
-            f"{row['task']:<18}{row['examples']:>9}{row['seconds']:>9.3f}{row['examples_per_second']:>9.1f}  {row['scores']}"
+            f"{row['task']:<18}{row['examples']:>9}{row['seconds']:>9.3f}"
+            f"{row['examples_per_second']:>9.1f}  {row['scores']}"
         )
     print("built-in speed-up over lm-eval:", speedup)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

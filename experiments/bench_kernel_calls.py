@@ -1,13 +1,14 @@
 """Where a compiled candidate's time goes: the kernels' arithmetic, or the cost of one call per tensor.
 
-    python experiments/bench_kernel_calls.py                         # SmolLM-135M shape, bf16, base + 2
-    sources python experiments/bench_kernel_calls.py --size 0.5b --sources 4
+    python experiments/bench_kernel_calls.py                       # SmolLM-135M shape, bf16, base + 2 sources
+    python experiments/bench_kernel_calls.py --size 0.5b --sources 4
 
 For random tensors of a Llama's shapes (no files, no engine), and each method, it times in one process:
 - per tensor: every tensor merged by its own kernel call into its own target (as the engine merges into a
   target that is not stacked);
-- as rows: the tensors of one size laid out as rows of one buffer (evomerge/merge/layout.py), in base, sources and
-  targets, and merged in one kernel call per size (as the engine merges into a stacked target, a search's);
+- as rows: the tensors of one size laid out as rows of one buffer (evomerge/merge/layout.py), in base, sources
+  and targets, and merged in one kernel call per size (as the engine merges into a stacked target, a
+  search's);
 - one call: the same elements as one tensor, merged by one call (the kernels' throughput without any per-call
   cost);
 - Python: the per-tensor loop with the kernel call left out (our code around the kernels);

@@ -77,7 +77,10 @@ def main() -> None:
                 run_dir = Path(scratch) / f"seed{seed}-{'early' if setting else 'full'}"
                 rows.append(one_run(run_dir, seed, setting))
                 print(json.dumps(rows[-1]))
-    header = f"{'early':<7}{'seed':>5}{'stopped':>9}{'examples':>10}{'eval s':>8}{'wall s':>8}{'search':>8}{'held-out':>9}"
+    header = (
+        f"{'early':<7}{'seed':>5}{'stopped':>9}{'examples':>10}"
+        f"{'eval s':>8}{'wall s':>8}{'search':>8}{'held-out':>9}"
+    )
     print(header)
     for r in rows:
         print(

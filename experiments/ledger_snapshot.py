@@ -8,7 +8,8 @@ evaluation seconds, elapsed search time). Two snapshots of the same code are ide
 taken before a refactor and one taken after.
 
     python experiments/ledger_snapshot.py --out experiments/results/ledger_snapshot.json
-    python experiments/ledger_snapshot.py --out /tmp/after.json --compare experiments/results/ledger_snapshot.json
+    python experiments/ledger_snapshot.py --out /tmp/after.json \\
+        --compare experiments/results/ledger_snapshot.json
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""Time mergekit's in-memory merge path (the one mergekit-evolve's InMemoryMergeEvaluator uses), per candidate.
+"""Time mergekit's in-memory merge path (the one mergekit-evolve's InMemoryMergeEvaluator uses), per
+candidate.
 
 Runs inside mergekit's own virtual environment (experiments/setup_mergekit.sh), called by bench_merge.py:
 
     MERGEKIT_VENV/bin/python experiments/mergekit_in_memory.py CONFIG.yaml --repeats N
 
 It plans the merge with MergePlanner.plan_in_memory, runs mergekit's Executor and copies every tensor into one
-preallocated model, as InMemoryMergeEvaluator.evaluate does (without lm-eval, ray or vLLM, which only evaluate).
+preallocated model, as InMemoryMergeEvaluator.evaluate does (without lm-eval, ray or vLLM, which only
+evaluate).
 Prints one JSON line: {"seconds": [...], "peak_rss_bytes": ...}.
 """
 
@@ -52,7 +54,8 @@ def main() -> None:
         planner = MergePlanner(config, info, options, out_config)
         planner._plan()
         # plan_in_memory's own ReturnTensor(...) fails pydantic validation with the pydantic this mergekit
-        # installs ("Can't instantiate abstract class Task[Tensor]"); the same tasks, built without validation:
+        # installs ("Can't instantiate abstract class Task[Tensor]"); the same tasks, built without
+        # validation:
         tasks = [
             ReturnTensor.model_construct(
                 weight_info=w, tensor_task=t, dtype=w.force_dtype or config.out_dtype

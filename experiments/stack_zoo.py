@@ -1,4 +1,5 @@
-"""Layer stacking (data-flow space) on the tiny zoo, alone and as the hybrid, against the parameter-space merge.
+"""Layer stacking (data-flow space) on the tiny zoo, alone and as the hybrid, against the parameter-space
+merge.
 
     python experiments/stack_zoo.py [--seed 0] [--evaluations 64] [--merge-evaluations 200] [--limit N]
 
@@ -8,14 +9,14 @@ per skill), every number in the table on the held-out split (200 other prompts p
   [0.5, 1.5] on each kept layer's input), `--evaluations` candidates;
 - `hybrid`: one hybrid run (evomerge/search/hybrid.py): the parameter-space search of the zoo merge experiment
   (experiments/zoo_merge/cmaes.yaml: CMA-ES over per-layer task-arithmetic weights, `--merge-evaluations`
-  candidates), then a
-  stacking search over the layers of its best merge and of the three experts (`search:best` first, so the
-  embeddings, final norm and head are the merge's), `--evaluations` candidates, in one ledger.
+  candidates), then a stacking search over the layers of its best merge and of the three experts
+  (`search:best` first, so the embeddings, final norm and head are the merge's), `--evaluations` candidates,
+  in one ledger.
 A stacking search first scores each source's own layers as they are (under the embeddings of its first source;
 the zoo's experts share a base, so this costs little): the experts alone, and in the hybrid the best merge.
-The best stack of each run is exported as a plain checkpoint (scales folded, evomerge/stack/engine.py), reloaded with
-transformers and scored again on the held-out split: the difference to the ledger's held-out record and the
-largest logit difference say what folding costs. Prints a table; saves results/stack_zoo.json.
+The best stack of each run is exported as a plain checkpoint (scales folded, evomerge/stack/engine.py),
+reloaded with transformers and scored again on the held-out split: the difference to the ledger's held-out
+record and the largest logit difference say what folding costs. Prints a table; saves results/stack_zoo.json.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def run_hybrid(args, root: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--evaluations", type=int, default=64, help="candidates of each stacking search")
     parser.add_argument(

@@ -1,5 +1,6 @@
-"""What makes a candidate fast must not change it: block-wise merges, sort-free magnitude cuts, skipped tensors,
-resident sources on another device or in another dtype; and a merge that cannot fit is refused up front."""
+"""What makes a candidate fast must not change it: block-wise merges, sort-free magnitude cuts, skipped
+tensors, resident sources on another device or in another dtype; and a merge that cannot fit is refused up
+front."""
 
 from __future__ import annotations
 

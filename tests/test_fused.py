@@ -1,5 +1,6 @@
 """Compiled kernels, DARE's counter-based draws and the magnitude ranks (sorted or counted): each a faster way
-to compute the same merge, checked against the block path, against Python's integers and against a stable sort."""
+to compute the same merge, checked against the block path, against Python's integers and against a stable
+sort."""
 
 from __future__ import annotations
 

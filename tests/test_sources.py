@@ -63,7 +63,8 @@ def test_vocabulary_mismatch_names_the_tensor(tiny_models, tmp_path):
     other = load_model(str(save_tiny_llama(tmp_path / "v", seed=1, vocab_size=120)))
     with pytest.raises(
         UsageError,
-        match=r"incompatible vocabularies: .* has \d+ tokens, .* has 120 \(tensor '(lm_head|model.embed_tokens).weight'\)",
+        match=r"incompatible vocabularies: .* has \d+ tokens, .* has 120 "
+        r"\(tensor '(lm_head|model.embed_tokens).weight'\)",
     ):
         check_compatible([load_model(str(tiny_models["base"])), other])
 

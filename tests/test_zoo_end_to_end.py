@@ -1,4 +1,5 @@
-"""The commands a newcomer runs first, on the real zoo: `zoo build`, `merge configs/merge_ties.yaml`, `demo`."""
+"""The commands a newcomer runs first, on the real zoo: `zoo build`, `merge configs/merge_ties.yaml`,
+`demo`."""
 
 from __future__ import annotations
 

@@ -7,13 +7,13 @@ The engine's contract:
   already exists (the one the evaluator holds), block by block (methods/blocks.py); nothing else is allocated
   per candidate beyond the working blocks of one merge step (and DARE's masks of one tensor). A tensor whose
   parameters did not change since the last materialize into the same model is not written again.
-- **Memory.** Resident: the base and the sources in their own dtype (or `sources_dtype`), on the device or, with
-  `sources_device="cpu"`, in host memory (each tensor then crosses to the device when it is merged); the
+- **Memory.** Resident: the base and the sources in their own dtype (or `sources_dtype`), on the device or,
+  with `sources_device="cpu"`, in host memory (each tensor then crosses to the device when it is merged); the
   target; working blocks (and, for compiled DARE, its index hash per row length: fused.KEPT_HASH_ELEMENTS).
   `from_recipe` checks this fits before loading and raises UsageError when it cannot.
 - **Bit-reproducible.** The same recipe over the same sources gives bit-identical tensors, whatever was
-  materialized before and on whatever device: each tensor's random draws (DARE) are a hash of the recipe's seed,
-  the tensor's name and the element (methods/counter_random.py).
+  materialized before and on whatever device: each tensor's random draws (DARE) are a hash of the recipe's
+  seed, the tensor's name and the element (methods/counter_random.py).
 - **Fast.** On large models the merges run as compiled kernels (methods/fused.py; `kernels`). The resident
   models, and a target made `stacked`, hold their tensors of one size as rows of one buffer (layout.py), so
   that each size is merged in one kernel call (each call has a cost of its own). Each task vector's cuts on
@@ -66,8 +66,9 @@ class MergeStep:
         return (method if self.params is not None else None, self.seed, frozen)
 
 
-#: How merges are computed: "compiled" kernels (methods/fused.py), "blocks" of eager torch operations, or "auto":
-#: compiled on CPU for models of at least COMPILE_FROM_ELEMENTS elements, where compiling pays for itself.
+#: How merges are computed: "compiled" kernels (methods/fused.py), "blocks" of eager torch operations, or
+#: "auto": compiled on CPU for models of at least COMPILE_FROM_ELEMENTS elements, where compiling pays for
+#: itself.
 Kernels = Literal["auto", "compiled", "blocks"]
 #: Compiling a method's kernel takes seconds to a minute once per process; a candidate of a model this large
 #: (about 33 M parameters) saves about that much (experiments/bench_merge.py).
@@ -183,7 +184,8 @@ class MergeEngine:
     def merged_tensors(
         self, recipe: Recipe, steps: list[MergeStep] | None = None
     ) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield (name, tensor) for every tensor of the merged model: merged ones in float32, integer ones as stored."""
+        """Yield (name, tensor) for every tensor of the merged model: merged ones in float32, integer ones as
+        stored."""
         method = recipe.method_def
         for step in steps if steps is not None else self.plan(recipe):
             if step.params is None:
@@ -201,7 +203,8 @@ class MergeEngine:
         The same tensors as `merged_tensors`, rounded to the model's dtype, written block by block. A tensor
         whose parameters (and seed) are those it was last written with in this model is skipped: the engine
         assumes nothing else writes into the model's weights between materializes. A value that is not finite
-        (in the model's dtype: an overflow too) raises MergeFailure, and the next materialize writes everything.
+        (in the model's dtype: an overflow too) raises MergeFailure, and the next materialize writes
+        everything.
         """
         steps = self.plan(recipe)
         targets = dict(model.named_parameters())
@@ -250,7 +253,8 @@ class MergeEngine:
             for group in pending.values():
                 self._run_group(method, group, targets, finite, written)
         # the sum of what was written, computed as it is written (a NaN or Inf anywhere makes it non-finite),
-        # where isfinite would take passes of its own; a sum that overflows float32 is checked element by element
+        # where isfinite would take passes of its own; a sum that overflows float32 is checked element by
+        # element
         sums = torch.stack([checksum for _, checksum in finite]) if finite else None
         if sums is not None and not bool(torch.isfinite(sums).all()):
             for (name, _), total in zip(finite, sums.tolist(), strict=True):
@@ -289,8 +293,8 @@ class MergeEngine:
         finite: list[tuple[str, torch.Tensor]],
         written: dict[str, tuple],
     ) -> None:
-        """Run planned kernel calls of one size, those whose tensors lie back to back as one call (fused.run_many),
-        or by blocks where compiled kernels cannot run."""
+        """Run planned kernel calls of one size, those whose tensors lie back to back as one call
+        (fused.run_many), or by blocks where compiled kernels cannot run."""
         checksums = torch.empty(len(group), dtype=torch.float32, device=self.device)
         ran = fused.run_many([call for _, _, _, call in group], checksums)
         for i, (step, key, settings, _) in enumerate(group):
@@ -334,9 +338,9 @@ class MergeEngine:
         Its weights are overwritten by every materialize; it is loaded (not built from the config) so that
         non-persistent buffers such as rotary frequencies are computed as the architecture computes them.
         `stacked`: lay out its parameters of one size as rows of one buffer (layout.stack_parameters), where
-        this engine merges by compiled kernels: each size is then merged in one kernel call. Parameters that every
-        materialize writes (all, usually) are then left unset until the first. For a model that is searched
-        over, not for one to be saved.
+        this engine merges by compiled kernels: each size is then merged in one kernel call. Parameters that
+        every materialize writes (all, usually) are then left unset until the first. For a model that is
+        searched over, not for one to be saved.
         """
         dtype = dtype or self.stored_dtype
         ref = self.reference
@@ -389,7 +393,8 @@ def model_bytes(model: LoadedModel, dtype: torch.dtype | None = None) -> int:
 
 
 def free_bytes(device: torch.device) -> int:
-    """Memory that can still be allocated on `device`: free accelerator memory, or the host's available memory."""
+    """Memory that can still be allocated on `device`: free accelerator memory, or the host's available
+    memory."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     with open(
@@ -410,7 +415,8 @@ def check_fits(
     target_dtype: torch.dtype | None,
 ) -> None:
     """Raise UsageError unless `models` models like `first` fit on `resident` and a target plus working memory
-    on `device` (the models' largest tensor, in float32, once per model: DARE's draws and masks, and blocks)."""
+    on `device` (the models' largest tensor, in float32, once per model: DARE's draws and masks, and
+    blocks)."""
     largest = max(t.numel() for t in first.tensors.values())
     target = model_bytes(first, target_dtype)
     sources = models * model_bytes(first, sources_dtype)
@@ -420,13 +426,14 @@ def check_fits(
         need, free = sources + target + working, free_bytes(device)
         if need > free:
             hint = (
-                "; keep the sources in host memory (sources_device='cpu') or in a lower precision (sources_dtype)"
+                "; keep the sources in host memory (sources_device='cpu') or in a lower precision "
+                "(sources_dtype)"
                 if device.type != "cpu"
                 else "; use fewer or smaller models, or a lower precision for the sources (sources_dtype)"
             )
             raise UsageError(
-                f"the merge needs {need / gib:.1f} GiB on {device} ({models} models, a target and working memory) "
-                f"but only {free / gib:.1f} GiB are free{hint}"
+                f"the merge needs {need / gib:.1f} GiB on {device} ({models} models, a target and working "
+                f"memory) but only {free / gib:.1f} GiB are free{hint}"
             )
         return
     for what, need, where in (
@@ -436,6 +443,6 @@ def check_fits(
         free = free_bytes(where)
         if need > free:
             raise UsageError(
-                f"{what} of the merge need {need / gib:.1f} GiB on {where} but only {free / gib:.1f} GiB are free; "
-                "use fewer or smaller models, or a lower precision for the sources (sources_dtype)"
+                f"{what} of the merge need {need / gib:.1f} GiB on {where} but only {free / gib:.1f} GiB are "
+                "free; use fewer or smaller models, or a lower precision for the sources (sources_dtype)"
             )

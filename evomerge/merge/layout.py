@@ -1,9 +1,9 @@
 """Tensors of one size laid out back to back, as the rows of one buffer.
 
 A compiled merge kernel (methods/fused.py) merges tensors whose inputs and targets all lie back to back in one
-call over their rows: each call of a kernel has a cost of its own, and rows run at the rate of one long tensor.
-A model's layers repeat the same shapes, so its tensors fall into a few classes of one size: the engine lays out
-the resident models, and the target it makes for a search, this way.
+call over their rows: each call of a kernel has a cost of its own, and rows run at the rate of one long
+tensor. A model's layers repeat the same shapes, so its tensors fall into a few classes of one size: the
+engine lays out the resident models, and the target it makes for a search, this way.
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ def size_classes(tensors: Mapping[str, torch.Tensor]) -> list[list[str]]:
 
 def stack(tensors: dict[str, torch.Tensor], values: bool = True) -> None:
     """Lay out each size class (size_classes) of `tensors` as the rows of one new buffer, in place (the same
-    names and shapes, and values unless `values` is False), and move every other tensor into memory of its own.
+    names and shapes, and values unless `values` is False), and move every other tensor into memory of its
+    own.
 
     Why the others move too: tensors loaded from safetensors are views of the file's mapping, and any one left
-    would keep the whole file mapped, and as resident as the rows that copy it. One class at a time, so that the
-    copies of one class are all the memory this takes besides the tensors (when nothing else holds them)."""
+    would keep the whole file mapped, and as resident as the rows that copy it. One class at a time, so that
+    the copies of one class are all the memory this takes besides the tensors (when nothing else holds
+    them)."""
     classes = size_classes(tensors)
     for names in classes:
         rows = _rows_buffer(len(names), tensors[names[0]])
@@ -43,10 +45,10 @@ def stack(tensors: dict[str, torch.Tensor], values: bool = True) -> None:
 
 
 def stack_parameters(model: torch.nn.Module, order: Iterable[str] = (), values: bool = True) -> None:
-    """`stack` the model's parameters, each class's rows in the order of the names in `order` (the others after
-    them, in the model's order): the order its inputs' rows are in, so that kernels can run over both. Without
-    `values`, the parameters are left uninitialized: for a model whose every parameter is written next, this
-    spares reading the file a loaded model maps.
+    """`stack` the model's parameters, each class's rows in the order of the names in `order` (the others
+    after them, in the model's order): the order its inputs' rows are in, so that kernels can run over both.
+    Without `values`, the parameters are left uninitialized: for a model whose every parameter is written
+    next, this spares reading the file a loaded model maps.
 
     For models a search materializes into; not for one to be saved: save_pretrained takes tensors that share
     a buffer for tied weights."""

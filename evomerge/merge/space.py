@@ -95,8 +95,8 @@ class ParameterSpace(SearchSpace):
         if references:
             return (
                 "Baselines: each family's global setting was chosen on the search split from a small grid "
-                "(`evomerge/search/baselines.py`); every grid point is a trial of the study `baselines` in this "
-                "ledger."
+                "(`evomerge/search/baselines.py`); every grid point is a trial of the study `baselines` in "
+                "this ledger."
             )
         return f"No baselines in this run's ledger yet: `evomerge baselines {self.config.run_dir}` adds them."
 

@@ -47,8 +47,8 @@ def pick_trial(
     prefix, _, k = pick.partition(":")
     if prefix != "pareto" or not k.isdigit() or not 1 <= int(k) <= len(front):
         raise UsageError(
-            f"--pick {pick!r}: use best, or pareto:K with K from 1 to {len(front)} (the Pareto front in trial order, "
-            "as `evomerge report` lists it)"
+            f"--pick {pick!r}: use best, or pareto:K with K from 1 to {len(front)} (the Pareto front in "
+            "trial order, as `evomerge report` lists it)"
         )
     return front[int(k) - 1], f"Pareto point {k} of {len(front)}"
 

@@ -13,12 +13,12 @@ The translation keeps mergekit's own semantics equal to evomerge's:
   tensors than evomerge's kinds cannot be expressed.
 - DARE's `drop` is mergekit's `density` = 1 - drop, evomerge's `scale` is mergekit's `lambda`.
 
-A layer stack (evomerge/stack/recipe.py) is a `passthrough` merge with one slice per layer, its scale folded as the
-export folds it (evomerge/stack/engine.py: the attention and MLP output projections multiplied by the layer's
-factor, through mergekit's per-tensor `scale` filtered on their names). mergekit takes the embeddings from
-the first slice and the final norm and head from the last, so a slice of no layers from the embeddings source
-opens and closes the list. `mergekit-yaml` on such a config writes the tensors of evomerge's export exactly
-(tests/test_stack_search.py, with the mergekit that experiments/setup_mergekit.sh installs).
+A layer stack (evomerge/stack/recipe.py) is a `passthrough` merge with one slice per layer, its scale folded
+as the export folds it (evomerge/stack/engine.py: the attention and MLP output projections multiplied by the
+layer's factor, through mergekit's per-tensor `scale` filtered on their names). mergekit takes the embeddings
+from the first slice and the final norm and head from the last, so a slice of no layers from the embeddings
+source opens and closes the list. `mergekit-yaml` on such a config writes the tensors of evomerge's export
+exactly (tests/test_stack_search.py, with the mergekit that experiments/setup_mergekit.sh installs).
 
 What cannot be expressed raises UsageError: sources mergekit cannot read (GGUF files, a stack's inline merge
 recipes), and per-kind values on models whose tensor names mergekit's filters cannot tell apart. mergekit

@@ -41,8 +41,8 @@ def model_card(
     held_out_text = (
         "scores were computed after the search and stored in the run's ledger."
         if held_out
-        else f"scores are not in the run's ledger yet: `evomerge score {config.run_dir} --trial {trial.number}` "
-        "computes them; export again to have them here."
+        else f"scores are not in the run's ledger yet: `evomerge score {config.run_dir} "
+        f"--trial {trial.number}` computes them; export again to have them here."
     )
     data = "\n".join(f"- `{name}`: {task_description(spec)}" for name, spec in config.tasks.items())
     return f"""---

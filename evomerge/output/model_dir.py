@@ -23,8 +23,9 @@ from evomerge.stack.recipe import StackRecipe
 
 
 def check_output_dir(out: Path, replace: bool = False) -> None:
-    """Raise UsageError unless `out` does not exist yet (or, with `replace`, holds a previous export) and could
-    be created. `replace` never deletes anything but a model directory with a recipe.yaml (or an empty one)."""
+    """Raise UsageError unless `out` does not exist yet (or, with `replace`, holds a previous export) and
+    could be created. `replace` never deletes anything but a model directory with a recipe.yaml (or an empty
+    one)."""
     if out.exists():
         if not replace:
             raise UsageError(f"output directory '{out}' already exists; choose another --out or delete it")

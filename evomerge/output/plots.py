@@ -18,7 +18,8 @@ Point = tuple[float, ...]
 
 
 def plot_progress(path: Path, scores: list[float], baselines: dict[str, float], ylabel: str) -> None:
-    """Each candidate's score in evaluation order, the best so far as a step line, baselines as horizontal lines."""
+    """Each candidate's score in evaluation order, the best so far as a step line, baselines as horizontal
+    lines."""
     figure, axes = plt.subplots(figsize=(7, 4))
     evaluations = range(1, len(scores) + 1)
     best = list(itertools.accumulate(scores, max))

@@ -88,7 +88,8 @@ def results_table(config: RunConfig, rows: list[Row]) -> str:
 
 
 def candidates_table(config: RunConfig, rows: list[Row], order: dict[int, int]) -> str:
-    """Markdown: search and held-out value of each objective, merge and evaluation seconds, evaluation number."""
+    """Markdown: search and held-out value of each objective, merge and evaluation seconds, evaluation
+    number."""
     names = [o.task for o in config.objectives]
     lines = [
         "| candidate | "
@@ -110,8 +111,8 @@ def candidates_table(config: RunConfig, rows: list[Row], order: dict[int, int]) 
 
 
 def write_report(config: RunConfig) -> Path:
-    """Write report.md and its plots into the run directory (a section per phase for a hybrid run); returns the
-    report's path."""
+    """Write report.md and its plots into the run directory (a section per phase for a hybrid run); returns
+    the report's path."""
     from evomerge.search.hybrid import phase_configs
 
     require("matplotlib", "plots", "writing a run report")
@@ -246,8 +247,8 @@ def _section_text(config, space, study, candidates, references, order, best, plo
         f"{count[TrialState.FAIL]} failed); search time {elapsed / 60:.1f} min"
         + f" (merging {merge:.1f} s, scoring {evaluate:.1f} s in all)",
         "",
-        "Search scores are what the optimizer saw; held-out scores come from the disjoint held-out split, which "
-        "it never saw. The mean is the weighted mean of the objectives.",
+        "Search scores are what the optimizer saw; held-out scores come from the disjoint held-out split, "
+        "which it never saw. The mean is the weighted mean of the objectives.",
         "",
         f"{h} Results on the held-out split",
         "",
@@ -260,7 +261,8 @@ def _section_text(config, space, study, candidates, references, order, best, plo
         candidates_table(config, candidates, order),
         "",
         *unscored,
-        "Export one with `evomerge export RUN_DIR --out DIR --pick best` (or `--pick pareto:K`, `--trial N`).",
+        "Export one with `evomerge export RUN_DIR --out DIR --pick best` "
+        "(or `--pick pareto:K`, `--trial N`).",
         "",
     ]
     for title, file in plots:

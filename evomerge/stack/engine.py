@@ -133,7 +133,8 @@ class StackEngine:
         sizes = {self.sources[layer.source].model.config.intermediate_size for layer in stack.layers}
         if len(sizes) > 1:
             raise UsageError(
-                f"the stack mixes MLP sizes {sorted(sizes)}; one checkpoint of this architecture holds one size"
+                f"the stack mixes MLP sizes {sorted(sizes)}; one checkpoint of this architecture holds "
+                "one size"
             )
         reference = self.reference.model
         config = copy.deepcopy(reference.config)
@@ -168,7 +169,8 @@ class StackEngine:
             count = len(self.sources[layer.source].layers)
             if layer.layer >= count:
                 raise UsageError(
-                    f"stack layer {position}: source {layer.source} has {count} layers, no layer {layer.layer}"
+                    f"stack layer {position}: source {layer.source} has {count} layers, "
+                    f"no layer {layer.layer}"
                 )
 
 
@@ -215,7 +217,8 @@ def _load_source(ref: str | Recipe, device: str | torch.device) -> StackSource:
 
 
 def check_stackable(sources: list[StackSource]) -> None:
-    """UsageError unless every source's layers can take every other's hidden state (and have a cache index)."""
+    """UsageError unless every source's layers can take every other's hidden state (and have a cache
+    index)."""
     first = sources[0]
     for source in sources:
         decoder = source.model.get_decoder()

@@ -1,11 +1,11 @@
 """The genome of the data-flow space: an inclusion gene and a scale gene per slot of the sources' layers.
 
-The sources' layers are laid out in order (every layer of source 0, then of source 1, ...) and the whole sequence
-repeated `repeats` times. A slot is kept when its inclusion gene is above 0.5, and the hidden state entering a
-kept layer is multiplied by its scale gene. Both are real genes in the unit cube, so CMA-ES and every Optuna
-sampler search the same space. Depth guards: a genome that keeps fewer than `min_depth` slots also keeps the
-excluded slots with the highest inclusion values until it has `min_depth`; one that keeps more than `max_depth`
-drops its lowest. Decoding is therefore total and deterministic.
+The sources' layers are laid out in order (every layer of source 0, then of source 1, ...) and the whole
+sequence repeated `repeats` times. A slot is kept when its inclusion gene is above 0.5, and the hidden state
+entering a kept layer is multiplied by its scale gene. Both are real genes in the unit cube, so CMA-ES and
+every Optuna sampler search the same space. Depth guards: a genome that keeps fewer than `min_depth` slots
+also keeps the excluded slots with the highest inclusion values until it has `min_depth`; one that keeps more
+than `max_depth` drops its lowest. Decoding is therefore total and deterministic.
 """
 
 from __future__ import annotations

@@ -114,8 +114,8 @@ class DataFlowSpace(SearchSpace):
         )
         return [
             f"- layer stack of: {sources}; embeddings, final norm and head of source {space.embeddings}",
-            f"- searched: which layers, in order, of the sources' layers laid out {space.repeats} times; depth "
-            f"{space.min_depth}..{space.max_depth or 'every slot'}; {scales}",
+            f"- searched: which layers, in order, of the sources' layers laid out {space.repeats} times; "
+            f"depth {space.min_depth}..{space.max_depth or 'every slot'}; {scales}",
         ]
 
     def status_lines(self, study: optuna.Study, best: FrozenTrial, values: ValuesText) -> list[str]:
@@ -172,12 +172,12 @@ class DataFlowSpace(SearchSpace):
             )
         else:
             fold = (
-                "The scales are folded into the weights: each layer's attention output projection (`o_proj`) "
-                "and MLP down projection (`down_proj`) are multiplied by its folded factor, 1 over the product "
-                "of the scales up to and including that layer. As RMSNorm(s h) = RMSNorm(h) but for the epsilon "
-                "inside the norm, this computes the scaled stack exactly up to RMSNorm's epsilon "
-                "(evomerge/stack/engine.py derives it). The scores below were measured on the searched stack (scales "
-                "applied to the hidden states), not on this checkpoint."
+                "The scales are folded into the weights: each layer's attention output projection "
+                "(`o_proj`) and MLP down projection (`down_proj`) are multiplied by its folded factor, 1 "
+                "over the product of the scales up to and including that layer. As RMSNorm(s h) = RMSNorm(h) "
+                "but for the epsilon inside the norm, this computes the scaled stack exactly up to RMSNorm's "
+                "epsilon (evomerge/stack/engine.py derives it). The scores below were measured on the "
+                "searched stack (scales applied to the hidden states), not on this checkpoint."
             )
         body = f"""## Models
 
@@ -203,8 +203,8 @@ This checkpoint is an ordinary model of the embeddings source's architecture wit
         )
         searched = (
             "- searched layer stack:\n"
-            f"  - the sources' layers laid out in order and repeated {space.repeats} times, a slot kept when its "
-            "inclusion gene is above 0.5\n"
+            f"  - the sources' layers laid out in order and repeated {space.repeats} times, a slot kept when "
+            "its inclusion gene is above 0.5\n"
             f"  - depth from {space.min_depth} to {space.max_depth or 'every slot'} layers; {scales}"
         )
         return title, body, searched

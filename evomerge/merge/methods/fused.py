@@ -7,8 +7,8 @@ path's float32 operations in the same order, so the two agree up to float32 roun
 multiply and an add into one rounding); their masks are identical.
 
 A kernel merges tensors of one size that lie back to back in memory as the rows of one call (`run_many`; the
-engine plans each tensor's call, KernelCall, and lays out its models so, evomerge/merge/layout.py), because every
-call has a cost of its own besides its work.
+engine plans each tensor's call, KernelCall, and lays out its models so, evomerge/merge/layout.py), because
+every call has a cost of its own besides its work.
 
 Compiling costs seconds per method, number of sources and one row or more, once per process (torch caches the
 compiled code on disk across processes), so the engine uses these kernels for large models only (its `kernels`
@@ -220,11 +220,11 @@ def run(call: KernelCall, checksum: torch.Tensor | None = None) -> bool:
 
 def run_many(calls: list[KernelCall], checksums: torch.Tensor | None = None) -> bool:
     """Run calls of one group (KernelCall.group; see `usable`): calls whose tensors lie back to back in
-    memory, in the order of their targets (rows of one buffer each, as evomerge/merge/layout.py lays them out), as
-    one call of their compiled kernel over those rows; any other alone. The float32 sum of what each call
-    stored goes to `checksums[t]` (a float32 tensor of one entry per call, when given). False when compiled
-    kernels turn out not to run here: the calls are then for the block path to merge (those of a run compiled
-    before may have been written)."""
+    memory, in the order of their targets (rows of one buffer each, as evomerge/merge/layout.py lays them
+    out), as one call of their compiled kernel over those rows; any other alone. The float32 sum of what each
+    call stored goes to `checksums[t]` (a float32 tensor of one entry per call, when given). False when
+    compiled kernels turn out not to run here: the calls are then for the block path to merge (those of a run
+    compiled before may have been written)."""
     if _unavailable:
         return False
     first = calls[0]
