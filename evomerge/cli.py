@@ -157,9 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress, best candidate, Pareto front, speed and ETA of a run",
         description="Print the state of the run in RUN_DIR, while it is going or after it ended.",
     )
-    status.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="the run directory")
-    status.add_argument("--storage", metavar="URL", help="instead of RUN_DIR: the storage of a shared run")
-    status.add_argument("--study", metavar="NAME", help="with --storage: the study's name")
+    _run_location_options(status)
     status.add_argument(
         "--held-out",
         action="store_true",
@@ -178,9 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "already; use this for a run still going or stopped, or for a trial you want to export.",
         epilog="examples: evomerge score runs/demo; evomerge score runs/demo --trial 17 --trial 40",
     )
-    score.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="the run directory")
-    score.add_argument("--storage", metavar="URL", help="instead of RUN_DIR: the storage of a shared run")
-    score.add_argument("--study", metavar="NAME", help="with --storage: the study's name")
+    _run_location_options(score)
     score.add_argument(
         "--trial",
         type=int,
@@ -196,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.set_defaults(run=_run_score)
     _add_result_commands(commands)
     return parser
+
+
+def _run_location_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="the run directory")
+    command.add_argument("--storage", metavar="URL", help="instead of RUN_DIR: the storage of a shared run")
+    command.add_argument("--study", metavar="NAME", help="with --storage: the study's name")
 
 
 def _stack_budget_option(command: argparse.ArgumentParser) -> None:

@@ -169,7 +169,7 @@ def mean_delta(base, sources, settings: MeanDeltaSettings) -> torch.Tensor:
 
 def test_a_new_method_is_a_settings_type_a_function_and_one_registration(monkeypatch, tiny_models):
     # as docs/architecture.md's "Adding a merge method" shows: recipes and the engine find it in the registry
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(registry, "_METHODS", registry._METHODS.copy())
     registry.register(
         registry.MergeMethod(
             name="mean_delta",

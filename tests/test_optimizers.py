@@ -37,7 +37,7 @@ class Diagonal(Optimizer):
 @pytest.fixture
 def diagonal(monkeypatch) -> Optimizer:
     """`Diagonal` registered as `diagonal` for one test."""
-    monkeypatch.setattr(registry, "_OPTIMIZERS", dict(registry._OPTIMIZERS))
+    monkeypatch.setattr(registry, "_OPTIMIZERS", registry._OPTIMIZERS.copy())
     optimizer = Diagonal("diagonal", "the cube's diagonal", several_objectives="refused", shareable=False)
     return register(optimizer)
 

@@ -7,7 +7,6 @@ declaration: recipe validation, and later the search space. There is no second t
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import torch
 from evomerge.errors import UsageError
 from evomerge.merge.methods.fused import KernelCall
 from evomerge.merge.methods.magnitude_cut import MagnitudeRanks
+from evomerge.registry import Registry, suggestion
 
 Scope = Literal["source", "global"]
 
@@ -117,8 +117,9 @@ class MergeMethod:
         for spec in self.params:
             if spec.name == name:
                 return spec
-        suggestion = _suggestion(name, self.param_names())
-        raise UsageError(f"method '{self.name}' has no parameter '{name}'{suggestion}")
+        raise UsageError(
+            f"method '{self.name}' has no parameter '{name}'{suggestion(name, self.param_names())}"
+        )
 
     def param_names(self) -> list[str]:
         return [spec.name for spec in self.params]
@@ -186,32 +187,18 @@ class MergeMethod:
         return self.kernel_call(out, base, list(sources), settings, **extra)
 
 
-_METHODS: dict[str, MergeMethod] = {}
+_METHODS: Registry[MergeMethod] = Registry("merge method", sorted_names=True)
 
 
 def register(method: MergeMethod) -> MergeMethod:
     """Add a method to the registry; a name can be registered once."""
-    if method.name in _METHODS:
-        raise ValueError(f"merge method '{method.name}' is already registered")
-    _METHODS[method.name] = method
-    return method
+    return _METHODS.add(method.name, method)
 
 
 def get_method(name: str) -> MergeMethod:
     """The registered method called `name`, or a UsageError that lists the names (and the closest one)."""
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise UsageError(
-            f"unknown merge method '{name}'{_suggestion(name, list(_METHODS))}; "
-            f"available: {', '.join(sorted(_METHODS))}"
-        ) from None
+    return _METHODS.get(name)
 
 
 def method_names() -> list[str]:
-    return sorted(_METHODS)
-
-
-def _suggestion(name: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(name, candidates, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return _METHODS.names()

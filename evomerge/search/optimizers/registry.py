@@ -8,12 +8,11 @@ no second list of optimizer names.
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from evomerge.errors import UsageError
+from evomerge.registry import Registry
 
 if TYPE_CHECKING:
     from evomerge.search.loop import Search
@@ -49,32 +48,24 @@ class Optimizer(ABC):
         """
 
 
-_OPTIMIZERS: dict[str, Optimizer] = {}
+_OPTIMIZERS: Registry[Optimizer] = Registry("optimizer")
 
 
 def register(optimizer: Optimizer) -> Optimizer:
     """Add an optimizer to the registry; a name can be registered once."""
-    if optimizer.name in _OPTIMIZERS:
-        raise ValueError(f"optimizer '{optimizer.name}' is already registered")
-    _OPTIMIZERS[optimizer.name] = optimizer
-    return optimizer
+    return _OPTIMIZERS.add(optimizer.name, optimizer)
 
 
 def get_optimizer(name: str) -> Optimizer:
     """The registered optimizer called `name`, or a UsageError that lists the names (and the closest one)."""
-    try:
-        return _OPTIMIZERS[name]
-    except KeyError:
-        raise UsageError(unknown_optimizer(name)) from None
+    return _OPTIMIZERS.get(name)
 
 
 def unknown_optimizer(name: str) -> str:
     """What is wrong with a name no optimizer is registered under: the closest name, the available ones."""
-    close = difflib.get_close_matches(name, list(_OPTIMIZERS), n=1)
-    suggestion = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown optimizer '{name}'{suggestion}; available: {', '.join(_OPTIMIZERS)}"
+    return _OPTIMIZERS.unknown(name)
 
 
 def optimizers() -> list[Optimizer]:
     """The registered optimizers, in the order they were registered."""
-    return list(_OPTIMIZERS.values())
+    return _OPTIMIZERS.items()
