@@ -11,10 +11,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evomerge import __version__
 from evomerge.errors import MergeFailure, UsageError
 from evomerge.search.timing import GRACE_HEARTBEATS, HEARTBEAT_SECONDS, PATIENCE_SECONDS
+
+if TYPE_CHECKING:
+    from evomerge.config import RunConfig
 
 DESCRIPTION = """\
 evomerge searches for the best way to merge fine-tuned language models into one.
@@ -406,7 +410,7 @@ def _run_resume(args: argparse.Namespace) -> None:
     _searched(stored_config(args.run_dir, _search_overrides(args)))
 
 
-def _searched(config, **options) -> None:
+def _searched(config: RunConfig, **options: object) -> None:
     """Run the search, then print its status; Ctrl-C says how to go on."""
     from evomerge.search.hybrid import run_status_text
     from evomerge.search.runs import run_search
@@ -441,7 +445,7 @@ def _run_score(args: argparse.Namespace) -> None:
     print(run_status_text(config))
 
 
-def _located_config(args: argparse.Namespace, read_only: bool = False):
+def _located_config(args: argparse.Namespace, read_only: bool = False) -> RunConfig:
     """The config of the run named by RUN_DIR, or by --storage and --study (`read_only`: for a command that
     only reads the ledger, see runs.stored_config)."""
     from evomerge.search.runs import stored_config

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Protocol
 
 from transformers import AutoTokenizer, PreTrainedModel
 
@@ -19,7 +18,7 @@ from evomerge.errors import UsageError
 from evomerge.files import written_directory
 from evomerge.merge.engine import MergeEngine, recipe_dtype
 from evomerge.merge.recipe import Recipe
-from evomerge.stack.recipe import StackRecipe
+from evomerge.search.space import Candidate, TokenizerSource
 
 
 def check_output_dir(out: Path, replace: bool = False) -> None:
@@ -54,21 +53,10 @@ def write_merge(recipe: Recipe, out: Path, device: str = "cpu", progress: bool =
     return out
 
 
-class TokenizerSource(Protocol):
-    """Where the tokenizer of an exported model comes from (a merge's reference model, a stack's embeddings
-    source)."""
-
-    @property
-    def directory(self) -> Path: ...
-
-    @property
-    def gguf_file(self) -> str | None: ...
-
-
 def write_model_dir(
     model: PreTrainedModel,
     reference: TokenizerSource,
-    recipe: Recipe | StackRecipe,
+    recipe: Candidate,
     out: Path,
     files: dict[str, str] | None = None,
     replace: bool = False,
