@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -415,12 +416,24 @@ def _searched(config: RunConfig, **options: object) -> None:
     from evomerge.search.hybrid import run_status_text
     from evomerge.search.runs import run_search
 
+    previous = signal.signal(signal.SIGTERM, _preempted)
     try:
         run_search(config, **options)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print(f"evomerge: stopped; nothing is lost: evomerge resume {config.run_dir}", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(143 if isinstance(stop, Preempted) else 130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(run_status_text(config))
+
+
+class Preempted(KeyboardInterrupt):
+    """SIGTERM (what a cluster's scheduler and `docker stop` send), handled as Ctrl-C is: the candidate in
+    flight is left for resume to evaluate first, and the process exits 143 (128 + SIGTERM)."""
+
+
+def _preempted(signum: int, frame: object) -> None:
+    raise Preempted
 
 
 def _run_status(args: argparse.Namespace) -> None:

@@ -49,18 +49,31 @@ def run_search(
     patience: float = PATIENCE_SECONDS,
 ) -> None:
     """Run (or resume) a search: a hybrid's two phases, a worker of a shared study (`shared`, or a run whose
-    study is shared), or the one-process loop."""
+    study is shared), or the one-process loop, which holds the run directory's lock (search/run_lock.py):
+    taken at once when the directory exists, so that a second process refuses before loading any model, else
+    as soon as the search has made it."""
     from evomerge.search.hybrid import HybridSearch
     from evomerge.search.loop import Search
+    from evomerge.search.run_lock import RunDirectoryLock
     from evomerge.search.worker import SharedSearch, is_shared
 
-    if config.hybrid:
-        if shared:
-            raise UsageError("a hybrid run (recipe, genome and stack) runs in one process; drop --storage")
-        search = HybridSearch(config)
-    elif shared or is_shared(config):
+    if config.hybrid and shared:
+        raise UsageError("a hybrid run (recipe, genome and stack) runs in one process; drop --storage")
+    if not config.hybrid and (shared or is_shared(config)):
         search = SharedSearch(config, heartbeat_seconds=heartbeat, patience=patience)
-    else:
-        search = Search(config)
-    write_run_config(config)
-    search.run()
+        write_run_config(config)
+        search.run()
+        return
+    lock = RunDirectoryLock(config.run_dir)
+    existed = config.run_dir.is_dir()
+    if existed:
+        lock.acquire()
+    try:
+        search = HybridSearch(config) if config.hybrid else Search(config)
+        if not existed:
+            config.run_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        write_run_config(config)
+        search.run()
+    finally:
+        lock.release()
