@@ -114,11 +114,13 @@ class ParameterSpace(SearchSpace):
             + ", ".join(f"{g.param} ({g.granularity}, {g.low:g}..{g.high:g})" for g in self.config.genome),
         ]
 
-    def status_lines(self, study: optuna.Study, best: FrozenTrial, values: ValuesText) -> list[str]:
+    def status_lines(
+        self, study: optuna.Study, best: FrozenTrial, held_out: dict[int, Scores], values: ValuesText
+    ) -> list[str]:
         """The first candidate (the template at the method's defaults), when it is not the best."""
         from evomerge.search.results import seed_trials
 
-        seeds = seed_trials(self.config, study)
+        seeds = seed_trials(study, self.seed_count())
         if 0 not in seeds or seeds[0].number == best.number:
             return []
         return [

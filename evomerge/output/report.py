@@ -118,9 +118,9 @@ def write_report(config: RunConfig) -> Path:
     require("matplotlib", "plots", "writing a run report")
 
     lines = [f"# Run report: {config.run_dir}", ""]
-    phases = phase_configs(config)
     studies = []
     if config.hybrid:
+        phases = phase_configs(config)
         lines += [
             "A hybrid run: a merge-parameter search, then a layer-stacking search over its best merge "
             f"(`{SEARCH_BEST}`) and the other stack sources, in one ledger.",

@@ -110,9 +110,9 @@ def run_status_text(config: RunConfig) -> str:
     """`evomerge status`: the run's status, or each phase's under its name for a hybrid run."""
     from evomerge.search.status import status_text
 
-    phases = phase_configs(config)
     if not config.hybrid:
         return status_text(config)
+    phases = phase_configs(config)
     texts = [f"== {name} ==\n{status_text(phase)}" for name, phase in phases]
     if len(phases) == 1:
         texts.append(

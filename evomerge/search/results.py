@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 from evomerge.config import RunConfig
 from evomerge.evaluate.scores import Scores
 from evomerge.search.optimizers.scalarization import scalarized
-from evomerge.search.space import Candidate, candidate_from_yaml, space_of
+from evomerge.search.space import Candidate, candidate_from_yaml
 
 #: Held-out scores live in study user attributes `held_out.N` for trial N: Optuna refuses changes to a
 #: finished trial's own attributes, and they are computed after the trial finished (search/held_out.py).
@@ -55,16 +55,15 @@ def reported_trials(config: RunConfig, study: optuna.Study) -> list[FrozenTrial]
     return trials
 
 
-def seed_trials(config: RunConfig, study: optuna.Study) -> dict[int, FrozenTrial]:
-    """The completed trial of each seed candidate, by its index in the seed list of the run's space
-    (`SearchSpace.genome`; for a layer-stacking run, index i < number of sources is source i alone).
+def seed_trials(study: optuna.Study, count: int) -> dict[int, FrozenTrial]:
+    """The completed trial of each of the `count` seed candidates, by its index in the seed list of the run's
+    space (`SearchSpace.genome`; for a layer-stacking run, index i < number of sources is source i alone).
 
     Seeds are the first trials of a study: the loop adds them (pycma, user attribute `seed_index`) or
     enqueues them (Optuna samplers, also a shared run's creator) before anything else, so trial N is seed N
     for N below `SearchSpace.seed_count`. A shared run's retry of a lost seed names it in Optuna's
     `failed_trial` system attribute.
     """
-    count = space_of(config).seed_count()
     found: dict[int, FrozenTrial] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         index = trial.user_attrs.get("seed_index", trial.system_attrs.get("failed_trial", trial.number))

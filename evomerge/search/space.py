@@ -146,7 +146,9 @@ class SearchSpace(ABC):
         """Markdown bullet lines saying what the study searched."""
 
     @abstractmethod
-    def status_lines(self, study: optuna.Study, best: FrozenTrial, values: ValuesText) -> list[str]:
+    def status_lines(
+        self, study: optuna.Study, best: FrozenTrial, held_out: dict[int, Scores], values: ValuesText
+    ) -> list[str]:
         """Lines of `evomerge status` after the best candidate's (the reference models, the first
         candidate)."""
 

@@ -43,7 +43,7 @@ def status_text(config: RunConfig) -> str:
     if completed:
         best = best_trial(config, completed)
         lines.append(f"best: trial {best.number}: " + _values_text(config, best, held_out.get(best.number)))
-        lines += space_of(config).status_lines(study, best, lambda t, h: _values_text(config, t, h))
+        lines += space_of(config).status_lines(study, best, held_out, lambda t, h: _values_text(config, t, h))
     if config.multi_objective and completed:
         front = pareto_front(study)
         lines.append(f"Pareto front ({len(front)} candidates):")

@@ -80,7 +80,7 @@ class DataFlowSpace(SearchSpace):
         from evomerge.search.results import seed_trials
 
         count = len(self.config.stack.sources)
-        return {index: t for index, t in seed_trials(self.config, study).items() if index < count}
+        return {index: t for index, t in seed_trials(study, self.seed_count()).items() if index < count}
 
     def reference_rows(self, study: optuna.Study, held_out: dict[int, Scores]) -> list[Row]:
         from evomerge.search.results import Row, objective_values
@@ -118,12 +118,13 @@ class DataFlowSpace(SearchSpace):
             f"depth {space.min_depth}..{space.max_depth or 'every slot'}; {scales}",
         ]
 
-    def status_lines(self, study: optuna.Study, best: FrozenTrial, values: ValuesText) -> list[str]:
+    def status_lines(
+        self, study: optuna.Study, best: FrozenTrial, held_out: dict[int, Scores], values: ValuesText
+    ) -> list[str]:
         """Each source alone, with its held-out scores when recorded."""
-        from evomerge.search.results import held_out_scores
         from evomerge.stack.engine import source_label
 
-        alone, held_out = self.reference_trials(study), held_out_scores(study)
+        alone = self.reference_trials(study)
         return ["each source alone (its own layers, the first candidates):"] + [
             f"  source {index} ({source_label(ref)}): trial {alone[index].number}: "
             + values(alone[index], held_out.get(alone[index].number))
