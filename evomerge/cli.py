@@ -1,21 +1,25 @@
 """The `evomerge` command.
 
-Every user mistake ends the same way: one line `evomerge: error: ...` on stderr, exit code 2, no traceback and
-nothing written.
+Every failure that is the user's or the machine's ends the same way: one line `evomerge: error: ...` on
+stderr, its exit code (boundary.py maps them; the README lists the codes), no traceback and nothing written.
+A bug shows its traceback and says it is one.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evomerge import __version__
-from evomerge.errors import MergeFailure, UsageError
+from evomerge.boundary import EXIT_BUG, explained, machine_fault
+from evomerge.errors import EvomergeError, UsageError
 from evomerge.search.timing import GRACE_HEARTBEATS, HEARTBEAT_SECONDS, PATIENCE_SECONDS
 
 if TYPE_CHECKING:
@@ -310,16 +314,27 @@ def _add_result_commands(commands: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    logging.raiseExceptions = False  # a log line that a full disk cannot take is lost, not a traceback
     try:
         args.run(args)
-    except (UsageError, MergeFailure) as error:
-        print(f"evomerge: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("evomerge: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`evomerge status DIR | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except Exception as error:
+        explanation = explained(error)
+        if explanation is None:
+            traceback.print_exc()
+            print(
+                "evomerge: internal error: the traceback above is a bug in evomerge, not a fault of your "
+                "input or machine; please report it with the command you ran",
+                file=sys.stderr,
+            )
+            return EXIT_BUG
+        line, code = explanation
+        print(f"evomerge: error: {line}", file=sys.stderr)
+        return code
     return 0
 
 
@@ -412,7 +427,8 @@ def _run_resume(args: argparse.Namespace) -> None:
 
 
 def _searched(config: RunConfig, **options: object) -> None:
-    """Run the search, then print its status; Ctrl-C says how to go on."""
+    """Run the search, then print its status; Ctrl-C, SIGTERM and a failure of the machine (a full disk, the
+    ledger's database lost) say how to go on."""
     from evomerge.search.hybrid import run_status_text
     from evomerge.search.runs import run_search
 
@@ -422,6 +438,14 @@ def _searched(config: RunConfig, **options: object) -> None:
     except KeyboardInterrupt as stop:
         print(f"evomerge: stopped; nothing is lost: evomerge resume {config.run_dir}", file=sys.stderr)
         raise SystemExit(143 if isinstance(stop, Preempted) else 130) from None
+    except Exception as error:
+        fault = None if isinstance(error, EvomergeError) else machine_fault(error)
+        if fault is None:
+            raise
+        raise UsageError(
+            f"{fault}; the run stopped with its ledger intact; once that is mended: "
+            f"evomerge resume {config.run_dir}"
+        ) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(run_status_text(config))

@@ -1,9 +1,10 @@
-"""The two kinds of failure evomerge distinguishes: a user's mistake, and a candidate that failed.
+"""The failures evomerge names: a user's mistake, a candidate that failed, and a search that found nothing.
 
-`UsageError` is a user's mistake (a wrong path, a bad value, incompatible models): the CLI prints its message
-as one line and exits with code 2, having written nothing. `MergeFailure` is a candidate that could not be
-built (NaN, Inf, out of memory): the search records it as a failed trial and goes on; outside a search the CLI
-treats it like a usage error.
+Each is an `EvomergeError`, which the CLI prints as one line before exiting with its `exit_code`
+(boundary.py maps the errors of Python and the libraries). `UsageError` is a user's mistake (a wrong path, a
+bad value, incompatible models): exit 2, having written nothing. `MergeFailure` is a candidate that could not
+be built (NaN, Inf, out of memory): the search records it as a failed trial and goes on; outside a search the
+CLI treats it like a usage error. `SearchFailed` is a search in which no candidate could be scored: exit 3.
 """
 
 from __future__ import annotations
@@ -15,12 +16,24 @@ from pydantic import BaseModel, ValidationError
 Model = TypeVar("Model", bound=BaseModel)
 
 
-class UsageError(Exception):
+class EvomergeError(Exception):
+    """A failure the CLI reports as its message, one line, and `exit_code`."""
+
+    exit_code = 2
+
+
+class UsageError(EvomergeError):
     """A mistake in the user's input; the message says what is wrong and how to fix it."""
 
 
-class MergeFailure(Exception):
+class MergeFailure(EvomergeError):
     """A merge that ran but produced an unusable model (for example NaN or Inf in a tensor)."""
+
+
+class SearchFailed(EvomergeError):
+    """A search that stopped, or ended, with no candidate scored: every one it tried failed."""
+
+    exit_code = 3
 
 
 def first_validation_problem(error: ValidationError) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,16 +12,38 @@ from typing import Any
 
 import yaml
 
+from evomerge.boundary import os_error_line
 from evomerge.errors import UsageError
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 does: PyYAML follows YAML 1.1, where a float needs a
+    dot, so `1e39` or `5e-3` would be strings, while users (and YAML 1.2, JSON and Python) mean numbers."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """The data of a YAML text (YAML 1.2 floats: `YamlLoader`)."""
+    return yaml.load(text, Loader=YamlLoader)
+
+
 def read_yaml(path: Path, what: str) -> Any:
-    """The data of a YAML file; UsageError if it is missing or not YAML. `what` names it ('recipe',
+    """The data of a YAML file; UsageError if it is missing, not text or not YAML. `what` names it ('recipe',
     'config')."""
     if not path.is_file():
         raise UsageError(f"{what} file '{path}' does not exist")
     try:
-        return yaml.safe_load(path.read_text())
+        return parse_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"{what} '{path}' is not a text file ({error.reason} at byte {error.start}); give the YAML file"
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark else ""
@@ -35,10 +58,13 @@ def staging_directory(out: Path) -> Iterator[Path]:
 
     The caller renames it to `out` once it is complete, so `out` is either absent or whole, even after a kill.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    except OSError as error:
+        raise UsageError(f"cannot write '{out}': {os_error_line(error.errno, None) or error}") from None
     try:
         yield staging
     finally:

@@ -14,7 +14,7 @@ from runs import config_data, ledger_rows, run_search, write_config
 
 from evomerge.cli import main
 from evomerge.config import config_from_dict
-from evomerge.errors import UsageError
+from evomerge.errors import SearchFailed
 from evomerge.merge.recipe import recipe_from_dict
 from evomerge.search.results import best_trial, held_out_scores, pareto_front
 from evomerge.search.scoring import CandidateScorer
@@ -91,7 +91,7 @@ def test_many_failures_in_a_row_stop_the_run_with_the_reason(tiny_models, task_d
     budget = {"evaluations": 20, "max_consecutive_failures": 3}
     data = config_data(tiny_models, task_dir, tmp_path / "run", budget=budget)
     last = "the last: MergeFailure: the merge produced NaN"
-    with pytest.raises(UsageError, match=f"stopped after 3 failed candidates in a row; {last}"):
+    with pytest.raises(SearchFailed, match=f"stopped after 3 failed candidates in a row; {last}"):
         run_search(data)
 
 

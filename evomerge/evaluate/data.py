@@ -55,6 +55,8 @@ def read_rows(task: str, data: str, subset: str | None, split: str) -> list[Row]
 def _read_file(task: str, path: Path) -> list[Row]:
     from datasets import load_dataset
 
+    if path.stat().st_size < 4096 and not path.read_bytes().strip():
+        return []  # `datasets` fails on an empty file with its own words; `subsample` names the empty split
     try:
         dataset = load_dataset(FORMATS[path.suffix], data_files=str(path), split="train")
     except Exception as error:  # datasets raises many types for unreadable files
@@ -71,6 +73,24 @@ def _read_hub(task: str, name: str, subset: str | None, split: str) -> list[Row]
         raise UsageError(
             f"task '{task}': cannot load data set '{name}' split '{split}': {_first_line(error)}"
         ) from None
+
+
+def checked_template(template: str) -> str:
+    """`template` if `str.format` can fill it from an example's fields; ValueError (pydantic's validator
+    error, reported as the field's problem) if a brace is unbalanced or a placeholder names no field."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as error:
+        raise ValueError(
+            f"{template!r} is not a template ({error}); "
+            "a placeholder is {field}, a literal brace {{ or }}"
+        ) from None
+    unnamed = [field for field in fields if not field or field.isdigit()]
+    if unnamed:
+        raise ValueError(
+            f"{template!r} has a placeholder {{{unnamed[0]}}} that names no field; use {{field}}"
+        )
+    return template
 
 
 def template_fields(template: str) -> list[str]:
@@ -95,7 +115,7 @@ def check_fields(task: str, split: str, rows: list[Row], fields: list[str]) -> N
 def subsample(rows: list[Row], limit: int | None, seed: int, task: str, split: str) -> list[Row]:
     """A seeded random subsample of `limit` rows (all rows, shuffled, without a limit)."""
     if not rows:
-        raise UsageError(f"task '{task}': the {split} split is empty")
+        raise UsageError(f"task '{task}': the {split} split is empty; give it examples")
     if limit is not None and len(rows) < limit:
         raise UsageError(
             f"task '{task}': the {split} split has {len(rows)} examples, fewer than limit {limit}; "

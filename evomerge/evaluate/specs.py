@@ -37,7 +37,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from evomerge.evaluate.data import checked_template
+
+#: A `{field}` template, checked when the config is read (data.checked_template).
+Template = Annotated[str, AfterValidator(checked_template)]
 
 
 class _Spec(BaseModel):
@@ -76,7 +90,7 @@ class _DataSpec(_Spec):
         description="the split reported candidates are scored on, never shown to the optimizer "
         "(checked to share no example with search_split)",
     )
-    template: str = Field("{prompt}", description="the prompt, with {field} placeholders")
+    template: Template = Field("{prompt}", description="the prompt, with {field} placeholders")
 
 
 class GenerateSpec(_DataSpec):
@@ -139,7 +153,9 @@ class PerplexitySpec(_DataSpec):
     better)."""
 
     kind: Literal["perplexity"] = Field(description="the task kind")
-    template: str = Field("{text}", description="the text whose tokens are scored, with {field} placeholders")
+    template: Template = Field(
+        "{text}", description="the text whose tokens are scored, with {field} placeholders"
+    )
 
     metrics: ClassVar[dict[str, bool]] = {"nll": False}
     scored: ClassVar[str] = "mean negative log-likelihood of the text"

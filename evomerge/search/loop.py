@@ -29,10 +29,11 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from evomerge.boundary import machine_fault
 from evomerge.config import RunConfig
-from evomerge.errors import MergeFailure, UsageError
+from evomerge.errors import MergeFailure, SearchFailed, UsageError
 from evomerge.evaluate.tasks import Partial
-from evomerge.search.faults import inject_after_record
+from evomerge.search.faults import inject_after_record, inject_before_merge, planned_faults
 from evomerge.search.held_out import record_held_out
 from evomerge.search.ledger import ELAPSED_ATTR, open_study
 from evomerge.search.optimizers import get_optimizer
@@ -86,6 +87,7 @@ class Search:
         with self._progress_bar():
             get_optimizer(self.config.optimizer.name).drive(self)
         self.log.info("finished: %d candidates evaluated", self.finished())
+        self.check_some_candidate_scored()
         for number, scores in record_held_out(self.config, self.study, self.scorer).items():
             self.log.info("held-out scores of trial %d: %s", number, scores)
         return self.study
@@ -134,6 +136,8 @@ class Search:
         recipe = self.genome.decode(point)
         attrs: dict[str, Any] = {"recipe": recipe.to_yaml()}
         try:
+            if planned_faults():
+                inject_before_merge(self.study.study_name, self.finished())
             started = time.perf_counter()
             self.scorer.engine.materialize(recipe, self.scorer.model)
             merged = time.perf_counter()
@@ -151,9 +155,9 @@ class Search:
             values = [scores[o.task][o.metric] for o in self.config.objectives]
             if not all(math.isfinite(v) for v in values):
                 raise MergeFailure(f"an objective is not finite: {values}")
-        except KeyboardInterrupt:
-            raise
         except Exception as error:  # any failure of one candidate is data, not a crash: the search goes on
+            if machine_fault(error) is not None:  # unless the machine failed (a full disk): all would fail
+                raise
             return Outcome(None, {**attrs, "failure_reason": f"{type(error).__name__}: {error}"})
         attrs.update(scores=scores, merge_seconds=merged - started, eval_seconds=time.perf_counter() - merged)
         return Outcome(values, attrs)
@@ -198,9 +202,18 @@ class Search:
         trials = self.finished_trials()
         tail = trials[-limit:]
         if len(tail) == limit and all(t.state == TrialState.FAIL for t in tail):
-            raise UsageError(
+            raise SearchFailed(
                 f"stopped after {limit} failed candidates in a row; the last: "
                 f"{tail[-1].user_attrs.get('failure_reason')} (see {self.config.run_dir / 'run.log'})"
+            )
+
+    def check_some_candidate_scored(self) -> None:
+        """Raise SearchFailed when the search ended with every candidate failed: nothing to report, export."""
+        trials = self.finished_trials()
+        if trials and not any(t.state == TrialState.COMPLETE for t in trials):
+            raise SearchFailed(
+                f"every candidate failed ({len(trials)} of {len(trials)}); the last: "
+                f"{trials[-1].user_attrs.get('failure_reason')} (see {self.config.run_dir / 'run.log'})"
             )
 
     # ------------------------------------------------------------------ budget and progress

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import yaml
+from evomerge.files import parse_yaml
 
 if TYPE_CHECKING:
     import optuna
@@ -183,7 +183,7 @@ class ValuesText(Protocol):
 
 def candidate_from_yaml(text: str, origin: str) -> Candidate:
     """A candidate as the ledger stores it (a trial's `recipe` attribute)."""
-    return candidate_from_dict(yaml.safe_load(text), origin)
+    return candidate_from_dict(parse_yaml(text), origin)
 
 
 def candidate_from_dict(data: Any, origin: str) -> Candidate:

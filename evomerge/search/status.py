@@ -40,6 +40,12 @@ def status_text(config: RunConfig) -> str:
             line += f"; ETA {(budget - finished) / rate * 60:.1f} min"
         lines.append(line)
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
+    if failed and not completed:
+        last = next(t for t in reversed(trials) if t.state == TrialState.FAIL and counts_toward_budget(t))
+        lines.append(
+            f"no candidate scored: every one failed; the last: {last.user_attrs.get('failure_reason')} "
+            f"(see {config.run_dir / 'run.log'})"
+        )
     if completed:
         best = best_trial(config, completed)
         lines.append(f"best: trial {best.number}: " + _values_text(config, best, held_out.get(best.number)))

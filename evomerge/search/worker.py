@@ -132,6 +132,7 @@ class SharedSearch(Search):
                 else:  # the budget is fully claimed by running trials: wait for them, or for their retries
                     time.sleep(min(self.storage.heartbeat_interval, 5))
         self.log.info("worker %s finished: %d candidates evaluated in the study", self.name, self.finished())
+        self.check_some_candidate_scored()
         # The first worker done scores the reported trials on held-out data; the others find them scored.
         with study_lock(self.storage, self.config.study):
             for number, scores in record_held_out(self.config, self.study, self.scorer).items():

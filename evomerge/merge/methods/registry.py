@@ -19,6 +19,9 @@ from evomerge.merge.methods.fused import KernelCall
 from evomerge.merge.methods.magnitude_cut import MagnitudeRanks
 from evomerge.registry import Registry, suggestion
 
+#: The largest float32, the dtype merges accumulate in: a parameter beyond it cannot even be multiplied in.
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
 Scope = Literal["source", "global"]
 
 
@@ -51,6 +54,11 @@ class ParamSpec:
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError(f"{where}: '{self.name}' must be a number, got {value!r}")
+        if abs(value) > FLOAT32_MAX:
+            raise UsageError(
+                f"{where}: '{self.name}' = {value:g} is beyond float32's range (±{FLOAT32_MAX:.1e}), "
+                "in which merges are computed"
+            )
         too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
         too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
         if too_low or too_high or math.isnan(value):
