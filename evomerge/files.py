@@ -1,4 +1,4 @@
-"""Reading and writing the user's files: YAML in, whole directories out."""
+"""Reading and writing files: the user's YAML in, whole directories out, the cache of what is built once."""
 
 from __future__ import annotations
 
@@ -50,6 +50,12 @@ def read_yaml(path: Path, what: str) -> Any:
         raise UsageError(
             f"{what} '{path}' is not valid YAML{line}: {getattr(error, 'problem', error)}"
         ) from None
+
+
+def cache_directory() -> Path:
+    """Where evomerge keeps what it builds once and reuses (the zoo, dequantized GGUF models):
+    ``$EVOMERGE_CACHE``, default ``~/.cache/evomerge``."""
+    return Path(os.environ.get("EVOMERGE_CACHE", "~/.cache/evomerge")).expanduser()
 
 
 @contextmanager

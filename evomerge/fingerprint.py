@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from evomerge.config import RunConfig
 
 SAMPLES = 16
 BLOCK = 64 * 1024
@@ -37,30 +33,11 @@ def file_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_fingerprint(ref: str) -> str:
-    """One fingerprint over the model's files (a .gguf file, or the model files of a directory)."""
-    # Imported here, where a fingerprint is computed: sources imports transformers, and reading a ledger
-    # (status) needs none of it.
-    from evomerge.sources import resolve_ref
-
-    path = resolve_ref(ref)
+def model_fingerprint(path: Path | str) -> str:
+    """One fingerprint over a model's files: a .gguf file, or the model files of a directory."""
+    path = Path(path)
     files = [path] if path.is_file() else sorted({f for pattern in MODEL_FILES for f in path.glob(pattern)})
     digest = hashlib.sha256()
     for file in files:
         digest.update(f"{file.name}\0{file_fingerprint(file)}\0".encode())
     return digest.hexdigest()[:16]
-
-
-def config_fingerprints(config: RunConfig) -> dict[str, str]:
-    """The fingerprint of every model a run config names (its recipe's, or its stack's and theirs), by
-    reference."""
-    recipes = [config.recipe] if config.recipe is not None else []
-    refs: list[str] = []
-    for source in config.stack.sources if config.stack is not None else []:
-        if isinstance(source, str):
-            refs.append(source)
-        else:
-            recipes.append(source)
-    for recipe in recipes:
-        refs += ([recipe.base] if recipe.base else []) + [source.model for source in recipe.sources]
-    return {ref: model_fingerprint(ref) for ref in dict.fromkeys(refs)}

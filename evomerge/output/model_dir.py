@@ -75,10 +75,10 @@ def write_model_dir(
 
 
 def _reference_tokenizer(reference: TokenizerSource):
-    where = reference.gguf_file or reference.directory
     try:
-        return AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file)
+        return AutoTokenizer.from_pretrained(reference.directory)
     except (OSError, ValueError, TypeError) as error:
+        where = reference.directory
         print(
             f"evomerge: warning: no tokenizer written: cannot load one from '{where}' ({error})",
             file=sys.stderr,

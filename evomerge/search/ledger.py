@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.config import RunConfig
 from evomerge.errors import UsageError
-from evomerge.fingerprint import config_fingerprints
+from evomerge.fingerprint import model_fingerprint
 from evomerge.search.storage import open_storage, safe_url, study_names
 
 CONFIG_ATTR = "config"
@@ -106,6 +106,25 @@ def check_models(study: optuna.Study, config: RunConfig) -> None:
                 f"fingerprint {fingerprint}, recorded {recorded[ref]}: size and sampled bytes of its files); "
                 "use the same model files on every machine"
             )
+
+
+def config_fingerprints(config: RunConfig) -> dict[str, str]:
+    """The fingerprint of every model a run config names (its recipe's, or its stack's and theirs), by
+    reference."""
+    # Imported here, where a fingerprint is computed: sources imports transformers, and reading a ledger
+    # (status) needs none of it.
+    from evomerge.sources import resolve_ref
+
+    recipes = [config.recipe] if config.recipe is not None else []
+    refs: list[str] = []
+    for source in config.stack.sources if config.stack is not None else []:
+        if isinstance(source, str):
+            refs.append(source)
+        else:
+            recipes.append(source)
+    for recipe in recipes:
+        refs += ([recipe.base] if recipe.base else []) + [source.model for source in recipe.sources]
+    return {ref: model_fingerprint(resolve_ref(ref)) for ref in dict.fromkeys(refs)}
 
 
 def counts_toward_budget(trial: FrozenTrial) -> bool:

@@ -23,8 +23,7 @@ class CandidateScorer:
         self.config = config
         self.space = space_of(config)
         self.engine = self.space.load_engine()
-        reference = self.engine.reference
-        self.tokenizer = AutoTokenizer.from_pretrained(reference.directory, gguf_file=reference.gguf_file)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.engine.reference.directory)
         self.evaluator = Evaluator(
             [load_task(name, spec) for name, spec in config.tasks.items()], self.tokenizer
         )

@@ -53,9 +53,6 @@ class TokenizerSource(Protocol):
     @property
     def directory(self) -> Path: ...
 
-    @property
-    def gguf_file(self) -> str | None: ...
-
 
 class Engine(Protocol):
     """A space's resident models.

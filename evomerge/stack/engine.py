@@ -31,7 +31,7 @@ from evomerge.errors import UsageError
 from evomerge.merge.engine import MergeEngine, recipe_dtype
 from evomerge.merge.recipe import Recipe
 from evomerge.output.model_dir import check_output_dir, write_model_dir
-from evomerge.sources import resolve_ref, source_name
+from evomerge.sources import model_directory, source_name
 from evomerge.stack.recipe import StackRecipe, StackSpace
 
 # what must agree for one source's layer to read another's hidden state and share one rotary embedding
@@ -79,7 +79,6 @@ class StackSource:
     ref: str | Recipe
     model: PreTrainedModel
     directory: Path
-    gguf_file: str | None
 
     @property
     def name(self) -> str:
@@ -208,12 +207,10 @@ def _load_source(ref: str | Recipe, device: str | torch.device) -> StackSource:
         engine = MergeEngine.from_recipe(ref, device=device)
         model = engine.new_target(recipe_dtype(ref))
         engine.materialize(ref, model)
-        return StackSource(ref, model, engine.reference.directory, engine.reference.gguf_file)
-    path = resolve_ref(ref)
-    gguf_file = str(path.resolve()) if path.is_file() else None
-    directory = path.parent if gguf_file else path
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype="auto")
-    return StackSource(ref, model.to(device).eval(), directory, gguf_file)
+        return StackSource(ref, model, engine.reference.directory)
+    directory = model_directory(ref)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype="auto")
+    return StackSource(ref, model.to(device).eval(), directory)
 
 
 def check_stackable(sources: list[StackSource]) -> None:
