@@ -7,7 +7,7 @@ its config holds the GGUF `quantization_config`. So a GGUF is converted once int
 at `$EVOMERGE_CACHE/gguf-<fingerprint>` (default `~/.cache/evomerge`; the fingerprint is the file's,
 evomerge/fingerprint.py), and every step after it (tensors, the target model, the tokenizer, export) reads
 that directory as it reads any other. A second merge, a resume or another process reuses it. It costs about
-4 bytes per parameter on disk (540 MB for 135M parameters, 5.5 times a Q4_1 file); delete it to reclaim
+4 bytes per parameter on disk (540 MB for 135M parameters, 5.5 times their Q4_1 file); delete it to reclaim
 them. It is written into a staging directory and renamed into place, so a killed conversion leaves nothing
 behind, and of two processes converting one file at once the first to finish is kept.
 """
@@ -32,6 +32,8 @@ def dequantized_directory(path: Path) -> Path:
     cannot read, or a missing `gguf` / `accelerate` package.
     """
     path = Path(path).resolve()
+    if not path.is_file():
+        raise UsageError(f"GGUF file '{path}' does not exist")
     out = cache_directory() / f"gguf-{file_fingerprint(path)[:16]}"
     if out.is_dir():
         return out

@@ -24,6 +24,7 @@ import evomerge.gguf  # noqa: E402
 from evomerge.gguf import dequantized_directory  # noqa: E402
 from evomerge.merge.engine import MergeEngine  # noqa: E402
 from evomerge.sources import load_model  # noqa: E402
+from evomerge.stack.engine import load_sources  # noqa: E402
 
 # HF tensor name (inside `model.layers.N.`) -> llama.cpp tensor name (inside `blk.N.`).
 _LAYER_NAMES = {
@@ -175,6 +176,31 @@ def test_gguf_round_trip_gives_the_hf_tensors(tmp_path, gguf_cache):
         assert from_gguf.tensors[name].dtype == torch.float32, name
         assert torch.equal(from_gguf.tensors[name], tensor), name
     assert from_gguf.num_layers == from_hf.num_layers == 2
+    (stack_source,) = load_sources([str(gguf_path)])  # a stack's source: the same copy, as a whole model
+    assert stack_source.directory == from_gguf.directory
+    for name, tensor in stack_source.model.state_dict().items():
+        assert torch.equal(tensor, from_hf.tensors[name]), name
+
+
+def test_a_conversion_stopped_midway_leaves_nothing_and_the_next_use_converts(
+    tmp_path, gguf_cache, monkeypatch
+):
+    gguf_path = write_llama_gguf(save_tiny_llama(tmp_path / "hf", seed=6), tmp_path / "tiny.gguf")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C once the weights are written, while the tokenizer is read
+
+    with monkeypatch.context() as patch:
+        patch.setattr(AutoTokenizer, "from_pretrained", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            dequantized_directory(gguf_path)
+    assert list(gguf_cache.iterdir()) == []
+
+    directory = dequantized_directory(gguf_path)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        path.name for path in directory.iterdir()
+    }
+    assert list(gguf_cache.iterdir()) == [directory]
 
 
 def test_gguf_is_read_from_its_path_not_a_same_named_file_in_the_working_directory(tmp_path, monkeypatch):
