@@ -15,6 +15,7 @@ A string field validated against a registry rather than typed as a `Literal` nam
 from __future__ import annotations
 
 import inspect
+import json
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +182,8 @@ def default_text(info: FieldInfo) -> str:
 def _inline_yaml(value: Any) -> str:
     if isinstance(value, Path):
         value = str(value)
+    if isinstance(value, str) and not value.isprintable():  # "\n\n": escaped, on one line
+        return f"`{json.dumps(value)}`"
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
     return f"`{text.removesuffix('...').strip()}`"
 

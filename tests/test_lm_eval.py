@@ -4,6 +4,7 @@ and a search whose objective is an lm-eval task."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from pydantic import TypeAdapter
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.config import config_from_dict
+from evomerge.errors import UsageError
 from evomerge.evaluate.lm_eval_task import lm_eval_task_config
 from evomerge.evaluate.specs import TaskSpec
 from evomerge.evaluate.tasks import Evaluator, load_task
@@ -119,3 +121,47 @@ def test_a_search_on_the_zoo_with_an_lm_eval_objective(zoo_dir, task_files, tmp_
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert trials[0].values[0] >= 0.9  # the template: the expert's full task vector
     assert len({t.values[0] for t in trials}) > 1
+
+
+#: Roles as one letter in brackets (the zoo tokenizer has no chat template and no newline).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}[{{ m['role'][0] }}]{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}[a]{% endif %}"
+)
+INSTRUCT = {"chat_template": True, "system_prompt": "add", "num_fewshot": 1}
+
+
+def test_lm_eval_prompts_with_the_chat_template_system_prompt_and_shots_as_the_built_in_scorer(
+    zoo_dir, task_files, tmp_path
+):
+    """A fewshot split of one example makes lm-eval's shot (drawn per document) the built-in one, so both
+    scorers show the model the same tokens only if lm-eval got all three settings; a tokenizer without a
+    chat template is refused."""
+    tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "base")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    model = AutoModelForCausalLM.from_pretrained(zoo_dir / "expert_add")
+    data = tmp_path / "choice"
+    shutil.copytree(task_files / "choice", data)
+    shot = read_split(zoo_dir, "add", "train")[0]
+    shot = {"prompt": shot["prompt"], "options": [near_miss(shot["answer"]), shot["answer"]], "label": 1}
+    (data / "train.jsonl").write_text(json.dumps(shot) + "\n")
+    choice = {**CHOICE, "data": str(data)}
+    for split in SPLITS:
+        config = lm_eval_task_config(f"chat_{split}", data / f"{split}.jsonl", spec(**choice))
+        config["dataset_kwargs"]["data_files"]["train"] = str(data / "train.jsonl")
+        (tmp_path / f"chat_{split}.yaml").write_text(yaml.safe_dump({**config, "training_split": "train"}))
+    lm_eval = {"kind": "lm_eval", "task": "chat_search", "held_out_task": "chat_held_out"}
+    evaluator = Evaluator(
+        [
+            load_task("plain", spec(**choice)),
+            load_task("chat", spec(**choice, **INSTRUCT)),
+            load_task("lm_chat", spec(**lm_eval, include_path=str(tmp_path), **INSTRUCT)),
+        ],
+        tokenizer,
+    )
+    for split in SPLITS:
+        scores = evaluator.score(model, split)
+        assert scores["lm_chat"] == scores["chat"] != scores["plain"]
+    message = "task 'lm_chat': chat_template is true but the tokenizer of '.*' has no chat template"
+    with pytest.raises(UsageError, match=message):
+        Evaluator(evaluator.tasks[2:], AutoTokenizer.from_pretrained(zoo_dir / "base"))

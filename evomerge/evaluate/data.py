@@ -132,11 +132,16 @@ def example_hash(row: Row, fields: list[str]) -> str:
     return hashlib.sha256(content.encode()).hexdigest()
 
 
+def shared_rows(rows: list[Row], others: list[Row], fields: list[str]) -> list[Row]:
+    """The rows that are also among `others`, by content hash of the fields a task reads."""
+    seen = {example_hash(row, fields) for row in others}
+    return [row for row in rows if example_hash(row, fields) in seen]
+
+
 def check_disjoint(task: str, search: list[Row], held_out: list[Row], fields: list[str]) -> None:
     """Refuse a held-out split that shares an example (by content hash of the fields used) with the search
     split."""
-    seen = {example_hash(row, fields) for row in search}
-    shared = [row for row in held_out if example_hash(row, fields) in seen]
+    shared = shared_rows(held_out, search, fields)
     if shared:
         raise UsageError(
             f"task '{task}': {len(shared)} held-out examples are also in the search split "

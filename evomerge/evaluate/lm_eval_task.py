@@ -5,6 +5,9 @@ trip per candidate. Its response cache stays off (it is keyed by prompt, so it w
 answers to the next) and so does bootstrapping (no standard errors are needed to rank candidates). The search
 split and the held-out split are two lm-eval tasks whose documents are checked disjoint by content hash. A
 seeded subsample of `limit` documents is scored through lm-eval's `samples` (its `limit` takes the first N).
+The spec's `chat_template`, `system_prompt` and `num_fewshot` become lm-eval's `apply_chat_template` (with the
+shots as prior turns, `fewshot_as_multiturn`), `system_instruction` and `num_fewshot`, its shots drawn with
+`sample_seed`; the search task's shots are checked to share no document with the held-out task.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evomerge.errors import UsageError
 from evomerge.evaluate.data import FORMATS, template_fields
+from evomerge.evaluate.prompts import check_chat_template
 from evomerge.evaluate.specs import ChoiceSpec, GenerateSpec, LmEvalSpec
 from evomerge.extras import require
 
@@ -54,7 +58,10 @@ class LmEvalTask:
             except Exception as error:  # lm-eval raises many types for a broken task YAML or its data
                 raise UsageError(f"task '{name}': lm-eval cannot load task '{task_name}': {error}") from None
         self.docs = {split: list(task.eval_docs) for split, task in self.tasks.items()}
-        _check_disjoint(name, self.docs["search"], self.docs["held_out"])
+        _check_disjoint(name, self.docs["search"], self.docs["held_out"], "in the search task")
+        if spec.num_fewshot:
+            shots = list(self.tasks["search"].fewshot_docs())
+            _check_disjoint(name, shots, self.docs["held_out"], "among the search task's k-shot documents")
         higher = self.tasks["search"].higher_is_better()
         filters = [f.name for f in getattr(self.tasks["search"], "_filters", [])] or ["none"]
         self.metrics = {_metric_name(m, f): higher.get(m, True) for m in higher for f in filters}
@@ -82,6 +89,7 @@ class LmEvalTask:
         return len(self.docs[split]) if sample is None else len(sample)
 
     def prepare(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        check_chat_template(self.name, self.spec, tokenizer)
         self.tokenizer = tokenizer
 
     def score(self, model: PreTrainedModel, split: str) -> dict[str, float]:
@@ -109,6 +117,11 @@ class LmEvalTask:
             bootstrap_iters=0,
             log_samples=False,
             verbosity="ERROR",
+            apply_chat_template=self.spec.chat_template,
+            fewshot_as_multiturn=self.spec.chat_template,
+            system_instruction=self.spec.system_prompt,
+            num_fewshot=self.spec.num_fewshot or None,
+            fewshot_random_seed=self.spec.sample_seed,
         )["results"][task_name]
 
     def _wrapper(self, model: PreTrainedModel):
@@ -131,15 +144,18 @@ def _metric_name(metric: str, filter_name: str) -> str:
     return metric if filter_name == "none" else f"{metric},{filter_name}"
 
 
-def _check_disjoint(name: str, search: list[dict], held_out: list[dict]) -> None:
+def _check_disjoint(name: str, docs: list[dict], held_out: list[dict], where: str) -> None:
+    """Refuse a held-out task that shares a document with `docs`: the search task's documents, or the ones
+    its k-shot examples are drawn from (`where` they were found, in the message)."""
+
     def digest(doc: dict) -> str:
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
-    seen = {digest(doc) for doc in search}
+    seen = {digest(doc) for doc in docs}
     shared = sum(digest(doc) in seen for doc in held_out)
     if shared:
         raise UsageError(
-            f"task '{name}': {shared} documents of the held-out lm-eval task are also in the search task; "
+            f"task '{name}': {shared} documents of the held-out lm-eval task are also {where}; "
             "the held-out split must be disjoint"
         )
 
@@ -147,7 +163,11 @@ def _check_disjoint(name: str, search: list[dict], held_out: list[dict]) -> None
 def lm_eval_task_config(task_name: str, data_file: Path, spec: GenerateSpec | ChoiceSpec) -> dict[str, Any]:
     """The lm-eval task YAML (as a dict) that scores one data file the way a built-in task spec does: to run
     the same task through both scorers (the parity test, `experiments/bench_eval.py`) or move a task to
-    lm-eval. Answer extraction has no one-line lm-eval equivalent and is refused."""
+    lm-eval. Answer extraction has no one-line lm-eval equivalent and is refused, and so are k-shot examples
+    (lm-eval draws its own for each document); chat_template and system_prompt are settings of the lm_eval
+    task spec, not of its YAML."""
+    if spec.num_fewshot:
+        raise ValueError("k-shot examples: lm-eval draws its own for each document (num_fewshot of lm_eval)")
     prompt = spec.template
     for field in template_fields(spec.template):
         prompt = prompt.replace("{" + field + "}", "{{" + field + "}}")

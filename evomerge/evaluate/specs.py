@@ -14,10 +14,19 @@ tasks:
     template: "{passage}\\nQuestion: {question}?\\nAnswer:"
     options: ["no", "yes"]        # or `choices: FIELD` naming a list field of each example
     target: label                 # the index or the text of the right option
+  gsm8k:                          # an instruct model's prompt
+    data: data/gsm8k              # search.jsonl, held_out.jsonl and train.jsonl
+    template: "{question}"
+    chat_template: true           # a user turn in the tokenizer's chat template
+    system_prompt: "Solve the problem. End with '#### N'."
+    num_fewshot: 5                # worked examples drawn (sample_seed) from fewshot_split, as prior turns
+    fewshot_split: train
+    extract: "#### (-?[\\\\d,]+)"
+    match: numeric
   wiki:                           # mean negative log-likelihood of a text
     kind: perplexity
     data: data/wiki
-    text: "{text}"
+    template: "{text}"
   gsm:                            # an lm-eval task on the candidate in memory
     kind: lm_eval
     task: my_gsm_search           # lm-eval task name (registry, or a YAML under include_path)
@@ -93,7 +102,63 @@ class _DataSpec(_Spec):
     template: Template = Field("{prompt}", description="the prompt, with {field} placeholders")
 
 
-class GenerateSpec(_DataSpec):
+class _InstructSpec(_Spec):
+    """How an instruct model is prompted: the tokenizer's chat template, a system prompt, k-shot examples."""
+
+    chat_template: bool = Field(
+        False,
+        description="wrap the prompt as a user turn in the tokenizer's chat template "
+        "(add_generation_prompt); refused for a tokenizer without one",
+    )
+    system_prompt: str | None = Field(
+        None,
+        description="a system turn before the prompt (without chat_template: a text block before it)",
+    )
+    num_fewshot: int = Field(
+        0,
+        ge=0,
+        description="worked examples before the prompt, drawn with sample_seed (built-in kinds: the same k "
+        "from fewshot_split for every example; lm_eval: the task's own draw, 0 leaves its YAML's count); "
+        "with chat_template they are prior user and assistant turns",
+    )
+
+
+class _PromptSpec(_InstructSpec, _DataSpec):
+    """A task that prompts the model with a formatted example (evomerge/evaluate/prompts.py: the layout)."""
+
+    delimiter: str = Field(
+        " ", description="between a prompt and its answer (a k-shot example's answer, a choice's option)"
+    )
+    fewshot_split: str = Field(
+        "train",
+        description="the split k-shot examples are drawn from, neither search_split nor held_out_split "
+        "(read only when num_fewshot > 0)",
+    )
+    fewshot_delimiter: str = Field(
+        "\n\n",
+        description="without chat_template: between the system prompt, the k-shot examples and the prompt",
+    )
+
+    @model_validator(mode="after")
+    def _fewshot_split_apart(self) -> _PromptSpec:
+        scored = {self.search_split: "search_split", self.held_out_split: "held_out_split"}
+        if self.num_fewshot and self.fewshot_split in scored:
+            raise ValueError(
+                f"fewshot_split '{self.fewshot_split}' is the task's {scored[self.fewshot_split]}; draw the "
+                "k-shot examples from another split (e.g. train)"
+            )
+        return self
+
+    def describe(self) -> str:
+        prompting = [
+            *([f"{self.num_fewshot}-shot"] if self.num_fewshot else []),
+            *(["a system prompt"] if self.system_prompt else []),
+            *(["the chat template"] if self.chat_template else []),
+        ]
+        return super().describe() + (f" ({', '.join(prompting)})" if prompting else "")
+
+
+class GenerateSpec(_PromptSpec):
     """Greedy generation from the prompt, scored by matching the answer to the gold one (metric: exact_match).
     The default kind."""
 
@@ -123,9 +188,10 @@ class GenerateSpec(_DataSpec):
         return stop
 
 
-class ChoiceSpec(_DataSpec):
+class ChoiceSpec(_PromptSpec):
     """Log-likelihood of each option after the prompt (metrics: acc, the likeliest option is right; acc_norm,
-    the likeliest per character). Give either `choices` or `options`."""
+    the likeliest per character). Give either `choices` or `options`. With chat_template an option follows the
+    assistant turn's head directly (no delimiter), as in lm-eval."""
 
     kind: Literal["choice"] = Field(description="the task kind")
     target: str = Field("answer", description="the field holding the right option's index or text")
@@ -133,7 +199,6 @@ class ChoiceSpec(_DataSpec):
     options: list[str] | None = Field(
         None, min_length=2, description="the options, when every example shares them"
     )
-    delimiter: str = Field(" ", description="between the prompt and an option")
 
     metrics: ClassVar[dict[str, bool]] = {"acc": True, "acc_norm": True}
     scored: ClassVar[str] = "log-likelihood of each option, accuracy of the most likely"
@@ -162,9 +227,10 @@ class PerplexitySpec(_DataSpec):
     task_class: ClassVar[str] = "evomerge.evaluate.tasks:PerplexityTask"
 
 
-class LmEvalSpec(_Spec):
+class LmEvalSpec(_InstructSpec):
     """An lm-evaluation-harness task, run on the candidate in memory; its metrics are those its task declares,
-    and an objective on it names one."""
+    and an objective on it names one. chat_template, system_prompt and num_fewshot are passed to lm-eval
+    (its k-shot examples come from the task's own fewshot split)."""
 
     kind: Literal["lm_eval"] = Field(description="the task kind")
     task: str = Field(description="the lm-eval task of the search split")

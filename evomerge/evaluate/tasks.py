@@ -21,9 +21,19 @@ from typing import TYPE_CHECKING
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evomerge.errors import UsageError
-from evomerge.evaluate.data import check_disjoint, check_fields, read_rows, render, subsample, template_fields
+from evomerge.evaluate.data import (
+    Row,
+    check_disjoint,
+    check_fields,
+    read_rows,
+    render,
+    shared_rows,
+    subsample,
+    template_fields,
+)
 from evomerge.evaluate.generate import answers_match, extracted, greedy_completions
 from evomerge.evaluate.loglik import Request, continuation_logprobs
+from evomerge.evaluate.prompts import PromptFormat
 from evomerge.evaluate.scores import Scores
 from evomerge.evaluate.specs import ChoiceSpec, GenerateSpec, PerplexitySpec, TaskSpec
 
@@ -72,7 +82,47 @@ class BuiltinTask(ABC):
         """Per-example metric values of examples [start, stop) of a split."""
 
 
-class GenerateTask(BuiltinTask):
+class PromptedTask(BuiltinTask):
+    """A task that prompts the model with each example (generate, choice), with the spec's k-shot examples,
+    system prompt and chat template around it (evaluate/prompts.py)."""
+
+    spec: GenerateSpec | ChoiceSpec
+
+    def __init__(self, name: str, spec: GenerateSpec | ChoiceSpec) -> None:
+        super().__init__(name, spec)
+        self.shots = self._drawn_shots() if spec.num_fewshot else []
+
+    def _drawn_shots(self) -> list[Row]:
+        """`num_fewshot` examples of the fewshot split, drawn with `sample_seed`, none of them an example the
+        task scores."""
+        spec, split = self.spec, self.spec.fewshot_split
+        rows = read_rows(self.name, spec.data, spec.subset, split)
+        if len(rows) < spec.num_fewshot:
+            raise UsageError(
+                f"task '{self.name}': the {split} split has {len(rows)} examples, fewer than num_fewshot "
+                f"{spec.num_fewshot}; lower num_fewshot or name a larger fewshot_split"
+            )
+        check_fields(self.name, split, rows, self.fields())
+        shots = subsample(rows, spec.num_fewshot, spec.sample_seed, self.name, split)
+        for scored in SPLITS:
+            shared = shared_rows(shots, self.rows[scored], self.fields())
+            if shared:
+                raise UsageError(
+                    f"task '{self.name}': a k-shot example of the {split} split is also a {scored} example "
+                    f"({render(spec.template, shared[0])!r}); fewshot_split must share no example with them"
+                )
+        return shots
+
+    @abstractmethod
+    def answer(self, row: Row) -> str:
+        """The right answer to an example, as a k-shot example shows it."""
+
+    def prompt_format(self, tokenizer: PreTrainedTokenizerBase) -> PromptFormat:
+        shots = [(render(self.spec.template, row), self.answer(row)) for row in self.shots]
+        return PromptFormat(self.name, self.spec, tokenizer, shots)
+
+
+class GenerateTask(PromptedTask):
     def __init__(self, name: str, spec: GenerateSpec) -> None:
         super().__init__(name, spec)
         self.pattern = _compiled(name, spec.extract)
@@ -86,10 +136,15 @@ class GenerateTask(BuiltinTask):
     def fields(self) -> list[str]:
         return [*super().fields(), self.spec.target]
 
+    def answer(self, row: Row) -> str:
+        return str(row[self.spec.target])
+
     def prepare(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
+        layout = self.prompt_format(tokenizer)
         self.prompts = {
-            s: [tokenizer(render(self.spec.template, r))["input_ids"] for r in self.rows[s]] for s in SPLITS
+            s: [layout.encode(layout.text(render(self.spec.template, r))) for r in self.rows[s]]
+            for s in SPLITS
         }
         self.golds = {s: [self._gold(str(r[self.spec.target])) for r in self.rows[s]] for s in SPLITS}
         longest = max(
@@ -124,7 +179,7 @@ class GenerateTask(BuiltinTask):
         }
 
 
-class ChoiceTask(BuiltinTask):
+class ChoiceTask(PromptedTask):
     """Log-likelihood of each option after the prompt; `acc` takes the likeliest option, `acc_norm` the
     likeliest per character of the option (lm-eval's definitions)."""
 
@@ -155,15 +210,22 @@ class ChoiceTask(BuiltinTask):
             f"task '{self.name}': target {gold!r} is neither an option nor an option's index ({options})"
         )
 
+    def answer(self, row: Row) -> str:
+        return self._options(row)[self._gold_index(row)]
+
     def prepare(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.pad = tokenizer.pad_token_id or 0
+        layout = self.prompt_format(tokenizer)
         self.requests: dict[str, list[list[Request]]] = {}
         for split in SPLITS:
             self.requests[split] = []
             for row in self.rows[split]:
-                prompt = render(self.spec.template, row)
+                context = layout.text(render(self.spec.template, row))
                 self.requests[split].append(
-                    [_encode_pair(tokenizer, prompt, self.spec.delimiter + o) for o in self._options(row)]
+                    [
+                        _encode_pair(layout, context, layout.answer_delimiter + option)
+                        for option in self._options(row)
+                    ]
                 )
 
     def score_slice(
@@ -205,14 +267,14 @@ class PerplexityTask(BuiltinTask):
         return {"nll": [-lp / len(continuation) for lp, (_, continuation) in zip(logprobs, requests)]}
 
 
-def _encode_pair(tokenizer: PreTrainedTokenizerBase, context: str, continuation: str) -> Request:
+def _encode_pair(layout: PromptFormat, context: str, continuation: str) -> Request:
     """Context and continuation token ids as lm-eval makes them: the whole text encoded once and split after
     the context's tokens, trailing spaces of the context moved to the continuation."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = tokenizer(context + continuation)["input_ids"]
-    context_ids = tokenizer(context)["input_ids"]
+    whole = layout.encode(context + continuation)
+    context_ids = layout.encode(context)
     return whole[: len(context_ids)], whole[len(context_ids) :]
 
 
