@@ -59,8 +59,6 @@ def write_config(path: Path, run_dir: Path, candidates: int, limit: int) -> Path
 def kill_plan(kills: int, candidates: int, seed: int) -> list[tuple[int, signal.Signals]]:
     """`kills` distinct trial numbers in ascending order, each with its signal: as many SIGKILLs as SIGTERMs
     (one more SIGKILL for an odd count), in a seeded random order."""
-    if not 0 < kills <= candidates:
-        raise SystemExit(f"--kills must be between 1 and --candidates ({candidates}), not {kills}")
     rng = random.Random(seed)
     points = sorted(rng.sample(range(candidates), kills))
     signals = [SIGNALS[i % 2] for i in range(kills)]
@@ -198,6 +196,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points and signals (default 0)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"the JSON written (default {RESULTS})")
     args = parser.parse_args()
+    if not 0 < args.kills <= args.candidates:
+        parser.error(f"--kills must be between 1 and --candidates ({args.candidates}), not {args.kills}")
     print(
         f"soak: {args.kills} kills in a run of {args.candidates} candidates (kill seed {args.seed})",
         flush=True,
