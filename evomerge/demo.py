@@ -1,6 +1,6 @@
 """`evomerge demo`: the whole workflow on the tiny zoo, in one command.
 
-It builds (or finds cached) the zoo, evolves a per-layer DARE merge of its three experts with
+It takes the zoo shipped with the package, evolves a per-layer DARE merge of its three experts with
 `configs/demo.yaml`, scores the usual merges (`evomerge baselines`), writes the run's report, exports the
 evolved model and prints every model's held-out scores. `demo.json` in the output directory marks it as a
 demo's, so that the next demo may replace it and nothing else is ever deleted.

@@ -2,7 +2,7 @@
 
 A model reference is one of:
 - `SCHEME:NAME`, resolved by the plug-in that registered the scheme (evomerge/references.py), such as
-  `zoo:NAME`, a model of the tiny zoo (built and cached on first use), or the core's `hf:ORG/MODEL`, a hub
+  `zoo:NAME`, a model of the tiny zoo (shipped with the package), or the core's `hf:ORG/MODEL`, a hub
   model named explicitly;
 - a local Hugging Face directory (config.json plus *.safetensors, or pytorch_model*.bin read with
   `weights_only=True`);

@@ -3,7 +3,7 @@
 Each command runs as a user runs it (a new `python -m evomerge` process, so every import is paid), REPEATS
 times; the best time is the figure (the least disturbed by other load), the median is saved beside it.
 `status` reads a finished run: RUN_DIR if given, else a small one made first with `evomerge run` (the
-demo's config, 4 candidates, 8 examples per skill; the tiny zoo is built on first use and cached). The
+demo's config, 4 candidates, 8 examples per skill; over the tiny zoo shipped with the package). The
 machine (CPU count, load average) is written with the figures: a loaded machine is slower at imports above
 all.
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random Llama models saved as HF directories, and the zoo (built once, cached)."""
+"""Shared fixtures: tiny random Llama models saved as HF directories, and the zoo (the shipped one)."""
 
 from __future__ import annotations
 

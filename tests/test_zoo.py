@@ -1,4 +1,5 @@
-"""The tiny model zoo: tokenizer, skills and splits, settings hash, and (slow) the built zoo itself."""
+"""The tiny model zoo: tokenizer, skills and splits, settings hash, the zoo shipped with the package (tied to
+the settings, pinned by checksums, the figures docs/zoo.md shows), and (slow) the zoo itself and its build."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from evomerge.errors import UsageError
 from evomerge.merge.engine import MergeEngine
 from evomerge.merge.recipe import recipe_from_dict
-from evomerge.zoo.build import build_zoo, read_manifest
+from evomerge.zoo import zoo_data, zoo_model
+from evomerge.zoo.build import build_zoo, ensure_zoo, read_manifest
 from evomerge.zoo.check import format_matrix, merge_check_recipes, model_accuracy
 from evomerge.zoo.settings import ZooSettings, settings_hash
+from evomerge.zoo.ship import ship
+from evomerge.zoo.shipped import SHIP_COMMAND, SHIPPED_ZOO, checksums, recorded_checksums
 from evomerge.zoo.skills import SKILLS, SPLITS, base_train_split, expert_name, model_names, skill_splits
 from evomerge.zoo.tokenizer import ALPHABET, build_tokenizer
 
@@ -26,6 +30,14 @@ EXPERT_MAX_OFF_SKILL = 0.7
 # accuracy over the skills by this much (docs/zoo.md, "Merge check").
 MERGE_SCALES = (0.3, 0.5, 0.7, 1.0)
 MERGE_MIN_GAIN = 0.15
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+# The manifest's merge check rows as docs/zoo.md names them.
+DOCS_MERGE_LABELS = {
+    "uniform average": "uniform average",
+    "task arithmetic scale=1.0": "task arithmetic λ=1.0",
+}
+# The files a zoo's checksums cover: each model's weights, each skill's splits and the base's easy data.
+ZOO_FILES = len(model_names()) + len(SKILLS) * (len(SPLITS) + 1)
 TINY = ZooSettings(
     layers=1,
     hidden=16,
@@ -265,3 +277,60 @@ def test_a_second_build_returns_from_the_cache(zoo_dir: Path) -> None:
     again = build_zoo(zoo_dir, ZooSettings(**manifest["settings"]), progress=False)
     assert again == manifest  # and nothing was trained or written again: every file as it was
     assert {p: p.stat().st_mtime_ns for p in zoo_dir.rglob("*")} == before
+
+
+def test_the_shipped_zoo_is_the_zoo_of_the_default_settings() -> None:
+    shipped, wanted = read_manifest(SHIPPED_ZOO)["hash"], settings_hash(ZooSettings())
+    assert shipped == wanted, (
+        f"the zoo's default settings (hash {wanted}) are not those of the zoo shipped in {SHIPPED_ZOO} "
+        f"(hash {shipped}): ship it again with `{SHIP_COMMAND}`, then bring docs/zoo.md and the README's "
+        "demo table up to date"
+    )
+
+
+def _docs_row(text: str, label: str) -> list[float]:
+    """The numbers of the markdown table row of docs/zoo.md whose first cell is `label` (bold or not)."""
+    for line in text.splitlines():
+        cells = [cell.strip(" *") for cell in line.strip().strip("|").split("|")]
+        if cells[0] == label:
+            return [float(cell) for cell in cells[1:]]
+    raise AssertionError(f"docs/zoo.md has no table row '{label}'")
+
+
+def test_docs_show_the_shipped_zoo_s_accuracy_matrix_and_merge_check() -> None:
+    manifest = read_manifest(SHIPPED_ZOO)
+    text = (DOCS / "zoo.md").read_text(encoding="utf-8")
+    rows = dict(manifest["accuracy"]["held_out"])
+    rows.update({DOCS_MERGE_LABELS[label]: row for label, row in manifest["merge_check"]["held_out"].items()})
+    for label, row in rows.items():
+        values = [row[skill] for skill in SKILLS]
+        expected = [round(v, 3) for v in [*values, sum(values) / len(values)]]
+        assert _docs_row(text, label) == expected, label
+
+
+@pytest.mark.slow
+def test_the_default_zoo_is_the_shipped_one_read_in_place_with_its_recorded_checksums(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EVOMERGE_CACHE", str(tmp_path / "cache"))
+    assert ensure_zoo(progress=False) == SHIPPED_ZOO
+    assert zoo_model("expert_add") == SHIPPED_ZOO / "expert_add"
+    assert zoo_data("shift") == SHIPPED_ZOO / "data" / "shift"
+    recorded = recorded_checksums()
+    assert len(recorded) == ZOO_FILES
+    assert checksums(SHIPPED_ZOO) == recorded, f"the shipped zoo is not what it records; `{SHIP_COMMAND}`"
+    assert not (tmp_path / "cache").exists()  # nothing built, nothing copied
+
+
+@pytest.mark.slow
+def test_ship_puts_a_built_zoo_and_its_checksums_in_place_of_the_previous_one(tmp_path: Path) -> None:
+    out = tmp_path / "shipped"
+    first = ship(out, TINY, progress=False)
+    assert read_manifest(out) == first and first["hash"] == settings_hash(TINY)
+    first_sums = recorded_checksums(out)
+    assert first_sums == checksums(out) and len(first_sums) == ZOO_FILES
+    other = TINY.model_copy(update={"seed": 1})
+    second = ship(out, other, progress=False)
+    assert read_manifest(out) == second and second["hash"] == settings_hash(other)
+    assert recorded_checksums(out) == checksums(out) != first_sums
+    assert [p.name for p in tmp_path.iterdir()] == ["shipped"]  # no staging directory left behind

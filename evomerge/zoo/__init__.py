@@ -1,6 +1,7 @@
 """The deterministic tiny model zoo: a base Llama and three single-skill experts to merge.
 
-The zoo is what the demo and the tests search over. It is built from nothing in about two minutes on two
+The zoo is what the demo and the tests search over. The package ships the zoo of the default settings as
+built (`shipped`); `build` makes it, or a zoo of other settings, from nothing in about two minutes on two
 CPU cores: a character-level `LlamaForCausalLM` is first trained on a mixture of three skills restricted to
 an *easy* part of their inputs (the *base*: it has every skill's algorithm, but only for easy inputs), then
 fine-tuned once per skill on that skill's *full* distribution, with a replay of the other skills' easy data
@@ -23,14 +24,17 @@ Layout of a zoo directory::
     data/<skill>/base_train.jsonl                          the base's easy examples (no scored prompt)
     zoo.json                                               the manifest (accuracy, merge check), written last
 
-Same settings on the same machine give bit-identical safetensors; the directory name carries the hash of
-the settings, so a changed setting builds a new zoo instead of reusing an old one.
+Same settings on the same kind of CPU give bit-identical safetensors; another kind of CPU may give other
+weights (torch's kernels follow the instruction set), which is why the default zoo is shipped as built
+(docs/zoo.md, "Shipped, not rebuilt"). A zoo's manifest and cache directory carry the hash of its settings,
+so a changed setting builds a new zoo instead of reusing an old one.
 
 The package, by job: `settings` (ZooSettings and its hash), `skills` (the skills, their data, the model
 names), `tokenizer`, `training`, `check` (accuracy matrix and merge check), `build` (`build_zoo`,
-`ensure_zoo`, the manifest). Importing it registers the `zoo:` schemes (evomerge/references.py): the model
-references `zoo:NAME` and the task data `zoo:SKILL`. The core never imports this package by name in code;
-it loads it as a plug-in the first time it meets the `zoo:` scheme.
+`ensure_zoo`, the manifest), `shipped` (the shipped zoo and its checksums), `ship` (`python -m
+evomerge.zoo.ship`, which ships it again). Importing it registers the `zoo:` schemes
+(evomerge/references.py): the model references `zoo:NAME` and the task data `zoo:SKILL`. The core never
+imports this package by name in code; it loads it as a plug-in the first time it meets the `zoo:` scheme.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ ZOO_SCHEME = "zoo"
 
 
 def zoo_model(name: str) -> Path:
-    """The directory of the zoo model a `zoo:NAME` reference names (the zoo built first if not cached)."""
+    """The directory of the zoo model a `zoo:NAME` reference names (in the shipped zoo, or in one built
+    first if not cached)."""
     zoo = ensure_zoo()
     path = zoo / name
     if not (path / "config.json").is_file():

@@ -1,5 +1,6 @@
-"""Building the zoo into a directory (staged, renamed into place) and keeping it in the cache by the hash of
-its settings: `build_zoo`, `ensure_zoo`, and the manifest `zoo.json` written last."""
+"""Building the zoo into a directory (staged, renamed into place), and finding the zoo of some settings
+(`ensure_zoo`): the shipped one when it is theirs, else one kept in the cache by the hash of its settings;
+the manifest `zoo.json`, written last."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from evomerge.errors import UsageError
 from evomerge.files import cache_directory, staging_directory
 from evomerge.zoo.check import accuracy_matrix, merge_check
 from evomerge.zoo.settings import ZOO_FORMAT_VERSION, ZooSettings, settings_hash
+from evomerge.zoo.shipped import SHIPPED_ZOO
 from evomerge.zoo.skills import (
     BASE_MODEL,
     SKILLS,
@@ -114,12 +116,18 @@ def _move_into_place(tmp_dir: Path, out_dir: Path, settings: ZooSettings, manife
 
 
 def default_zoo_dir(settings: ZooSettings = ZooSettings()) -> Path:
-    """Where `ensure_zoo` keeps the zoo: ``$EVOMERGE_CACHE/zoo-<hash>`` (default ``~/.cache/evomerge``)."""
+    """Where `ensure_zoo` keeps a zoo it builds: ``$EVOMERGE_CACHE/zoo-<hash>`` (default
+    ``~/.cache/evomerge``)."""
     return cache_directory() / f"zoo-{settings_hash(settings)}"
 
 
 def ensure_zoo(settings: ZooSettings = ZooSettings(), progress: bool = True) -> Path:
-    """The zoo's directory in the cache, built first if it is not there yet."""
+    """The directory of the zoo of `settings`: the zoo shipped with the package when it is theirs (the
+    default settings'; read in place, never written, so a read-only install serves it), else the one in the
+    cache, built first if it is not there yet."""
+    shipped = read_manifest(SHIPPED_ZOO)
+    if shipped is not None and shipped.get("hash") == settings_hash(settings):
+        return SHIPPED_ZOO
     zoo_dir = default_zoo_dir(settings)
     build_zoo(zoo_dir, settings, progress)
     return zoo_dir

@@ -1,7 +1,9 @@
 """Training the zoo's models: the base on the skills' easy data, then one expert per skill from the base.
 
-Every step is seeded and runs with deterministic kernels, so the same settings on the same machine give
-bit-identical weights.
+Every step is seeded and runs with deterministic kernels, so the same settings with the same torch on the
+same kind of CPU give bit-identical weights. Another kind of CPU runs torch's kernels for its own instruction
+set, whose float32 sums round differently, and may give other weights: the default zoo is shipped as built
+(`evomerge.zoo.shipped`).
 """
 
 from __future__ import annotations
