@@ -88,6 +88,23 @@ def test_filters_become_per_kind_values(forms):
     }
 
 
+def test_a_filter_on_a_layers_name_becomes_per_layer_values(tiny_models):
+    config = {
+        "merge_method": "linear",
+        "models": [
+            {
+                "model": str(tiny_models["a"]),
+                "parameters": {"weight": [{"filter": "layers.1.", "value": 0.9}, {"value": 0.2}]},
+            },
+            {"model": str(tiny_models["b"]), "parameters": {"weight": 0.5}},
+        ],
+    }
+    # the final norm and head take the last condition's 0.2, not the last layer's 0.9
+    assert read(config).sources[0].parameters == {
+        "weight": {"head": 0.2, "final_norm": 0.2, "default": [0.2, 0.9]}
+    }
+
+
 def test_slices_become_per_layer_values(forms):
     recipe = read(forms["ties_slices"])
     a, b = (source.parameters for source in recipe.sources)

@@ -300,7 +300,8 @@ def _model_facts(ref: str) -> tuple[tuple[_Tensor, ...], str]:
     return tensors, dtype
 
 
-def _layer_count(ref: str) -> int:
+def model_layer_count(ref: str) -> int:
+    """The number of decoder layers of a model (from its tensor names)."""
     layers = [tensor.layer for tensor in _model_facts(ref)[0] if tensor.layer is not None]
     return max(layers, default=0) + 1
 
@@ -549,7 +550,7 @@ def mergekit_recipe_data(data: dict[str, Any], origin: str) -> dict[str, Any]:
     if not sources:
         raise UsageError(f"{origin}: merge_method {config.merge_method}: no model to merge besides the base")
     reference = base if method.base == "required" else sources[0]
-    num_layers = _layer_count(reference)
+    num_layers = model_layer_count(reference)
     plan = _Plan(
         _slices(config, models, num_layers, origin),
         config.parameters or {},
@@ -623,7 +624,7 @@ def _slices(config: _Config, models: list[str], num_layers: int, origin: str) ->
 
 def _layer_range(source: _InputSlice, where: str, origin: str) -> tuple[int, int]:
     low, high = source.layer_range
-    count = _layer_count(source.model)
+    count = model_layer_count(source.model)
     if not 0 <= low <= high <= count:
         raise UsageError(
             f"{origin}: {where}.layer_range [{low}, {high}]: '{source.model}' has {count} layers "
