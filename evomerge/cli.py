@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Merge the models of a recipe YAML (method, base, sources, per-layer parameters; see "
         "configs/merge_ties.yaml), or stack the layers a stack recipe lists (sources, embeddings, layers as "
         "[source, layer, scale]; written by layer-stacking runs), and write a Hugging Face model directory "
-        "that AutoModelForCausalLM.from_pretrained loads, with the recipe copied beside it.",
+        "that AutoModelForCausalLM.from_pretrained loads, with the recipe copied beside it. A mergekit "
+        "config (mergekit-yaml's YAML) is read as the recipe that makes the same tensors (docs/mergekit.md; "
+        "`evomerge convert` prints it).",
         epilog="example: evomerge merge configs/merge_ties.yaml --out merged-ties",
     )
     merge.add_argument("recipe", type=Path, metavar="RECIPE", help="the recipe YAML file")
