@@ -78,13 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Merge the models of a recipe YAML (method, base, sources, per-layer parameters; see "
         "configs/merge_ties.yaml), or stack the layers a stack recipe lists (sources, embeddings, layers as "
         "[source, layer, scale]; written by layer-stacking runs), and write a Hugging Face model directory "
-        "that AutoModelForCausalLM.from_pretrained loads, with the recipe copied beside it.",
+        "that AutoModelForCausalLM.from_pretrained loads, with the recipe copied beside it. A mergekit "
+        "config (mergekit-yaml's YAML) is read as the recipe that makes the same tensors (docs/mergekit.md; "
+        "`evomerge convert` prints it).",
         epilog="example: evomerge merge configs/merge_ties.yaml --out merged-ties",
     )
     merge.add_argument("recipe", type=Path, metavar="RECIPE", help="the recipe YAML file")
     merge.add_argument("--out", type=Path, required=True, help="output directory (must not exist yet)")
     merge.add_argument("--device", default="cpu", help="device to merge on: cpu (default), cuda, cuda:1, ...")
     merge.set_defaults(run=_run_merge)
+    _add_convert(commands)
 
     run = commands.add_parser(
         "run",
@@ -201,6 +204,47 @@ def build_parser() -> argparse.ArgumentParser:
     score.set_defaults(run=_run_score)
     _add_result_commands(commands)
     return parser
+
+
+def _add_convert(commands: argparse._SubParsersAction) -> None:
+    """`convert`: a mergekit or mergekit-evolve config as evomerge's own (docs/mergekit.md)."""
+    convert = commands.add_parser(
+        "convert",
+        help="print the evomerge run config of a mergekit-evolve config, or the recipe of a mergekit config",
+        description="Read a mergekit-evolve config (genome: with models, merge_method, layer_granularity, "
+        "...; tasks: lm-eval task names) and print the evomerge run config that searches the same merges "
+        "with CMA-ES, or a mergekit config (mergekit-yaml's: merge_method, models or slices, parameters) and "
+        "print the evomerge recipe that makes the same tensors (a passthrough of slices: the layer stack). "
+        "`evomerge run` and `evomerge merge` read those files as they are; convert shows what they become, "
+        "so you can keep and edit it. What evomerge does differently is printed as warnings (comments in the "
+        "run config); what it cannot express is one error line naming the key. The options are "
+        "mergekit-evolve's own, with its defaults; docs/mergekit.md puts the keys side by side.",
+        epilog="examples: evomerge convert evolve.yml --max-fevals 200 --storage-path runs/evolve > "
+        "run.yaml; evomerge convert mergekit.yml > recipe.yaml",
+    )
+    convert.add_argument(
+        "config", type=Path, metavar="CONFIG", help="a mergekit-evolve or mergekit YAML file"
+    )
+    evolve = convert.add_argument_group("mergekit-evolve's options (for a mergekit-evolve config)")
+    evolve.add_argument(
+        "--max-fevals", type=int, default=100, metavar="N", help="budget.evaluations (default 100)"
+    )
+    evolve.add_argument(
+        "--sigma0",
+        type=float,
+        default=1 / 6,
+        metavar="S",
+        help="CMA-ES's initial step (default 1/6); optimizer.sigma is S over the weight's range, as evomerge "
+        "searches the unit cube",
+    )
+    evolve.add_argument("--random-seed", type=int, default=0, metavar="N", help="seed (default 0)")
+    evolve.add_argument("--storage-path", metavar="DIR", help="run_dir: where the run's ledger and log go")
+    evolve.add_argument(
+        "--task-search-path",
+        metavar="DIR",
+        help="include_path of the lm-eval tasks: a directory of task YAMLs",
+    )
+    convert.set_defaults(run=_run_convert)
 
 
 def _run_location_options(command: argparse.ArgumentParser) -> None:
@@ -390,6 +434,33 @@ def _run_merge(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     space.write(candidate, args.out, device=args.device)
     print(f"merged model written to {args.out} in {time.perf_counter() - started:.1f} s")
+
+
+def _run_convert(args: argparse.Namespace) -> None:
+    from evomerge.config import config_from_dict
+    from evomerge.files import read_yaml
+    from evomerge.merge.mergekit_input import is_mergekit_config
+    from evomerge.mergekit_evolve import EvolveOptions, converted_yaml, evolve_run_config, is_evolve_config
+    from evomerge.search.space import candidate_from_dict
+
+    data = read_yaml(args.config, "config")
+    origin = f"config '{args.config}'"
+    if is_evolve_config(data):
+        options = EvolveOptions(
+            args.max_fevals, args.sigma0, args.random_seed, args.storage_path, args.task_search_path
+        )
+        config, warnings = evolve_run_config(data, origin, options)
+        config_from_dict(config, origin)  # a run config evomerge runs, or its one-line error now
+        for warning in warnings:
+            print(f"evomerge: warning: {warning}", file=sys.stderr)
+        print(converted_yaml(config, warnings, str(args.config)), end="")
+    elif is_mergekit_config(data):
+        print(candidate_from_dict(data, origin).to_yaml(), end="")
+    else:
+        raise UsageError(
+            f"{origin} is neither a mergekit config (merge_method:) nor a mergekit-evolve config (genome: "
+            "with models)"
+        )
 
 
 def _search_overrides(args: argparse.Namespace) -> dict[str, object]:

@@ -41,11 +41,15 @@ stack: {sources: [search:best, zoo:expert_add], repeats: 2, max_depth: 8}
 stack_budget: {evaluations: 32}   # the layer-stacking phase's budget (default: the same as `budget`)
 ```
 
+`load_config` also reads a mergekit-evolve config as the run config it describes
+(evomerge/mergekit_evolve.py), and a `recipe:` may be a mergekit config (evomerge/merge/mergekit_input.py).
+
 Every mistake is reported as one line naming the field (`load_config`).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +59,7 @@ from evomerge.errors import UsageError, validated
 from evomerge.evaluate.specs import TaskSpec
 from evomerge.files import read_yaml
 from evomerge.merge.recipe import Recipe, recipe_from_dict
+from evomerge.mergekit_evolve import evolve_run_config, is_evolve_config
 from evomerge.search.genes import SearchedParam
 from evomerge.search.optimizers import get_optimizer, optimizers, unknown_optimizer
 from evomerge.stack.recipe import StackSpace
@@ -342,11 +347,16 @@ def config_from_dict(data: Any, origin: str = "config", context: dict[str, Any] 
 def load_config(
     path: str | Path, overrides: dict[str, Any] | None = None, context: dict[str, Any] | None = None
 ) -> RunConfig:
-    """Read a run config YAML; `overrides` (dotted keys such as 'budget.evaluations') replace its values.
+    """Read a run config YAML (or a mergekit-evolve config: evomerge/mergekit_evolve.py, warnings printed);
+    `overrides` (dotted keys such as 'budget.evaluations') replace its values.
     `context` is pydantic's validation context: STORED_CONFIG (evomerge/merge/recipe.py) for the config a run
     directory was started with, read by a command that only reads its ledger."""
     path = Path(path)
     data = read_yaml(path, "config")
+    if is_evolve_config(data):
+        data, warnings = evolve_run_config(data, f"config '{path}'")
+        for warning in warnings:
+            print(f"evomerge: warning: {warning}", file=sys.stderr)
     for dotted, value in (overrides or {}).items() if isinstance(data, dict) else ():
         target = data
         *parents, last = dotted.split(".")

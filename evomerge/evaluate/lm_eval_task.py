@@ -3,7 +3,8 @@
 `lm_eval.simple_evaluate` runs on an `HFLM` that wraps the live target model and its tokenizer: no disk round
 trip per candidate. Its response cache stays off (it is keyed by prompt, so it would hand one candidate's
 answers to the next) and so does bootstrapping (no standard errors are needed to rank candidates). The search
-split and the held-out split are two lm-eval tasks whose documents are checked disjoint by content hash. A
+split and the held-out split are two lm-eval tasks whose documents are checked disjoint by content hash
+(unless they are one task named twice: a mergekit-evolve config's, evomerge/mergekit_evolve.py, warned of). A
 seeded subsample of `limit` documents is scored through lm-eval's `samples` (its `limit` takes the first N).
 The spec's `chat_template`, `system_prompt` and `num_fewshot` become lm-eval's `apply_chat_template` (with the
 shots as prior turns, `fewshot_as_multiturn`), `system_instruction` and `num_fewshot`, its shots drawn with
@@ -58,10 +59,13 @@ class LmEvalTask:
             except Exception as error:  # lm-eval raises many types for a broken task YAML or its data
                 raise UsageError(f"task '{name}': lm-eval cannot load task '{task_name}': {error}") from None
         self.docs = {split: list(task.eval_docs) for split, task in self.tasks.items()}
-        _check_disjoint(name, self.docs["search"], self.docs["held_out"], "in the search task")
-        if spec.num_fewshot:
-            shots = list(self.tasks["search"].fewshot_docs())
-            _check_disjoint(name, shots, self.docs["held_out"], "among the search task's k-shot documents")
+        if spec.held_out_task != spec.task:  # one task named twice is no held-out split, knowingly
+            _check_disjoint(name, self.docs["search"], self.docs["held_out"], "in the search task")
+            if spec.num_fewshot:
+                shots = list(self.tasks["search"].fewshot_docs())
+                _check_disjoint(
+                    name, shots, self.docs["held_out"], "among the search task's k-shot documents"
+                )
         higher = self.tasks["search"].higher_is_better()
         filters = [f.name for f in getattr(self.tasks["search"], "_filters", [])] or ["none"]
         self.metrics = {_metric_name(m, f): higher.get(m, True) for m in higher for f in filters}

@@ -27,7 +27,8 @@ from typing import Any
 
 from evomerge.errors import UsageError
 from evomerge.merge.methods.registry import ParamSpec
-from evomerge.merge.recipe import MODULE_KINDS, Recipe, recipe_from_dict, resolve_value
+from evomerge.merge.recipe import Recipe, recipe_from_dict
+from evomerge.merge.values import MODULE_KINDS, resolve_value
 from evomerge.search.genes import Gene, GeneSpace, SearchedParam
 
 

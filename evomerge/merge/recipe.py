@@ -18,11 +18,14 @@ parameters:                          # global parameters of the method
 seed: 0                              # seeds DARE's random masks
 ```
 
-How a value resolves for one tensor (`resolve_value`): a per-kind map first picks the entry for the tensor's
-module kind (embedding, attention, mlp, norm, head), else its `default`; a list gives the value of the
-tensor's layer; a gradient places its points evenly from the first layer to the last and interpolates
-linearly. Tensors outside the layer stack take the first layer's value (embeddings) or the last's (final norm,
-head).
+How a value resolves for one tensor (`resolve_value`, evomerge/merge/values.py): a per-kind map first picks
+the entry for the tensor's module kind (embedding, attention, mlp, norm, head; `final_norm` for the norm after
+the last layer, when given), else its `default`; a list gives the value of the tensor's layer; a gradient
+places its points evenly from the first layer to the last and interpolates linearly. Tensors outside the layer
+stack take the first layer's value (embeddings) or the last's (final norm, head).
+
+A mergekit configuration (mergekit-yaml's YAML, told apart by its `merge_method`) is read as the recipe that
+makes the same tensors (evomerge/merge/mergekit_input.py).
 """
 
 from __future__ import annotations
@@ -36,11 +39,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evomerge.errors import UsageError, first_validation_problem
 from evomerge.files import read_yaml
+from evomerge.merge.values import KIND_KEYS, resolve_value
 
 if TYPE_CHECKING:
     from evomerge.merge.methods import MergeMethod, ParamSpec
 
-MODULE_KINDS = ("embedding", "attention", "mlp", "norm", "head")
 #: The pydantic validation context of a config that a run directory or a study stored when its run started,
 #: read again by a command that only reads the ledger (`evomerge status`): its recipes were checked against
 #: their methods' declared parameters when the run started, so they are not checked again. That check needs
@@ -106,6 +109,10 @@ def recipe_from_dict(data: Any, origin: str = "recipe", context: Mapping[str, An
         raise UsageError(
             f"{origin}: expected a mapping with 'method' and 'sources', got {type(data).__name__}"
         )
+    if "merge_method" in data:  # a mergekit configuration: the recipe that makes its tensors
+        from evomerge.merge.mergekit_input import mergekit_recipe_data
+
+        data = mergekit_recipe_data(data, origin)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
@@ -157,11 +164,10 @@ def _check_value(spec: ParamSpec, value: Any, where: str) -> None:
         spec.check(value, where)
         return
     if isinstance(value, dict) and "gradient" not in value:
-        unknown = set(value) - set(MODULE_KINDS) - {"default"}
+        unknown = set(value) - set(KIND_KEYS)
         if unknown:
             raise UsageError(
-                f"{where}: unknown module kind '{sorted(unknown)[0]}'; "
-                f"use {', '.join(MODULE_KINDS)} or default"
+                f"{where}: unknown module kind '{sorted(unknown)[0]}'; use {', '.join(KIND_KEYS)}"
             )
         for kind, inner in value.items():
             _check_layer_value(spec, inner, f"{where}.{kind}")
@@ -183,39 +189,6 @@ def _check_layer_value(spec: ParamSpec, value: Any, where: str) -> None:
             spec.check(item, where)
     else:
         spec.check(value, where)
-
-
-def resolve_value(value: Any, layer: int | None, kind: str, num_layers: int, where: str = "") -> Any:
-    """The value a parameter takes for one tensor (see the module docstring for the rules)."""
-    if isinstance(value, dict) and "gradient" not in value:
-        if kind in value:
-            value = value[kind]
-        elif "default" in value:
-            value = value["default"]
-        else:
-            raise UsageError(f"{where}: no value for {kind} tensors; add '{kind}:' or 'default:'")
-    position = _depth_index(layer, kind, num_layers)
-    if isinstance(value, list):
-        if len(value) != num_layers:
-            raise UsageError(f"{where}: has {len(value)} values but the models have {num_layers} layers")
-        return value[position]
-    if isinstance(value, dict):
-        return _interpolate(value["gradient"], position / max(num_layers - 1, 1))
-    return value
-
-
-def _depth_index(layer: int | None, kind: str, num_layers: int) -> int:
-    if layer is not None:
-        return layer
-    return 0 if kind == "embedding" else num_layers - 1
-
-
-def _interpolate(points: list[float], t: float) -> float:
-    if len(points) == 1:
-        return points[0]
-    x = t * (len(points) - 1)
-    i = min(int(x), len(points) - 2)
-    return points[i] + (x - i) * (points[i + 1] - points[i])
 
 
 def resolve_parameters(recipe: Recipe, layer: int | None, kind: str, num_layers: int) -> dict[str, Any]:

@@ -35,7 +35,8 @@ from typing import Any
 import yaml
 
 from evomerge.errors import UsageError
-from evomerge.merge.recipe import Recipe, resolve_value
+from evomerge.merge.recipe import Recipe
+from evomerge.merge.values import FINAL_NORM, resolve_value
 from evomerge.references import split_scheme
 from evomerge.sources import HUB_SCHEME, resolve_ref, tensor_info
 from evomerge.stack.engine import BRANCH_OUTPUTS, folded_factors, source_label
@@ -160,19 +161,21 @@ def _setting(name: str, value: Any, tensor_names: list[str]) -> Any:
     """One parameter's value in mergekit's terms: scalar, gradient list, or a list of filter conditions.
 
     mergekit reads the final norm and the head (its "post" weights) at the gradient's first point, evomerge at
-    the last layer's value: a value that varies by depth gets a condition naming each of those tensors first.
+    the last layer's value: a value that varies by depth, or has a `final_norm` entry, gets a condition naming
+    each of those tensors first.
     """
     layers = _layers(tensor_names)
+    per_kind = isinstance(value, dict) and "gradient" not in value
+    named = _varies(value) or (per_kind and FINAL_NORM in value)
     post = [
         {"filter": tensor, "value": _value(name, resolve_value(value, None, info.kind, layers))}
         for tensor in tensor_names
-        if (info := tensor_info(tensor)).layer is None and info.kind in ("norm", "head") and _varies(value)
+        if (info := tensor_info(tensor)).layer is None and info.kind in ("norm", "head") and named
     ]
-    if isinstance(value, dict) and "gradient" not in value:
-        _check_filters(name, [kind for kind in value if kind != "default"], tensor_names)
-        conditions = [
-            {"filter": FILTERS[k], "value": _value(name, v)} for k, v in value.items() if k != "default"
-        ]
+    if per_kind:
+        kinds = [kind for kind in value if kind not in ("default", FINAL_NORM)]
+        _check_filters(name, kinds, [t for t in tensor_names if t not in {c["filter"] for c in post}])
+        conditions = [{"filter": FILTERS[k], "value": _value(name, value[k])} for k in kinds]
         if "default" in value:
             conditions.append({"value": _value(name, value["default"])})
         return post + conditions
@@ -200,7 +203,8 @@ def _layers(tensor_names: list[str]) -> int:
 
 
 def _check_filters(name: str, kinds: list[str], tensor_names: list[str]) -> None:
-    """Raise UsageError unless mergekit's first-match filters give each tensor the entry evomerge gives it."""
+    """Raise UsageError unless mergekit's first-match filters give each of these tensors the entry evomerge
+    gives it."""
     for tensor in tensor_names:
         kind = tensor_info(tensor).kind
         matched = next((k for k in kinds if FILTERS[k] in tensor), None)

@@ -110,12 +110,20 @@ class StackRecipe(_Frozen):
 
 
 def is_stack_data(data: Any) -> bool:
-    """Whether plain recipe data describes a stack (it has `layers`) rather than a parameter-space merge."""
-    return isinstance(data, dict) and "layers" in data
+    """Whether plain recipe data describes a stack (it has `layers`, or is a mergekit passthrough of slices)
+    rather than a parameter-space merge."""
+    from evomerge.merge.mergekit_input import is_mergekit_stack
+
+    return isinstance(data, dict) and ("layers" in data or is_mergekit_stack(data))
 
 
 def stack_from_dict(data: Any, origin: str = "stack recipe") -> StackRecipe:
-    """Validate plain data as a StackRecipe; a layer may be a mapping or a [source, layer, scale] list."""
+    """Validate plain data as a StackRecipe; a layer may be a mapping or a [source, layer, scale] list. A
+    mergekit passthrough of slices is read as the stack it writes (evomerge/merge/mergekit_input.py)."""
+    from evomerge.merge.mergekit_input import is_mergekit_stack, mergekit_stack_data
+
+    if is_mergekit_stack(data):
+        data = mergekit_stack_data(data, origin)
     if not isinstance(data, dict):
         raise UsageError(
             f"{origin}: expected a mapping with 'sources' and 'layers', got {type(data).__name__}"
