@@ -243,7 +243,7 @@ def test_overlapping_empty_and_missing_splits_are_refused(zoo, tmp_path, capsys)
     message = "10 held-out examples are also in the search split"
     _expect_run_error(zoo_dir, tmp_path, {"t": {"data": str(overlap)}}, message, capsys)
     empty = write_task(tmp_path / "e", {"search": rows, "held_out": []})
-    _expect_run_error(zoo_dir, tmp_path, {"t": {"data": str(empty)}}, "cannot read", capsys)
+    _expect_run_error(zoo_dir, tmp_path, {"t": {"data": str(empty)}}, "the held_out split is empty", capsys)
     missing = write_task(tmp_path / "m", {"search": rows})
     message = "no file for split 'held_out'"
     _expect_run_error(zoo_dir, tmp_path, {"t": {"data": str(missing)}}, message, capsys)
