@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 DESCRIPTION = """\
 evomerge searches for the best way to merge fine-tuned language models into one.
 
-Start with `evomerge demo`: it builds the tiny model zoo (a base and three experts, cached after the first
-build), evolves a per-layer merge, merges the experts the usual ways, and prints how each model scores on
-each skill's held-out data. Then `evomerge report`, `export` and `baselines` do the same for your own runs."""
+Start with `evomerge demo`: on the tiny model zoo (a base and three experts, shipped with evomerge), it
+evolves a per-layer merge, merges the experts the usual ways, and prints how each model scores on each
+skill's held-out data. Then `evomerge report`, `export` and `baselines` do the same for your own runs."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,12 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="build the tiny zoo, merge and evolve a merge of its experts, print the scores",
-        description="Build the tiny model zoo (cached), evolve per-layer DARE weights and drop rates with "
-        "configs/demo.yaml, score the usual merges of the experts (each expert alone, the uniform average, "
-        "task arithmetic, TIES and DARE-TIES tuned on the search split), write the run's report, export the "
-        "evolved merge, and print every model's held-out accuracy on every skill. About 3 minutes on 2 CPU "
-        "cores once the zoo is built (about 2 minutes the first time).",
+        help="evolve a merge of the tiny zoo's experts, merge them the usual ways, print the scores",
+        description="On the tiny model zoo (shipped with evomerge), evolve per-layer DARE weights and drop "
+        "rates with configs/demo.yaml, score the usual merges of the experts (each expert alone, the uniform "
+        "average, task arithmetic, TIES and DARE-TIES tuned on the search split), write the run's report, "
+        "export the evolved merge, and print every model's held-out accuracy on every skill. About 1 minute "
+        "on 2 CPU cores.",
     )
     demo.add_argument(
         "--out",
