@@ -9,10 +9,11 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.errors import UsageError
+from evomerge.families import format_matrix
 from evomerge.merge.engine import MergeEngine
 from evomerge.merge.recipe import recipe_from_dict
 from evomerge.zoo.build import build_zoo, read_manifest
-from evomerge.zoo.check import format_matrix, merge_check_recipes, model_accuracy
+from evomerge.zoo.check import merge_check_recipes, model_accuracy
 from evomerge.zoo.settings import ZooSettings, settings_hash
 from evomerge.zoo.skills import SKILLS, SPLITS, base_train_split, expert_name, model_names, skill_splits
 from evomerge.zoo.tokenizer import ALPHABET, build_tokenizer

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from evomerge.errors import UsageError
+from evomerge.families import cache_directory
 from evomerge.files import staging_directory
 from evomerge.zoo.check import accuracy_matrix, merge_check
 from evomerge.zoo.settings import ZOO_FORMAT_VERSION, ZooSettings, settings_hash
@@ -115,8 +116,7 @@ def _move_into_place(tmp_dir: Path, out_dir: Path, settings: ZooSettings, manife
 
 def default_zoo_dir(settings: ZooSettings = ZooSettings()) -> Path:
     """Where `ensure_zoo` keeps the zoo: ``$EVOMERGE_CACHE/zoo-<hash>`` (default ``~/.cache/evomerge``)."""
-    cache = Path(os.environ.get("EVOMERGE_CACHE", "~/.cache/evomerge")).expanduser()
-    return cache / f"zoo-{settings_hash(settings)}"
+    return cache_directory(f"zoo-{settings_hash(settings)}")
 
 
 def ensure_zoo(settings: ZooSettings = ZooSettings(), progress: bool = True) -> Path:
