@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 
 import pytest
@@ -14,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from evomerge.cli import main
 from evomerge.errors import UsageError
 from evomerge.evaluate.data import data_directory
+from evomerge.search.run_lock import RunDirectoryLock
 from evomerge.smollm2 import source
 from evomerge.smollm2.build import BUILD_COMMAND, build_family, default_family_dir, read_manifest
 from evomerge.smollm2.settings import SMOKE, FamilySettings, settings_hash
@@ -161,6 +163,20 @@ def test_a_build_never_writes_into_a_directory_of_something_else(tmp_path) -> No
     with pytest.raises(UsageError, match="other settings"):
         build_family(other, SMOKE, progress=False)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_one_process_builds_a_family_directory_at_a_time(tmp_path) -> None:
+    family = tmp_path / "family"
+    family.mkdir()
+    (family / "settings.json").write_text(json.dumps({"hash": settings_hash(SMOKE)}))
+    holder = RunDirectoryLock(family)
+    holder.acquire()
+    try:
+        with pytest.raises(UsageError, match=rf"\(PID {os.getpid()}\) is building the SmolLM2 family in"):
+            build_family(family, SMOKE, progress=False)
+    finally:
+        holder.release()
+    assert sorted(p.name for p in family.iterdir()) == [".evomerge.lock", "settings.json"]
 
 
 def test_smoke_is_a_setting_of_the_smollm2_family_only(capsys) -> None:

@@ -215,10 +215,13 @@ def build_family(
     settings; the manifest (that of the family already there, if it is complete)."""
     out_dir = Path(out_dir) if out_dir is not None else default_family_dir(settings)
     _claim(out_dir, settings)
+    manifest = read_manifest(out_dir)
+    if manifest is not None:
+        return manifest
     lock = RunDirectoryLock(out_dir, BUILD_REFUSAL)
     lock.acquire()
     try:
-        manifest = read_manifest(out_dir)
+        manifest = read_manifest(out_dir)  # a build that held the lock until just now may have finished it
         if manifest is not None:
             return manifest
         _remove_leftovers(out_dir)
