@@ -3,9 +3,10 @@
 A model or data-set reference may start with a scheme: a name of two or more characters before the first
 colon (one letter would be a Windows drive). Each scheme is registered once, by the module that owns it:
 the core registers `hf:` (a hub model, in evomerge/sources.py); a plug-in registers its own when imported
-(the tiny zoo registers `zoo:` for its models and its skills' data). The core imports no plug-in by name in
-code: it imports the modules named in `BUILTIN_PLUGINS` and the entry points of the group `evomerge.plugins`
-(third-party packages) the first time a reference names a scheme nobody has registered yet.
+(the tiny zoo registers `zoo:` for its models and its skills' data, the SmolLM2 family `smollm2:`). The core
+imports no plug-in by name in code: it imports the modules named in `BUILTIN_PLUGINS` and the entry points of
+the group `evomerge.plugins` (third-party packages) the first time a reference names a scheme nobody has
+registered yet.
 
 A reference without a scheme is a local path or a hub name, which sources.py and evaluate/data.py resolve.
 """
@@ -25,7 +26,7 @@ Resolver = Callable[[str], Path]
 
 #: The plug-ins shipped with evomerge, imported by name so that a source checkout finds them without the
 #: entry points an install declares.
-BUILTIN_PLUGINS = ("evomerge.zoo",)
+BUILTIN_PLUGINS = ("evomerge.zoo", "evomerge.smollm2")
 PLUGIN_GROUP = "evomerge.plugins"
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9_.+-]+):(.*)", re.DOTALL)

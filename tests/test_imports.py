@@ -1,4 +1,4 @@
-"""The package's import graph: no cycles, and the core never imports the zoo plug-in.
+"""The package's import graph: no cycles, and the core never imports a plug-in (the zoo, the SmolLM2 family).
 
 Every module of `evomerge/` is parsed with `ast` (nothing is imported), and each `import` / `from ... import`
 of an evomerge module becomes an edge. Imports under `if TYPE_CHECKING:` are not edges (they never run). A
@@ -11,9 +11,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "evomerge"
-#: The application layer and the zoo itself: the only modules that may import `evomerge.zoo`.
-ZOO_IMPORTERS = ("evomerge.zoo", "evomerge.cli", "evomerge.demo")
+#: The built-in plug-ins, and the application layer, the only other modules that may import them.
+PLUGINS = ("evomerge.zoo", "evomerge.smollm2")
+APPLICATION = ("evomerge.cli", "evomerge.demo")
 
 
 def module_files() -> dict[str, Path]:
@@ -117,11 +120,13 @@ def test_no_import_cycle_counting_imports_inside_functions() -> None:
     assert cycle is None, "import cycle: " + " -> ".join([*cycle, cycle[0]])
 
 
-def test_the_core_never_imports_the_zoo() -> None:
-    """The zoo is a plug-in: the core reaches it only through the reference schemes it registers."""
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_the_core_never_imports_a_plug_in(plugin: str) -> None:
+    """A plug-in is reached only through the reference schemes it registers: no module outside it but the
+    application layer imports it."""
     importers = sorted(
         name
         for name, targets in import_graph(module_level_only=False).items()
-        if not name.startswith(ZOO_IMPORTERS) and any(t.startswith("evomerge.zoo") for t in targets)
+        if not name.startswith((plugin, *APPLICATION)) and any(t.startswith(plugin) for t in targets)
     )
     assert importers == []

@@ -10,11 +10,12 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.errors import UsageError
+from evomerge.families import format_matrix
 from evomerge.merge.engine import MergeEngine
 from evomerge.merge.recipe import recipe_from_dict
 from evomerge.zoo import zoo_data, zoo_model
 from evomerge.zoo.build import build_zoo, ensure_zoo, read_manifest
-from evomerge.zoo.check import format_matrix, merge_check_recipes, model_accuracy
+from evomerge.zoo.check import merge_check_recipes, model_accuracy
 from evomerge.zoo.settings import ZooSettings, settings_hash
 from evomerge.zoo.ship import ship
 from evomerge.zoo.shipped import SHIP_COMMAND, SHIPPED_ZOO, checksums, recorded_checksums

@@ -11,9 +11,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.cli import main
 from evomerge.config import load_config
+from evomerge.families import format_matrix
 from evomerge.search.scoring import CandidateScorer
 from evomerge.zoo.build import read_manifest
-from evomerge.zoo.check import format_matrix, model_accuracy
+from evomerge.zoo.check import model_accuracy
 
 pytestmark = pytest.mark.slow
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

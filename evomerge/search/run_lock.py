@@ -17,13 +17,19 @@ from typing import IO
 from evomerge.errors import UsageError
 
 LOCK_FILE = ".evomerge.lock"
+RUN_REFUSAL = (
+    "another evomerge process (PID {holder}) is running the run in {directory}; wait for it to end, or stop "
+    "it (nothing is lost) and then `evomerge resume` this directory"
+)
 
 
 class RunDirectoryLock:
-    """Held from `acquire` until the process ends (or `release`)."""
+    """Held from `acquire` until the process ends (or `release`). `refusal` is the one line a second process
+    gets, formatted with the holder's PID and the directory (a family build locks its directory too)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, refusal: str = RUN_REFUSAL) -> None:
         self.path = run_dir / LOCK_FILE
+        self.refusal = refusal
         self.handle: IO[str] | None = None
 
     def acquire(self) -> None:
@@ -35,10 +41,7 @@ class RunDirectoryLock:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            raise UsageError(
-                f"another evomerge process (PID {holder}) is running the run in {self.path.parent}; wait for "
-                "it to end, or stop it (nothing is lost) and then `evomerge resume` this directory"
-            ) from None
+            raise UsageError(self.refusal.format(holder=holder, directory=self.path.parent)) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")

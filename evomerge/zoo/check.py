@@ -88,15 +88,3 @@ def recipe_accuracy(
     model = engine.new_target(dtype=torch.float32)
     engine.materialize(recipe, model)
     return model_accuracy(model, zoo_dir, split, limit)
-
-
-def format_matrix(matrix: dict[str, dict[str, float]]) -> str:
-    """A markdown table: one row per model, one column per skill."""
-    skills = list(next(iter(matrix.values()), {}))
-    lines = [
-        "| model | " + " | ".join(skills) + " |",
-        "| --- | " + " | ".join("---:" for _ in skills) + " |",
-    ]
-    for name, row in matrix.items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[s]:.3f}" for s in skills) + " |")
-    return "\n".join(lines)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from pydantic import BaseModel, ConfigDict, Field
+
+from evomerge import families
 
 ZOO_FORMAT_VERSION = 2
 
@@ -47,6 +46,4 @@ class ZooSettings(BaseModel):
 
 def settings_hash(settings: ZooSettings) -> str:
     """First 12 hex digits of the sha256 of the settings' canonical JSON and the zoo format version."""
-    payload = {"format_version": ZOO_FORMAT_VERSION, "settings": settings.model_dump(mode="json")}
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    return families.settings_hash(settings, ZOO_FORMAT_VERSION)

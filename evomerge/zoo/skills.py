@@ -3,13 +3,13 @@ names of the zoo's models (the base and one expert per skill)."""
 
 from __future__ import annotations
 
-import json
 import random
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from evomerge.families import read_jsonl, write_jsonl
 from evomerge.zoo.settings import ZooSettings
 
 SPLITS = ("train", "search", "held_out")
@@ -159,8 +159,7 @@ def base_train_split(
 
 def read_split(zoo_dir: Path, skill: str, split: str) -> list[dict[str, str]]:
     """The examples of one skill's split, as written by `build_zoo`."""
-    with open(Path(zoo_dir) / "data" / skill / f"{split}.jsonl", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(Path(zoo_dir) / "data" / skill / f"{split}.jsonl")
 
 
 def write_skill_data(
@@ -171,12 +170,5 @@ def write_skill_data(
     """Every skill's splits and the base's easy examples, as `data/<skill>/<split>.jsonl` under out_dir."""
     for name, skill_data in splits.items():
         for split, rows in skill_data.items():
-            _write_jsonl(out_dir / "data" / name / f"{split}.jsonl", rows)
-        _write_jsonl(out_dir / "data" / name / "base_train.jsonl", base_train[name])
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
-    """JSON lines, the format `datasets.load_dataset("json", data_files=...)` reads."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            write_jsonl(out_dir / "data" / name / f"{split}.jsonl", rows)
+        write_jsonl(out_dir / "data" / name / "base_train.jsonl", base_train[name])

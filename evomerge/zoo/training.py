@@ -8,15 +8,13 @@ set, whose float32 sums round differently, and may give other weights: the defau
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from evomerge.families import batch_order, deterministic_torch, learning_rate
 from evomerge.zoo.settings import ZooSettings
 from evomerge.zoo.skills import BASE_MODEL, expert_name
 from evomerge.zoo.tokenizer import build_tokenizer
@@ -69,27 +67,6 @@ def _training_tensors(
     return input_ids, labels
 
 
-def _batch_order(
-    n_examples: int, batch_size: int, steps: int, generator: torch.Generator
-) -> Iterator[torch.Tensor]:
-    """`steps` batches of example indices: fresh seeded permutations, epoch after epoch."""
-    order = torch.empty(0, dtype=torch.long)
-    for _ in range(steps):
-        while len(order) < batch_size:
-            order = torch.cat([order, torch.randperm(n_examples, generator=generator)])
-        yield order[:batch_size]
-        order = order[batch_size:]
-
-
-def _learning_rate(step: int, steps: int, peak: float, warmup_fraction: float) -> float:
-    """Linear warmup to `peak`, then cosine decay to a tenth of it."""
-    warmup = max(1, round(steps * warmup_fraction))
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def _train(
     model: LlamaForCausalLM,
     data: tuple[torch.Tensor, torch.Tensor],
@@ -111,9 +88,9 @@ def _train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=settings.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    for step, batch in enumerate(_batch_order(len(input_ids), settings.batch_size, steps, generator)):
+    for step, batch in enumerate(batch_order(len(input_ids), settings.batch_size, steps, generator)):
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, steps, lr, settings.warmup_fraction)
+            group["lr"] = learning_rate(step, steps, lr, settings.warmup_fraction)
         output = model(input_ids=input_ids[batch], attention_mask=attention_mask[batch], labels=labels[batch])
         loss = output.loss
         optimizer.zero_grad(set_to_none=True)
@@ -160,18 +137,6 @@ def _expert_rows(
     return rows
 
 
-@contextmanager
-def _deterministic_torch() -> Iterator[None]:
-    """Deterministic kernels and a private RNG while building; the caller's settings come back after."""
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            yield
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic)
-
-
 def _save_model(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, model_dir: Path) -> None:
     model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
@@ -188,7 +153,7 @@ def train_models(
     `train` split, with replay), saving each model directory under out_dir."""
     tokenizer = build_tokenizer()
     total_steps = settings.base_steps + settings.expert_steps * len(splits)
-    with _deterministic_torch(), tqdm(total=total_steps, desc="zoo: base", disable=not progress) as bar:
+    with deterministic_torch(), tqdm(total=total_steps, desc="zoo: base", disable=not progress) as bar:
         torch.manual_seed(settings.seed)
         model = LlamaForCausalLM(_model_config(settings, tokenizer))
         model.generation_config = _generation_config(tokenizer)
