@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from evomerge.families import format_matrix
 from evomerge.files import written_directory
 from evomerge.zoo.build import build_zoo
-from evomerge.zoo.check import format_matrix
 from evomerge.zoo.settings import ZooSettings
 from evomerge.zoo.shipped import SHIPPED_ZOO, write_checksums
 
