@@ -191,8 +191,7 @@ def test_a_smoke_build_stopped_after_one_expert_resumes_and_completes(tmp_path, 
     whole parts, trains only that expert, and writes the manifest."""
     from evomerge.smollm2 import build
 
-    monkeypatch.setenv("EVOMERGE_CACHE", str(tmp_path / "cache"))
-    family = tmp_path / "family"
+    family = tmp_path / "family"  # the GGUF's conversion is cached where the session caches (CI: a fresh one)
     trained = []
     fine_tune = build.fine_tune
 
