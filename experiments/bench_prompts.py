@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,6 +24,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from bench_eval import best_seconds  # noqa: E402
 from pydantic import TypeAdapter  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
@@ -50,15 +50,6 @@ def write_data(root: Path, zoo_dir: Path) -> Path:
             row["label"] = 1
         (root / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return root
-
-
-def best_seconds(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def prompt_tokens(task) -> float:
