@@ -1,8 +1,9 @@
 """Batched greedy generation, answer extraction and matching: the scorer of `generate` tasks.
 
-Prompts arrive tokenized (once per run, `evaluate/tasks.py`). A batch is prompts of similar length,
-left-padded so that every row continues from its last prompt token; `model.generate` decodes greedily with its
-KV cache and stops each row at EOS or at its first stop string. The same code runs on CPU and GPU.
+Prompts arrive tokenized (once per run, `evaluate/tasks.py`). The prefix they all share is run once; a batch
+is prompts of similar length, left-padded after that prefix so that every row continues from its last prompt
+token; `model.generate` decodes greedily with its KV cache and stops each row at EOS or at its first stop
+string. The same code runs on CPU and GPU.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from evomerge.evaluate.prefix import PrefixCache, shared_prefix_length
+
 
 def greedy_completions(
     model: PreTrainedModel,
@@ -24,23 +27,38 @@ def greedy_completions(
     batch_size: int = 64,
 ) -> list[str]:
     """The greedy continuation of each tokenized prompt, decoded without special tokens and cut before the
-    first stop string, in the order of `prompts`."""
+    first stop string, in the order of `prompts`.
+
+    The prefix all prompts share is run once (evaluate/prefix.py); each row is then laid out as
+    [shared prefix][left padding][its own tokens], and `generate` derives every position from the attention
+    mask, so the padding takes none."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     completions: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    shared = shared_prefix_length(prompts)
     with torch.inference_mode():
+        prefix = PrefixCache(model, prompts[0][:shared]) if shared else None
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            width = max(len(prompts[i]) for i in rows)
+            width = max(len(prompts[i]) for i in rows) - shared
             ids = torch.full((len(rows), width), pad, dtype=torch.long)
             mask = torch.zeros((len(rows), width), dtype=torch.long)
             for r, i in enumerate(rows):
-                ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-                mask[r, width - len(prompts[i]) :] = 1
+                own = prompts[i][shared:]
+                ids[r, width - len(own) :] = torch.tensor(own)
+                mask[r, width - len(own) :] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            extra = {}
+            if prefix is not None:
+                ids = torch.cat(
+                    [torch.tensor([prompts[0][:shared]], device=device).expand(len(rows), -1), ids], 1
+                )
+                mask = torch.cat([prefix.mask(len(rows), device), mask], dim=1)
+                extra["past_key_values"] = prefix.for_rows(len(rows))
             output = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
+                input_ids=ids,
+                attention_mask=mask,
                 do_sample=False,
                 max_new_tokens=max_new_tokens,
                 max_length=None,
@@ -48,8 +66,9 @@ def greedy_completions(
                 pad_token_id=pad,
                 stop_strings=list(stop) or None,
                 tokenizer=tokenizer if stop else None,
+                **extra,
             )
-            texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+            texts = tokenizer.batch_decode(output[:, ids.shape[1] :], skip_special_tokens=True)
             for i, text in zip(rows, texts):
                 completions[i] = cut_at_stop(text, stop)
     return completions
