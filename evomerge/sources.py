@@ -10,7 +10,8 @@ A model reference is one of:
   by transformers into a float32 Hugging Face directory in the cache, `$EVOMERGE_CACHE/gguf-<fingerprint>`
   (default `~/.cache/evomerge`; 4 bytes per parameter on disk), which every later step reads
   (evomerge/gguf.py); the model's `ref` stays the .gguf the user named;
-- a hub name such as `org/model`, downloaded when the hub is reachable (not with HF_HUB_OFFLINE=1).
+- a hub name such as `org/model`, or `org/model@REVISION` (a branch, tag or commit), downloaded when the hub
+  is reachable (not with HF_HUB_OFFLINE=1): its safetensors, or its `pytorch_model*.bin` when it has none.
 
 Tied embeddings: when a model's config ties the output head to the input embedding, `lm_head.weight` is
 dropped at load, so the shared matrix is merged once (as the embedding) and the target model keeps the tie.
@@ -36,6 +37,8 @@ from evomerge.references import register_model_scheme, resolve_model_scheme, spl
 HUB_SCHEME = "hf"
 #: The weight files of a Hugging Face model directory, in the order they are looked for.
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+#: A hub model's name: ORG/MODEL, optionally @REVISION (a branch, a tag or a commit).
+_HUB_NAME = re.compile(r"([\w.-]+/[\w.-]+)(?:@([\w./-]+))?")
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 _KIND_MARKERS = (
     ("embedding", ("embed_tokens", "wte.", "wpe.", "word_embeddings", "embed_in", "tok_embeddings")),
@@ -98,25 +101,33 @@ def resolve_ref(ref: str) -> Path:
     path = Path(ref).expanduser()
     if path.exists():
         return path
-    if _looks_like_hub_name(ref) and _hub_online():
+    if hub_model_id(ref) is not None and _hub_online():
         return _download(ref)
     raise UsageError(
         f"model '{ref}' not found: no such file or directory"
-        + (" (and the hub is offline: HF_HUB_OFFLINE is set)" if _looks_like_hub_name(ref) else "")
+        + (" (and the hub is offline: HF_HUB_OFFLINE is set)" if hub_model_id(ref) is not None else "")
     )
 
 
 def _hub_model(name: str) -> Path:
     """An `hf:ORG/MODEL` reference: the hub model, even where a local directory has the same name."""
-    if not _looks_like_hub_name(name):
-        raise UsageError(f"model '{HUB_SCHEME}:{name}': a hub model is named ORG/MODEL")
+    if _HUB_NAME.fullmatch(name) is None:
+        raise UsageError(f"model '{HUB_SCHEME}:{name}': a hub model is named ORG/MODEL or ORG/MODEL@REVISION")
     if not _hub_online():
         raise UsageError(f"model '{HUB_SCHEME}:{name}' is on the hub, which is offline (HF_HUB_OFFLINE)")
     return _download(name)
 
 
-def _looks_like_hub_name(ref: str) -> bool:
-    return re.fullmatch(r"[\w.-]+/[\w.-]+", ref) is not None
+def hub_model_id(ref: str) -> str | None:
+    """The hub repository a model reference names (`org/model` of `org/model@rev` or `hf:org/model`), None
+    for any other reference (a scheme's, a path that exists here)."""
+    scheme = split_scheme(ref)
+    if scheme is not None:
+        name = scheme[1] if scheme[0] == HUB_SCHEME else ""
+    else:
+        name = "" if Path(ref).expanduser().exists() else ref
+    match = _HUB_NAME.fullmatch(name)
+    return match.group(1) if match else None
 
 
 def _hub_online() -> bool:
@@ -124,11 +135,16 @@ def _hub_online() -> bool:
 
 
 def _download(ref: str) -> Path:
-    from huggingface_hub import snapshot_download
+    """The local snapshot of a hub model (config, tokenizer, and its safetensors, or its .bin weights when it
+    has no safetensors), at the reference's revision (default: main)."""
+    from huggingface_hub import list_repo_files, snapshot_download
 
+    name, revision = _HUB_NAME.fullmatch(ref).groups()
     try:
-        patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
-        return Path(snapshot_download(ref, allow_patterns=patterns))
+        files = list_repo_files(name, revision=revision)
+        weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "pytorch_model*.bin"
+        patterns = ["*.json", weights, "tokenizer*", "*.model", "*.txt"]
+        return Path(snapshot_download(name, revision=revision, allow_patterns=patterns))
     except Exception as error:  # the hub client raises many types; all mean the same to the user
         raise UsageError(f"model '{ref}' could not be downloaded from the hub: {error}") from None
 

@@ -17,6 +17,7 @@ from evomerge.config import config_from_dict
 from evomerge.errors import UsageError
 from evomerge.merge.recipe import recipe_from_dict
 from evomerge.output.mergekit import mergekit_config
+from evomerge.output.model_card import front_matter
 from evomerge.search.baselines import BASELINES_STUDY, baseline_grid
 from evomerge.search.results import HELD_OUT_PREFIX
 from evomerge.zoo.tokenizer import build_tokenizer
@@ -132,6 +133,11 @@ def test_export_loads_in_transformers_and_its_recipe_remerges_bit_for_bit(
     assert model.generate(**prompt, max_new_tokens=2, do_sample=False).shape[1] > prompt["input_ids"].shape[1]
     card = (out / "README.md").read_text()
     assert "Trial 0 of the evomerge run" in card and "| t | exact_match |" in card and "cmaes" in card
+    header = yaml.safe_load(card.split("---")[1])
+    assert header == {
+        "library_name": "transformers",
+        "tags": ["merge", "evomerge"],
+    }  # local models: no hub ids
 
     again = tmp_path / "again"
     assert main(["merge", str(out / "recipe.yaml"), "--out", str(again)]) == 0
@@ -307,4 +313,13 @@ def test_the_heat_map_resolves_lists_gradients_and_kind_maps_per_layer(tiny_mode
         "a density [attention]": [0.5, 0.5],
         "a density [default]": [0.9, 0.9],
         "scale": [1.0, 0.5],
+    }
+
+
+def test_the_model_card_lists_the_hub_models_it_is_made_of_as_the_hub_reads_a_merge():
+    header = front_matter(["org/base", "org/a@v2", "hf:org/b", "zoo:base", "/no/such/dir", "org/base"])
+    assert yaml.safe_load(header.split("---")[1]) == {
+        "base_model": ["org/base", "org/a", "org/b"],
+        "library_name": "transformers",
+        "tags": ["merge", "evomerge"],
     }

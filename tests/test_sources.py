@@ -8,7 +8,7 @@ from conftest import save_tiny_llama
 from safetensors.torch import load_file
 
 from evomerge.errors import UsageError
-from evomerge.sources import check_compatible, load_model, tensor_info
+from evomerge.sources import check_compatible, hub_model_id, load_model, tensor_info
 
 
 @pytest.mark.parametrize(
@@ -109,3 +109,15 @@ def test_a_gguf_file_that_is_not_gguf_is_a_usage_error(tmp_path):
     fake.write_bytes(b"not a gguf file at all")
     with pytest.raises(UsageError, match="cannot read GGUF file"):
         load_model(str(fake))
+
+
+def test_hub_names_take_a_revision_and_local_paths_are_no_hub_names(tmp_path, monkeypatch):
+    assert hub_model_id("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+    assert hub_model_id("org/model@v1.0") == hub_model_id("hf:org/model@0123abc") == "org/model"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    assert hub_model_id("org/model") is None  # a directory here, though its name looks like a hub name
+    assert hub_model_id("hf:org/model") == "org/model"  # named as the hub's explicitly
+    assert hub_model_id("zoo:base") is None and hub_model_id("model") is None
+    with pytest.raises(UsageError, match="hub is offline"):
+        load_model("some-org/some-model@main")

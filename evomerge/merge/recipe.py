@@ -91,6 +91,11 @@ class Recipe(BaseModel):
         "source)",
     )
 
+    @property
+    def models(self) -> list[str]:
+        """The model references it is made of: the base (if any), then each source's."""
+        return [*([self.base] if self.base else []), *(source.model for source in self.sources)]
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(exclude_none=True), sort_keys=False)
 

@@ -3,6 +3,7 @@ well it scores."""
 
 from __future__ import annotations
 
+import yaml
 from optuna.trial import FrozenTrial
 
 from evomerge.config import RunConfig
@@ -10,11 +11,25 @@ from evomerge.evaluate.scores import Scores
 from evomerge.evaluate.specs import TaskSpec
 from evomerge.search.optimizers import get_optimizer
 from evomerge.search.space import Candidate, space_of
+from evomerge.sources import hub_model_id
 
 
 def task_description(spec: TaskSpec) -> str:
     """How a task is scored and on what data, in a few words."""
     return spec.describe()
+
+
+def front_matter(models: list[str]) -> str:
+    """The card's YAML header as the hub reads a merge's: `base_model:` listing the hub models it is made of
+    (each once; a local or plug-in model has no hub name to list), `tags: [merge, evomerge]`,
+    `library_name: transformers`."""
+    hub_models = list(dict.fromkeys(m for m in map(hub_model_id, models) if m is not None))
+    header = {
+        **({"base_model": hub_models} if hub_models else {}),
+        "library_name": "transformers",
+        "tags": ["merge", "evomerge"],
+    }
+    return f"---\n{yaml.safe_dump(header, sort_keys=False)}---"
 
 
 def model_card(
@@ -45,12 +60,7 @@ def model_card(
         f"--trial {trial.number}` computes them; export again to have them here."
     )
     data = "\n".join(f"- `{name}`: {task_description(spec)}" for name, spec in config.tasks.items())
-    return f"""---
-library_name: transformers
-tags:
-- merge
-- evomerge
----
+    return f"""{front_matter(candidate.models)}
 # {title}, found by evomerge
 
 Trial {trial.number} of the evomerge run in `{config.run_dir}`, exported as the {chosen_as} candidate.

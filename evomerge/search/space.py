@@ -46,6 +46,11 @@ class Candidate(Protocol):
 
     def to_yaml(self) -> str: ...
 
+    @property
+    def models(self) -> list[str]:
+        """The model references it is made of (the model card's `base_model:` lists the hub's)."""
+        ...
+
 
 class TokenizerSource(Protocol):
     """Where a model's tokenizer comes from (a merge's reference model, a stack's embeddings source)."""

@@ -103,6 +103,11 @@ class StackRecipe(_Frozen):
                 raise ValueError(f"source index {index} names no source (there are {len(self.sources)})")
         return self
 
+    @property
+    def models(self) -> list[str]:
+        """The model references it is made of: each source's, an inline merge's own models in its place."""
+        return [model for s in self.sources for model in (s.models if isinstance(s, Recipe) else [s])]
+
     def to_yaml(self) -> str:
         data = self.model_dump(exclude_none=True)
         data["layers"] = [[layer.source, layer.layer, layer.scale] for layer in self.layers]  # one line each
