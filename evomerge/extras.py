@@ -2,9 +2,9 @@
 
 Each optional feature is a pip extra of the package (pyproject.toml): `postgres` (a PostgreSQL storage),
 `gguf` (reading .gguf files), `lm-eval` (lm-eval tasks as objectives), `plots` (the PNG plots of a
-report) and `smollm2` (building the SmolLM2 family); `all` is every one. A feature imports its packages
-through `require`, at the moment it needs them, so that a plain `pip install evomerge` runs everything else
-and the missing part says how to get it.
+report), `peft` (PEFT adapters as sources) and `smollm2` (building the SmolLM2 family); `all` is every one.
+A feature imports its packages through `require`, at the moment it needs them, so that a plain
+`pip install evomerge` runs everything else and the missing part says how to get it.
 """
 
 from __future__ import annotations

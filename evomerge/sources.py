@@ -10,6 +10,8 @@ A model reference is one of:
   by transformers into a float32 Hugging Face directory in the cache, `$EVOMERGE_CACHE/gguf-<fingerprint>`
   (default `~/.cache/evomerge`; 4 bytes per parameter on disk), which every later step reads
   (evomerge/gguf.py); the model's `ref` stays the .gguf the user named;
+- `BASE+ADAPTER` (mergekit's `model+lora`), or a PEFT adapter directory alone (its config names the base): the
+  adapter merged into the base by peft once, into `$EVOMERGE_CACHE/peft-<fingerprint>` (evomerge/adapters.py);
 - a hub name such as `org/model`, or `org/model@REVISION` (a branch, tag or commit), downloaded when the hub
   is reachable (not with HF_HUB_OFFLINE=1): its safetensors, or its `pytorch_model*.bin` when it has none.
 
@@ -29,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoConfig, PretrainedConfig
 
+from evomerge.adapters import adapted_directory, adapter_base, is_adapter_directory, split_adapter_reference
 from evomerge.errors import UsageError
 from evomerge.gguf import dequantized_directory
 from evomerge.references import register_model_scheme, resolve_model_scheme, split_scheme
@@ -94,7 +97,20 @@ def source_name(ref: str) -> str:
 
 
 def resolve_ref(ref: str) -> Path:
-    """The local path of a model reference, downloading a hub model when the hub is reachable."""
+    """The local path of a model reference, downloading a hub model when the hub is reachable; for a model
+    with a PEFT adapter (`BASE+ADAPTER`, or an adapter directory alone), the directory of the two merged
+    (evomerge/adapters.py)."""
+    with_adapter = split_adapter_reference(ref)
+    if with_adapter is not None:
+        return adapted_directory(model_directory(with_adapter[0]), _located(with_adapter[1]))
+    path = _located(ref)
+    if is_adapter_directory(path):
+        return adapted_directory(model_directory(adapter_base(path)), path)
+    return path
+
+
+def _located(ref: str) -> Path:
+    """The path a reference names as it is: a scheme's, a local file or directory, or a hub download."""
     resolved = resolve_model_scheme(ref)
     if resolved is not None:
         return resolved

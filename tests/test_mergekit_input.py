@@ -300,10 +300,6 @@ BAD = {
         lambda m: _ties(m, merge_method="della"),
         "merge_method 'della': evomerge has no such method",
     ),
-    "lora": (
-        lambda m: _ties(m, models=[{"model": f"{m['a']}+adapters/lora", "parameters": {"weight": 1.0}}]),
-        "models[0].model '",
-    ),
     "beyond the model": (lambda m: _slices(m, (0, 3)), "layer_range [0, 3]: "),
     "overlapping slices": (lambda m: _slices(m, (0, 2), (1, 2)), "slices[1].sources[0].layer_range [1, 2]"),
     "missing layers": (lambda m: _slices(m, (0, 1)), "slices: they take layers 0 to 0 of the models' 2"),

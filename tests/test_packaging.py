@@ -42,8 +42,8 @@ def test_pyproject_declares_ranges_and_constraints_pin_every_one_of_them():
     extras = PYPROJECT["optional-dependencies"]
     requirements = PYPROJECT["dependencies"] + [r for group in extras.values() for r in group]
     assert not [r for r in requirements if "==" in r], "exact pins belong in constraints.txt"
-    assert set(extras) >= {"postgres", "gguf", "lm-eval", "plots", "smollm2", "all", "test"}
-    assert extras["all"] == ["evomerge[postgres,gguf,lm-eval,plots,smollm2]"]
+    assert set(extras) >= {"postgres", "gguf", "lm-eval", "plots", "peft", "smollm2", "all", "test"}
+    assert extras["all"] == ["evomerge[postgres,gguf,lm-eval,plots,peft,smollm2]"]
     pins = _constraints()
     assert "evomerge" not in pins
     assert pins["torch"] == "2.13.0"  # the CPU wheel on disk; a looser pin downloads CUDA wheels

@@ -40,8 +40,9 @@ rescaled to the task vector's L1 norm, by evomerge from a hash of the element an
 the same distribution, not the same tensors. mergekit computes in `dtype` when one is given, evomerge in
 float32, storing in `dtype`: identical for float32 models.
 
-Anything else is refused in one line naming the key: methods evomerge does not have, LoRA adapters
-(`model+lora`), a `layer_range` beyond a model, slices that are not a per-slice merge or a stack, tokenizers
+A model with a LoRA adapter (`model+lora`) is read as evomerge reads one (evomerge/adapters.py: the adapter
+merged into its model by peft). Anything else is refused in one line naming the key: methods evomerge does not
+have, a `layer_range` beyond a model, slices that are not a per-slice merge or a stack, tokenizers
 other than the one evomerge writes (the base's, else the first model's).
 """
 
@@ -49,7 +50,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -127,23 +128,7 @@ def _config(data: dict[str, Any], origin: str) -> _Config:
             raise UsageError(f"{origin}: {key}: {why}")
     if (config.models is None) == (config.slices is None):
         raise UsageError(f"{origin}: a mergekit config has either `models:` or `slices:` (exactly one)")
-    for where, ref in _references(config):
-        if "+" in ref:
-            raise UsageError(
-                f"{origin}: {where} '{ref}': a model with a LoRA adapter (model+lora) is not supported yet; "
-                "merge the adapter into its model first (peft's merge_and_unload) and name that directory"
-            )
     return config
-
-
-def _references(config: _Config) -> Iterator[tuple[str, str]]:
-    if config.base_model is not None:
-        yield "base_model", config.base_model
-    for i, model in enumerate(config.models or []):
-        yield f"models[{i}].model", model.model
-    for i, out in enumerate(config.slices or []):
-        for j, source in enumerate(out.sources):
-            yield f"slices[{i}].sources[{j}].model", source.model
 
 
 # ---------------------------------------------------------------------------------------------- the methods

@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from evomerge.adapters import split_adapter_reference
 from evomerge.errors import UsageError
 from evomerge.merge.recipe import Recipe
 from evomerge.merge.values import FINAL_NORM, resolve_value
@@ -143,6 +144,9 @@ def _model_path(ref: str) -> str:
     schemes nor our working directory); a hub name as it is (`hf:` dropped)."""
     if ref.endswith(".gguf"):
         raise UsageError(f"mergekit cannot read the GGUF model '{ref}'; export without --format mergekit")
+    with_adapter = split_adapter_reference(ref)
+    if with_adapter is not None:  # mergekit's own syntax for a model with a LoRA adapter
+        return f"{_model_path(with_adapter[0])}+{Path(with_adapter[1]).expanduser().resolve()}"
     scheme = split_scheme(ref)
     if scheme is not None and scheme[0] == HUB_SCHEME:
         return scheme[1]
