@@ -124,3 +124,22 @@ def test_an_adapter_without_peft_names_the_extra(tiny_models, adapter, monkeypat
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(UsageError, match=r"pip install 'evomerge\[peft\]'"):
         load_model(f"{tiny_models['base']}+{adapter}")
+
+
+def test_a_mergekit_config_with_model_plus_lora_is_read_as_it_is(tiny_models, adapter, tmp_path):
+    config = tmp_path / "mergekit.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "linear",
+                "models": [{"model": f"{tiny_models['base']}+{adapter}", "parameters": {"weight": 1.0}}],
+                "dtype": "float32",
+            }
+        )
+    )
+    assert main(["merge", str(config), "--out", str(tmp_path / "out")]) == 0
+    merged, expected = (
+        load_file(tmp_path / "out" / "model.safetensors"),
+        by_hand(tiny_models["base"], adapter),
+    )
+    assert all(torch.allclose(merged[name], expected[name], atol=1e-6) for name in expected)
