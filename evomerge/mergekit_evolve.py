@@ -13,9 +13,10 @@ through `evolve_run_config`, and `evomerge convert` prints the run config so tha
   density as evomerge's drop = 1 - density; `layer_granularity` (layers per gene group, 0: one group) is
   `granularity: group` with `group_size` (1: `layer`, 0: `global`); `filters` (with layer_granularity 0) are
   `granularity: kind`; `allow_negative_weights` widens the weight's bounds from [0, 1] to [-1, 1].
-- Each of `tasks` (an lm-eval `name`, `weight`, `metric`) is a task `{kind: lm_eval, task: NAME,
-  held_out_task: NAME}` and an objective on its metric (without lm-eval's `,none` filter), a negative weight
-  minimized; `limit` is each task's `limit`.
+- Each of `tasks` (an lm-eval `name`, `weight`, `metric`) is a task `{kind: lm_eval, task: NAME}`, whose
+  documents evomerge splits into search and held-out by a seeded hash, and an objective on its metric
+  (without lm-eval's `,none` filter), a negative weight minimized; `limit` is each task's `limit`,
+  `apply_chat_template` its `chat_template` (when the tokenizer has one), `num_fewshot` its `num_fewshot`.
 - Its options `--max-fevals` (100), `--sigma0` (1/6), `--random-seed` (0), `--storage-path` and
   `--task-search-path` are `budget.evaluations`, `optimizer.sigma` (in the unit cube: sigma0 over the
   weight's range), `seed`, `run_dir` and each task's `include_path` (EvolveOptions).
@@ -25,15 +26,16 @@ unbounded and takes absolute values (density clipped to [0, 1]); evomerge's gene
 density [0.05, 1], DARE's drop [0, 0.95], t [0, 1].
 
 What evomerge cannot do is one UsageError line: `smooth` (a gradient through the groups), filters together
-with layer groups, a layer_granularity that does not divide the layer count, `num_fewshot`, a SLERP of more
-than two models. What it does differently is a warning: an lm-eval task is its own held-out task until tasks
-can be split (its held-out scores are then not held out), lm-eval scores without the chat template, `limit`
-takes a seeded random subsample, `filters` become one gene per module kind, `random_init` starts from the
-template.
+with layer groups, a layer_granularity that does not divide the layer count, a SLERP of more than two models.
+What it does differently is a warning: each task's documents are half searched and half held out (where
+mergekit-evolve searches on all of them), `limit` takes a seeded random subsample, k-shot examples under the
+chat template are always turns (`fewshot_as_multiturn`), `filters` become one gene per module kind,
+`random_init` starts from the template.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,10 +135,6 @@ def evolve_run_config(
             f"{origin}: genome.models: mergekit-evolve's slerp picks two of {len(genome.models)} models per "
             "layer group; evomerge's slerp merges two fixed models: list two"
         )
-    if evolve.num_fewshot is not None:
-        raise UsageError(
-            f"{origin}: num_fewshot is not supported yet; set it in the lm-eval task's YAML (num_fewshot:)"
-        )
     warnings: list[str] = []
     recipe = mergekit_recipe_data(_start(genome), f"{origin}: genome")
     layers = model_layer_count(genome.models[0])
@@ -147,7 +145,13 @@ def evolve_run_config(
         if name == "weight" and genome.allow_negative_weights:
             low = -1.0
         searched.append({"param": param, **granularity, "low": low, "high": high})
-    tasks, objectives = _tasks(evolve, options, origin, warnings)
+    chat_template = evolve.apply_chat_template and _has_chat_template(genome.base_model or genome.models[0])
+    if evolve.apply_chat_template and not chat_template:
+        warnings.append(
+            "apply_chat_template: the tokenizer of the models has no chat template; the prompts are scored "
+            "as they are"
+        )
+    tasks, objectives = _tasks(evolve, options, chat_template, origin, warnings)
     if evolve.random_init:
         warnings.append(
             "random_init: evomerge's CMA-ES starts from the template (mergekit-evolve's fixed starting point)"
@@ -222,8 +226,18 @@ def _granularity(genome: _Genome, layers: int, origin: str, warnings: list[str])
     return {"granularity": "layer"} if size == 1 else {"granularity": "group", "group_size": size}
 
 
+def _has_chat_template(ref: str) -> bool:
+    """Whether a model's tokenizer has a chat template (in tokenizer_config.json or chat_template.jinja)."""
+    from evomerge.sources import model_directory
+
+    directory = model_directory(ref)
+    config = directory / "tokenizer_config.json"
+    in_config = config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+    return in_config or (directory / "chat_template.jinja").is_file()
+
+
 def _tasks(
-    evolve: _Evolve, options: EvolveOptions, origin: str, warnings: list[str]
+    evolve: _Evolve, options: EvolveOptions, chat_template: bool, origin: str, warnings: list[str]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     tasks: dict[str, Any] = {}
     objectives = []
@@ -232,7 +246,11 @@ def _tasks(
             raise UsageError(f"{origin}: tasks[{i}]: '{task.name}' is listed twice")
         if task.weight == 0:
             raise UsageError(f"{origin}: tasks[{i}].weight 0 scores nothing; remove the task")
-        spec: dict[str, Any] = {"kind": "lm_eval", "task": task.name, "held_out_task": task.name}
+        spec: dict[str, Any] = {"kind": "lm_eval", "task": task.name}
+        if chat_template:
+            spec["chat_template"] = True
+        if evolve.num_fewshot:
+            spec["num_fewshot"] = evolve.num_fewshot
         if options.task_search_path is not None:
             spec["include_path"] = options.task_search_path
         if evolve.limit is not None:
@@ -248,13 +266,13 @@ def _tasks(
             }
         )
         warnings.append(
-            f"task '{task.name}' is also its held_out_task: its held-out scores are on the same documents as "
-            "the search, not held out; give a held_out_task of other documents"
+            f"task '{task.name}': its documents are split in two by a seeded hash, half searched and half "
+            "held out (held_out_fraction, split_seed), where mergekit-evolve searches on all of them"
         )
-    if evolve.apply_chat_template:
+    if chat_template and not evolve.fewshot_as_multiturn and evolve.num_fewshot:
         warnings.append(
-            "apply_chat_template: evomerge's lm_eval tasks score the prompts as they are, without the chat "
-            "template"
+            "fewshot_as_multiturn false: evomerge's lm_eval tasks with the chat template give the k-shot "
+            "examples as turns of the conversation"
         )
     if evolve.limit is not None and not evolve.shuffle:
         warnings.append(

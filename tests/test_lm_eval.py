@@ -165,3 +165,47 @@ def test_lm_eval_prompts_with_the_chat_template_system_prompt_and_shots_as_the_b
     message = "task 'lm_chat': chat_template is true but the tokenizer of '.*' has no chat template"
     with pytest.raises(UsageError, match=message):
         Evaluator(evaluator.tasks[2:], AutoTokenizer.from_pretrained(zoo_dir / "base"))
+
+
+def test_one_lm_eval_task_is_split_into_search_and_held_out_by_a_seeded_hash(zoo_dir, task_files, tmp_path):
+    rows = [
+        json.loads(line)
+        for split in SPLITS
+        for line in (task_files / "gen" / f"{split}.jsonl").read_text().splitlines()
+    ]
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    generate = spec(**{**GENERATE, "data": str(task_files / "gen")})
+    config = lm_eval_task_config("zoo_gen_all", tmp_path / "all.jsonl", generate)
+    (tmp_path / "zoo_gen_all.yaml").write_text(yaml.safe_dump(config))
+
+    def split_task(**fields):
+        return load_task(
+            "add", spec(kind="lm_eval", task="zoo_gen_all", include_path=str(tmp_path), **fields)
+        )
+
+    task = split_task(held_out_fraction=0.3)
+    sizes = {split: task.size(split) for split in SPLITS}
+    assert sum(sizes.values()) == len(rows) == 120 and 20 <= sizes["held_out"] <= 52
+    texts = {split: {json.dumps(doc, sort_keys=True) for doc in task.docs[split]} for split in SPLITS}
+    assert not texts["search"] & texts["held_out"]
+    assert split_task(held_out_fraction=0.3).indices == task.indices  # the same split every time
+    assert split_task(held_out_fraction=0.3, split_seed=1).indices != task.indices
+    assert split_task(held_out_fraction=0.3, limit=10).size("held_out") == 10
+
+    # what each split scores is its own documents: the built-in scorer on the same rows agrees
+    builtin = tmp_path / "builtin"
+    builtin.mkdir()
+    for split in SPLITS:
+        (builtin / f"{split}.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in task.docs[split]))
+    tokenizer = AutoTokenizer.from_pretrained(zoo_dir / "base")
+    evaluator = Evaluator([task, load_task("b", spec(**{**GENERATE, "data": str(builtin)}))], tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(zoo_dir / "expert_add")
+    for split in SPLITS:
+        scores = evaluator.score(model, split)
+        assert scores["add"]["exact_match"] == scores["b"]["exact_match"] > 0.5
+
+    (tmp_path / "one.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    config = lm_eval_task_config("zoo_gen_one", tmp_path / "one.jsonl", generate)
+    (tmp_path / "zoo_gen_one.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(UsageError, match="lm-eval task 'zoo_gen_one' has 1 documents, too few to split"):
+        load_task("add", spec(kind="lm_eval", task="zoo_gen_one", include_path=str(tmp_path)))

@@ -92,11 +92,12 @@ def test_the_documented_example_converts_to_a_run_config(models):
         {"param": "weight", **group, "low": 0.0, "high": 1.0},
         {"param": "drop", **group, "low": 0.0, "high": 0.95},
     ]
-    assert config["tasks"] == {TASK: {"kind": "lm_eval", "task": TASK, "held_out_task": TASK}}
+    assert config["tasks"] == {TASK: {"kind": "lm_eval", "task": TASK}}  # its documents split in two
     assert config["objectives"] == [{"task": TASK, "metric": "acc", "direction": "maximize", "weight": 1.0}]
     assert config["optimizer"] == {"name": "cmaes", "sigma": 1 / 6}
     assert (config["budget"], config["seed"]) == ({"evaluations": 100}, 0)
-    assert any("not held out" in warning for warning in warnings)
+    assert any("split in two by a seeded hash" in warning for warning in warnings)
+    assert any("has no chat template" in warning for warning in warnings)  # the tiny models' has none
     assert config_from_dict(config).recipe.method == "dare_ties"
 
 
@@ -133,7 +134,7 @@ def test_the_command_line_options_and_negative_weights(models, tmp_path, capsys)
     )
     out = capsys.readouterr()
     assert out.out.startswith("# evomerge run config converted from the mergekit-evolve config")
-    assert "# warning: task 'tiny_choice' is also its held_out_task" in out.out
+    assert "# warning: task 'tiny_choice': its documents are split in two" in out.out
     assert "evomerge: warning: task 'tiny_choice'" in out.err
     config = config_from_dict(yaml.safe_load(out.out))
     assert (config.budget.evaluations, config.optimizer.sigma, config.seed) == (
@@ -173,7 +174,6 @@ def test_evomerge_run_reads_it_and_scores_candidates(models, task_path, tmp_path
         ({"genome": {"smooth": True}}, "genome.smooth: evomerge's genome holds one value per layer group"),
         ({"genome": {"filters": ["mlp"]}}, "genome.filters with layer_granularity 8"),
         ({"genome": {"merge_method": "della"}}, "genome.merge_method 'della'"),
-        ({"num_fewshot": 5}, "num_fewshot is not supported yet"),
         ({"tasks": [{"name": TASK, "weight": 0}]}, "tasks[0].weight 0 scores nothing"),
     ],
 )

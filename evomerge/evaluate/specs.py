@@ -233,14 +233,30 @@ class LmEvalSpec(_InstructSpec):
     (its k-shot examples come from the task's own fewshot split)."""
 
     kind: Literal["lm_eval"] = Field(description="the task kind")
-    task: str = Field(description="the lm-eval task of the search split")
-    held_out_task: str = Field(description="the lm-eval task of the held-out split (disjoint documents)")
+    task: str = Field(
+        description="the lm-eval task (a registry name, or a YAML's under include_path) of the search "
+        "split, or of both splits when there is no held_out_task"
+    )
+    held_out_task: str | None = Field(
+        None,
+        description="the lm-eval task of the held-out split (disjoint documents); without it, `task`'s "
+        "evaluation documents are split into search and held-out by a seeded hash of each document",
+    )
+    held_out_fraction: float = Field(
+        0.5, gt=0, lt=1, description="without held_out_task: the share of `task`'s documents held out"
+    )
+    split_seed: int = Field(0, description="without held_out_task: the seed of the hash that splits them")
     include_path: Path | None = Field(None, description="a directory of local lm-eval task YAMLs")
 
     # lm-eval tasks declare their own metrics (in their YAML); they are checked when the task is loaded
     task_class: ClassVar[str] = "evomerge.evaluate.lm_eval_task:LmEvalTask"
 
     def describe(self) -> str:
+        if self.held_out_task is None:
+            return (
+                f"the lm-eval task `{self.task}`, its documents split by a hash (seed {self.split_seed}): "
+                f"{self.held_out_fraction:g} held out"
+            )
         return f"the lm-eval task `{self.task}` (held-out: `{self.held_out_task}`)"
 
 
