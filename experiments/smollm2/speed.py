@@ -2,8 +2,8 @@
 
     python experiments/smollm2/speed.py [--candidates 100] [--device cpu|cuda] [--limit 100] [--out FILE]
 
-Runs the experiment's search (per-layer DARE-TIES of the two experts, CMA-ES, early stopping, scored on
-arith_words, arith and words) for `--candidates` candidates in a temporary run directory, and reports:
+Runs the experiment's search (DARE-TIES of the two experts per layer group, CMA-ES, early stopping, scored on
+arith_words) for `--candidates` candidates in a temporary run directory, and reports:
 - candidates per hour, from the candidates' merge + evaluation seconds and from the wall clock;
 - the median merge and evaluation seconds, and evaluation's share of a candidate's time;
 - for the last candidate, its evaluation split into prefill (greedy generation of one token for every
@@ -77,7 +77,7 @@ def stand_in_family(root: Path) -> dict[str, str]:
     return {
         "recipe.base": str(base),
         "recipe.sources": [{"model": str(root / expert)} for expert in EXPERTS],
-        **{f"tasks.{task}.data": str(root / "data" / task) for task in TASKS},
+        **{f"tasks.{task}.data": str(root / "data" / task) for task in load_config(CONFIG).tasks},
     }
 
 
@@ -152,9 +152,7 @@ def main() -> None:
             }
         )
         if args.limit:
-            overrides.update(
-                {f"tasks.{task}.limit": args.limit for task in ("arith_words", "arith", "words")}
-            )
+            overrides.update({f"tasks.{task}.limit": args.limit for task in load_config(CONFIG).tasks})
         config = load_config(CONFIG, overrides)
         started = time.perf_counter()
         search = Search(config, progress=sys.stderr.isatty())
