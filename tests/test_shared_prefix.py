@@ -68,18 +68,33 @@ def test_log_likelihood_from_the_shared_prefix_equals_a_plain_forward_per_reques
         assert value == pytest.approx(by_hand, abs=1e-4)
 
 
-@pytest.mark.slow
-def test_requests_with_the_same_model_input_are_run_once(zoo):
-    """Two options that differ only in their last token read the same input: one row of one batch."""
-    tokenizer, model, _, prompts = zoo
-    requests = [(p, [t]) for p in prompts[:4] for t in tokenizer("37", add_special_tokens=False)["input_ids"]]
+def forward_rows(model, requests, batch_size=64) -> tuple[list[float], list[int]]:
+    """The values of continuation_logprobs, and the rows of each forward pass it made."""
     rows = []
     hook = model.register_forward_pre_hook(
         lambda _, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
     )
     try:
-        values = continuation_logprobs(model, requests, batch_size=64)
+        return continuation_logprobs(model, requests, batch_size=batch_size), rows
     finally:
         hook.remove()
-    assert rows == [1, 4]  # the shared prefix, then the 4 distinct inputs of the 8 requests
+
+
+@pytest.mark.slow
+def test_each_context_is_run_once_for_all_its_continuations(zoo):
+    tokenizer, model, _, prompts = zoo
+    digits = tokenizer("37", add_special_tokens=False)["input_ids"]
+    one_token = [(p, [t]) for p in prompts[:4] for t in digits]
+    values, rows = forward_rows(model, one_token)
+    assert rows == [1, 4]  # the shared prefix, then the 4 contexts: each option is read off its context
     assert len(set(values)) == len(values)
+    two_tokens = [(p, [t, u]) for p in prompts[:4] for t in digits for u in digits]
+    values, rows = forward_rows(model, two_tokens)
+    assert rows == [1, 4, 16]  # then each option's first token, from a copy of its context's cache
+    for (context, continuation), value in zip(two_tokens, values):
+        with torch.inference_mode():
+            logits = model(torch.tensor([context + continuation])).logits[0].log_softmax(-1)
+        by_hand = sum(logits[len(context) - 1 + t, token].item() for t, token in enumerate(continuation))
+        assert value == pytest.approx(by_hand, abs=1e-4)
+    _, rows = forward_rows(model, two_tokens, batch_size=5)
+    assert max(rows) <= 5 and sum(rows[1:]) >= len(two_tokens)  # no pass over batch_size requests

@@ -86,7 +86,7 @@ def run_search(args: argparse.Namespace, seed: int, scorer: CandidateScorer) -> 
     return {
         "label": "evolved DARE-TIES per layer group (CMA-ES)",
         "seed": seed,
-        "run_dir": str(config.run_dir),
+        "run_dir": str(_shown(config.run_dir)),
         "trial": best.number,
         "evaluations": len(trials),
         "pruned": sum(t.state == TrialState.PRUNED for t in trials),
@@ -97,6 +97,12 @@ def run_search(args: argparse.Namespace, seed: int, scorer: CandidateScorer) -> 
         "held_out": held_out_row(scorer.score(trial_recipe(best), "held_out")),
         "recipe": best.user_attrs["recipe"],
     }
+
+
+def _shown(path: Path) -> Path:
+    """A path inside the repository relative to it (as the results JSON is committed), others as they are."""
+    path = path.resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 def exported_answers(run_dir: Path, out: Path) -> list[dict]:
@@ -170,7 +176,7 @@ def main() -> None:
     result["exported"] = {
         "seed": best["seed"],
         "trial": best["trial"],
-        "answers": exported_answers(Path(best["run_dir"]), args.work / "exported"),
+        "answers": exported_answers(ROOT / best["run_dir"], args.work / "exported"),
     }
     save(result)
     for shown in result["exported"]["answers"]:
