@@ -98,10 +98,11 @@ class _BatchScorer:
             mask = torch.cat([prefix.mask(len(contexts), self.device), mask], dim=1)
         output = self._forward(ids, mask, last, use_cache=True, **extra)
         first = output.logits.float().log_softmax(-1)  # row r: the token after context r
-        values = {
-            (context, continuation): first[row_of[context], continuation[0]].item()
-            for context, continuation in batch
-        }
+        first_tokens = first[
+            torch.tensor([row_of[context] for context, _ in batch], device=self.device),
+            torch.tensor([continuation[0] for _, continuation in batch], device=self.device),
+        ]
+        values = dict(zip(batch, first_tokens.tolist()))
         longer = [(context, continuation) for context, continuation in batch if len(continuation) > 1]
         if not longer:
             return values
@@ -117,11 +118,11 @@ class _BatchScorer:
         targets = [token for _, continuation in longer for token in continuation[1:]]
         picked = logprobs[
             torch.arange(len(targets), device=self.device), torch.tensor(targets, device=self.device)
-        ]
+        ].tolist()
         offset = 0
         for request in longer:
             count = len(request[1]) - 1
-            values[request] += picked[offset : offset + count].sum().item()
+            values[request] += sum(picked[offset : offset + count])
             offset += count
         return values
 
