@@ -34,8 +34,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from evomerge.config import RunConfig, load_config
 from evomerge.search.baselines import run_baselines
 from evomerge.search.ledger import ELAPSED_ATTR, load_run_study
-from evomerge.search.loop import Search
 from evomerge.search.results import best_trial, held_out_scores, trial_recipe
+from evomerge.search.runs import run_search
 from evomerge.search.scoring import CandidateScorer
 from evomerge.smollm2.build import built_family_dir
 from evomerge.smollm2.skills import CROSS_TASK, SKILLS, TASKS, read_split
@@ -72,13 +72,13 @@ def baseline_rows(config: RunConfig, scorer: CandidateScorer) -> list[dict]:
     ]
 
 
-def run_search(args: argparse.Namespace, seed: int, scorer: CandidateScorer) -> dict:
+def search_row(args: argparse.Namespace, seed: int, scorer: CandidateScorer) -> dict:
     overrides = {"run_dir": str(args.work / f"cmaes-seed{seed}"), "seed": seed}
     if args.evaluations:
         overrides["budget.evaluations"] = args.evaluations
     config = load_config(CONFIG, overrides)
     started = time.perf_counter()
-    Search(config, progress=sys.stderr.isatty()).run()
+    run_search(config)  # as `evomerge run` does: the run's config.yaml written beside its ledger
     wall = time.perf_counter() - started
     study = load_run_study(config)
     trials = study.get_trials(deepcopy=False)
@@ -169,7 +169,7 @@ def main() -> None:
     save(result)
     print(table(result["baselines"], []), flush=True)
     for seed in args.seeds:
-        result["searches"].append(run_search(args, seed, scorer))
+        result["searches"].append(search_row(args, seed, scorer))
         save(result)
         print(table(result["baselines"], result["searches"]), flush=True)
     best = max(result["searches"], key=lambda row: row["search"])

@@ -8,7 +8,7 @@ arith_words) for `--candidates` candidates in a temporary run directory, and rep
 - the median merge and evaluation seconds, and evaluation's share of a candidate's time;
 - for the last candidate, its evaluation split into prefill (greedy generation of one token for every
   prompt: the prompts' forward passes), decode (the other generated tokens) and the rest (tokenizing,
-  matching, Python), each scored on the whole search split;
+  matching, Python), each scored on the whole search split, the fastest of two runs;
 - peak RSS of the process, in model sizes (one float32 SmolLM2-135M, 538 MB).
 
 The built family is used when it is in the cache (`evomerge zoo build --family smollm2`). Otherwise, or
@@ -87,12 +87,16 @@ def family_is_built() -> bool:
     return read_manifest(default_family_dir()) is not None
 
 
-def seconds(action) -> float:
-    synchronize()
-    started = time.perf_counter()
-    action()
-    synchronize()
-    return time.perf_counter() - started
+def seconds(action, repeats: int = 2) -> float:
+    """The fastest of `repeats` runs of `action`."""
+    times = []
+    for _ in range(repeats):
+        synchronize()
+        started = time.perf_counter()
+        action()
+        synchronize()
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 def synchronize() -> None:
