@@ -23,7 +23,7 @@ from pathlib import Path
 
 from evomerge.errors import UsageError
 from evomerge.extras import require
-from evomerge.files import cache_directory, written_directory
+from evomerge.files import cache_directory, cached_directory
 from evomerge.fingerprint import model_fingerprint
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -74,19 +74,14 @@ def adapted_directory(base: Path, adapter: Path) -> Path:
     _adapter_config(adapter)
     key = hashlib.sha256(f"{model_fingerprint(base)}+{model_fingerprint(adapter)}".encode()).hexdigest()
     out = cache_directory() / f"peft-{key[:16]}"
-    if out.is_dir():
-        return out
-    require("peft", "peft", "applying a PEFT adapter")
-    try:
-        with written_directory(out) as staging:
-            _write_adapted(base, adapter, staging)
-    except OSError as error:
-        if not out.is_dir():  # else another process renamed its copy into place first
-            raise UsageError(
-                f"cannot write the model with adapter '{adapter}' to '{out}' ({error}); set EVOMERGE_CACHE "
-                "to a writable directory with room for the model"
-            ) from None
-    return out
+    return cached_directory(
+        out,
+        lambda staging: _write_adapted(base, adapter, staging),
+        lambda error: (
+            f"cannot write the model with adapter '{adapter}' to '{out}' ({error}); set EVOMERGE_CACHE to a "
+            "writable directory with room for the model"
+        ),
+    )
 
 
 def _adapter_config(adapter: Path) -> dict:
@@ -97,6 +92,7 @@ def _adapter_config(adapter: Path) -> dict:
 
 
 def _write_adapted(base: Path, adapter: Path, out: Path) -> None:
+    require("peft", "peft", "applying a PEFT adapter")
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -91,3 +91,18 @@ def written_directory(out: Path, replace: bool = False) -> Iterator[Path]:
             shutil.rmtree(old)
         else:
             staging.rename(out)
+
+
+def cached_directory(out: Path, make: Callable[[Path], None], cannot_write: Callable[[OSError], str]) -> Path:
+    """`out`, made on first use by `make(staging)` and renamed into place whole (a killed `make` leaves
+    nothing); of two processes making it at once the first to finish is kept. UsageError
+    `cannot_write(error)` when it cannot be written."""
+    if out.is_dir():
+        return out
+    try:
+        with written_directory(out) as staging:
+            make(staging)
+    except OSError as error:
+        if not out.is_dir():  # else another process renamed its copy into place first
+            raise UsageError(cannot_write(error)) from None
+    return out

@@ -21,7 +21,7 @@ import torch
 
 from evomerge.errors import UsageError
 from evomerge.extras import require
-from evomerge.files import cache_directory, written_directory
+from evomerge.files import cache_directory, cached_directory
 from evomerge.fingerprint import file_fingerprint
 
 
@@ -35,24 +35,20 @@ def dequantized_directory(path: Path) -> Path:
     if not path.is_file():
         raise UsageError(f"GGUF file '{path}' does not exist")
     out = cache_directory() / f"gguf-{file_fingerprint(path)[:16]}"
-    if out.is_dir():
-        return out
-    for module in ("gguf", "accelerate"):  # transformers needs both to read GGUF
-        require(module, "gguf", "reading GGUF files")
-    try:
-        with written_directory(out) as staging:
-            _write_dequantized(path, staging)
-    except OSError as error:
-        if not out.is_dir():  # else another process renamed its conversion into place first
-            raise UsageError(
-                f"cannot write the dequantized copy of '{path}' to '{out}' ({error}); set EVOMERGE_CACHE to "
-                "a writable directory with room for 4 bytes per parameter"
-            ) from None
-    return out
+    return cached_directory(
+        out,
+        lambda staging: _write_dequantized(path, staging),
+        lambda error: (
+            f"cannot write the dequantized copy of '{path}' to '{out}' ({error}); set EVOMERGE_CACHE to a "
+            "writable directory with room for 4 bytes per parameter"
+        ),
+    )
 
 
 def _write_dequantized(path: Path, out: Path) -> None:
     """Dequantize the GGUF at `path` through transformers and save it, with its tokenizer, into `out`."""
+    for module in ("gguf", "accelerate"):  # transformers needs both to read GGUF
+        require(module, "gguf", "reading GGUF files")
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     print(f"evomerge: dequantizing '{path}' once, into '{out.parent}'", file=sys.stderr)
